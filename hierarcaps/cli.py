@@ -1,0 +1,187 @@
+"""The ``hierarcaps`` command: each subcommand is a thin call into the package.
+
+Exit codes: 0 success, 1 a reported problem (one line on stderr), 2 bad usage, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+
+from . import __version__
+from .errors import HierarcapsError
+
+Handler = Callable[[argparse.Namespace], int]
+COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Handler]] = {}
+
+
+def command(name: str, help_text: str, configure: Callable[[argparse.ArgumentParser], None]):
+    """Register a subcommand: its help, its arguments, and the handler it calls."""
+    def wrap(handler: Handler) -> Handler:
+        COMMANDS[name] = (help_text, configure, handler)
+        return handler
+    return wrap
+
+
+def _image_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image-dir", help="folder holding the images (default: $HIERARCAPS_IMAGE_DIR)")
+    parser.add_argument("--download", action="store_true", help="download missing images into the cache")
+
+
+# -- data ---------------------------------------------------------------------------------------------
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out_dir", help="folder to create (parquet shards + README.md dataset card)")
+    p.add_argument("--config", dest="configs", action="append", choices=["test", "test_expanded", "train"],
+                   help="config to export (repeatable; default: test and test_expanded, plus train with --train)")
+    p.add_argument("--train", help="path or URL of the official training file (positive,negative[,image_url])")
+    p.add_argument("--images", choices=["auto", "require", "skip"], default="auto",
+                   help="embed test images: if available (auto), or fail without them (require), or not (skip)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
+    _image_options(p)
+
+
+@command("export", "write HierarCaps as parquet + dataset card for datasets.load_dataset", _export_args)
+def _export(args: argparse.Namespace) -> int:
+    from .data.hf import export
+
+    out = export(args.out_dir, configs=args.configs or ("test", "test_expanded"), train=args.train,
+                 image_dir=args.image_dir, images=args.images, download=args.download, overwrite=args.overwrite)
+    print(f"wrote {out} (load with datasets.load_dataset({str(out)!r}, 'test'))")
+    return 0
+
+
+def _validate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="hierarchy file: CSV (official formats), CSV.gz or parquet, or a URL")
+    p.add_argument("--tiers", type=int, default=4, help="expected tiers per chain (default 4; 0: any)")
+    p.add_argument("--images", action="store_true", help="also check that every image resolves and decodes")
+    _image_options(p)
+
+
+@command("validate", "check a hierarchy file and list every problem", _validate_args)
+def _validate(args: argparse.Namespace) -> int:
+    from .data.csvio import parse_file
+
+    records, problems = parse_file(args.file, n_tiers=args.tiers or None)
+    messages = [str(p) for p in problems]
+    if args.images and not problems:
+        messages.extend(_image_problems(records, args))
+    for message in messages:
+        print(message)
+    print(f"{args.file}: {len(records)} record(s), {len(messages)} problem(s)", file=sys.stderr)
+    return 1 if messages else 0
+
+
+def _image_problems(records, args: argparse.Namespace) -> list[str]:
+    from .data.images import ImageStore, open_image
+
+    try:
+        paths = ImageStore(args.image_dir, download=args.download).resolve(records)
+    except HierarcapsError as exc:
+        return [str(exc)]
+    problems = []
+    for path in paths.values():
+        try:
+            open_image(path)
+        except HierarcapsError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def _download_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", choices=["test", "test_expanded"], default="test",
+                   help="whose images to fetch (default: the 1,000 test images)")
+    p.add_argument("--image-dir", help="a folder to use before downloading (default: $HIERARCAPS_IMAGE_DIR)")
+
+
+@command("download", "download and verify the images of a split into the cache", _download_args)
+def _download(args: argparse.Namespace) -> int:
+    from .data.images import ImageStore
+    from .data.official import load_official
+
+    store = ImageStore(args.image_dir, download=True)
+    paths = store.resolve(load_official(args.split))
+    print(f"{len(paths)} image(s) verified; cache: {store.cache}")
+    return 0
+
+
+def _split_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("out", help="output file (.csv or .csv.gz, official pairs format)")
+
+
+@command("split", "write the offline training split (expanded rows of non-test images, leakage removed)",
+         _split_args)
+def _split(args: argparse.Namespace) -> int:
+    from .data.csvio import write_csv
+    from .data.records import content_checksum
+    from .data.splits import offline_train_split
+
+    records = offline_train_split()
+    write_csv(records, args.out, fmt="pairs")
+    print(f"wrote {len(records)} rows to {args.out} ({content_checksum(records)})")
+    return 0
+
+
+def _leakage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", help="training file (path or URL) to check against the test set")
+    p.add_argument("--out", help="write the rows that survive the check here")
+
+
+@command("leakage", "check a training file against the test set (shared images, repeated captions)", _leakage_args)
+def _leakage(args: argparse.Namespace) -> int:
+    from .data.csvio import read_hierarchies, write_csv
+    from .data.splits import check_leakage
+
+    records = read_hierarchies(args.file, n_tiers=None)
+    kept, report = check_leakage(records)
+    print(json.dumps({"file": args.file, "rows": len(records), "shared_images": len(report.shared_images),
+                      "overlapping_rows": len(report.overlapping_rows), "kept": report.kept}))
+    if report.shared_images:
+        raise HierarcapsError(f"{args.file}: {report.summary()}; refusing a file that shares test images")
+    if args.out:
+        write_csv(kept, args.out, fmt="pairs")
+    return 0
+
+
+# -- entry point --------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hierarcaps", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"hierarcaps {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (help_text, configure, handler) in COMMANDS.items():
+        child = sub.add_parser(name, help=help_text, description=help_text)
+        configure(child)
+        child.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    _register_optional_commands()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except HierarcapsError as exc:
+        print(f"hierarcaps {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"hierarcaps {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _register_optional_commands() -> None:
+    """Import the modules that register the workshop subcommands (each imports its heavy stack lazily)."""
+    import importlib
+
+    for module in ("hierarcaps.benchmarks.commands",):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

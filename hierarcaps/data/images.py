@@ -1,0 +1,129 @@
+"""Finding the images of hierarchies: a local folder, the download cache, or the canonical URLs.
+
+Resolution order for each file name: ``image_dir`` (option or $HIERARCAPS_IMAGE_DIR), then the cache
+(``<cache>/images``), then a download from the record's URL (or ``$HIERARCAPS_IMAGE_MIRROR`` + file name)
+into the cache. Files with a shipped SHA-256 (the test images) are verified wherever they come from.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from .._io import sha256_file
+from ..errors import DataError, ImagesUnavailableError
+from .fetch import ChecksumMismatch, cache_dir, download
+from .official import test_image_sha256
+from .records import Hierarchy
+
+IMAGE_DIR_ENV = "HIERARCAPS_IMAGE_DIR"
+MIRROR_ENV = "HIERARCAPS_IMAGE_MIRROR"
+
+
+class ImageStore:
+    """Maps image file names to verified local paths, downloading what is missing when allowed."""
+
+    def __init__(self, image_dir: str | os.PathLike[str] | None = None, *, download: bool = True,
+                 mirror: str | None = None, workers: int = 8) -> None:
+        env_dir = os.environ.get(IMAGE_DIR_ENV)
+        self.image_dir = Path(image_dir) if image_dir else (Path(env_dir) if env_dir else None)
+        self.cache = cache_dir() / "images"
+        self.allow_download = download
+        self.mirror = mirror or os.environ.get(MIRROR_ENV)
+        self.workers = workers
+        self.checksums = test_image_sha256()
+
+    def _local(self, name: str) -> Path | None:
+        for folder in (self.image_dir, self.cache):
+            if folder is not None and (folder / name).is_file():
+                return folder / name
+        return None
+
+    def _verify(self, path: Path) -> None:
+        expected = self.checksums.get(path.name)
+        if expected is not None and sha256_file(path) != expected:
+            raise ChecksumMismatch(f"{path}: SHA-256 does not match the shipped manifest "
+                                   "(corrupted or a different image); delete it to re-download")
+
+    def _url(self, name: str, url: str | None) -> str | None:
+        if self.mirror:
+            return self.mirror.rstrip("/") + "/" + name
+        return url
+
+    def _fetch(self, name: str, url: str) -> Path:
+        return download(url, self.cache / name, sha256=self.checksums.get(name))
+
+    def resolve(self, records: Iterable[Hierarchy], *, progress: bool = True) -> dict[str, Path]:
+        """Verified local path for every distinct image of ``records``; downloads what is missing.
+
+        Raises :class:`ImagesUnavailableError` naming how many files are missing and how to provide them.
+        """
+        wanted: dict[str, str | None] = {}
+        for record in records:
+            if record.image_file:
+                wanted.setdefault(record.image_file, record.image_url)
+        found: dict[str, Path] = {}
+        missing: dict[str, str | None] = {}
+        for name, url in wanted.items():
+            path = self._local(name)
+            if path is None:
+                missing[name] = url
+            else:
+                self._verify(path)
+                found[name] = path
+        failures: dict[str, Exception] = {}
+        if missing and self.allow_download:
+            fetched, failures = self._download_all(missing, progress=progress)
+            found.update(fetched)
+            missing = {name: url for name, url in missing.items() if name not in found}
+        if missing:
+            example = next(iter(missing))
+            reason = f"; first download error: {next(iter(failures.values()))}" if failures else ""
+            raise ImagesUnavailableError(
+                f"{len(missing)} of {len(wanted)} images are missing (e.g. {example}); put them in a folder and "
+                f"pass --image-dir or set ${IMAGE_DIR_ENV}, or run `hierarcaps download` with network access"
+                + reason)
+        return found
+
+    def _download_all(self, missing: dict[str, str | None], *, progress: bool
+                      ) -> tuple[dict[str, Path], dict[str, Exception]]:
+        """Download in parallel; a checksum mismatch is fatal, other failures are returned."""
+        from tqdm.auto import tqdm
+
+        jobs = {name: self._url(name, url) for name, url in missing.items()}
+        jobs = {name: url for name, url in jobs.items() if url}
+
+        def fetch(item: tuple[str, str]) -> tuple[str, Path | Exception]:
+            name, url = item
+            try:
+                return name, self._fetch(name, url)
+            except Exception as exc:  # collected and reported by the caller
+                return name, exc
+
+        done: dict[str, Path] = {}
+        failures: dict[str, Exception] = {}
+        with ThreadPoolExecutor(self.workers) as pool:
+            results = pool.map(fetch, jobs.items())
+            for name, outcome in tqdm(results, total=len(jobs), desc="Downloading images", disable=not progress,
+                                      unit="img"):
+                if isinstance(outcome, Path):
+                    done[name] = outcome
+                else:
+                    failures[name] = outcome
+        mismatches = [exc for exc in failures.values() if isinstance(exc, ChecksumMismatch)]
+        if mismatches:
+            raise ChecksumMismatch(f"{len(mismatches)} download(s) did not match the manifest; first: {mismatches[0]}")
+        return done, failures
+
+
+def open_image(path: str | os.PathLike[str]):
+    """Decode an image as RGB, with an error naming the file if it is truncated or not an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+        raise DataError(f"cannot decode image ({exc})", file=str(path), field="image") from None

@@ -1,0 +1,171 @@
+"""Image resolution (local folder, cache, download with retries and checksums) and the `datasets` export."""
+
+from __future__ import annotations
+
+import http.server
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from hierarcaps.data import load_official
+from hierarcaps.data.fetch import ChecksumMismatch
+from hierarcaps.data.images import ImageStore, open_image
+from hierarcaps.errors import DataError, HierarcapsError, ImagesUnavailableError
+
+
+class FlakyHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; the first request for each file fails with 503 to exercise retries."""
+
+    failed: set[str]
+
+    def do_GET(self) -> None:
+        if self.path not in self.failed:
+            self.failed.add(self.path)
+            self.send_error(503)
+            return
+        super().do_GET()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def mirror(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A local HTTP server standing in for the image host."""
+    root = tmp_path / "served"
+    root.mkdir()
+
+    def handler(*args: object, **kwargs: object) -> FlakyHandler:
+        return FlakyHandler(*args, directory=str(root), **kwargs)  # type: ignore[arg-type]
+
+    FlakyHandler.failed = set()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+
+
+def test_local_folder_resolves_and_verifies(test_image_dir: Path) -> None:
+    test = load_official("test")
+    paths = ImageStore(test_image_dir, download=False).resolve(test, progress=False)
+    assert len(paths) == 1000
+    assert open_image(paths[test[0].image_file]).mode == "RGB"
+
+
+def test_missing_images_offline_give_one_clear_error(tmp_path: Path) -> None:
+    test = load_official("test")
+    with pytest.raises(ImagesUnavailableError, match=r"1000 of 1000 images are missing.*--image-dir"):
+        ImageStore(tmp_path, download=False).resolve(test, progress=False)
+
+
+def test_download_retries_verifies_and_caches(mirror: tuple[str, Path], test_image_dir: Path,
+                                              isolated_cache: Path) -> None:
+    url, served = mirror
+    records = load_official("test")[:3]
+    for record in records:
+        shutil.copy(test_image_dir / record.image_file, served / record.image_file)
+    store = ImageStore(download=True, mirror=url)
+    paths = store.resolve(records, progress=False)
+    assert all(p.parent == isolated_cache / "images" for p in paths.values())
+    assert [p.read_bytes() for p in paths.values()] == [(served / r.image_file).read_bytes() for r in records]
+    for record in records:
+        (served / record.image_file).unlink()
+    assert ImageStore(download=True, mirror=url).resolve(records, progress=False) == paths  # from the cache
+
+
+def test_download_with_wrong_bytes_is_rejected_and_not_kept(mirror: tuple[str, Path], test_image_dir: Path,
+                                                           isolated_cache: Path) -> None:
+    url, served = mirror
+    record = load_official("test")[0]
+    (served / record.image_file).write_bytes(b"tampered")
+    with pytest.raises(ChecksumMismatch, match="did not match"):
+        ImageStore(download=True, mirror=url).resolve([record], progress=False)
+    assert not (isolated_cache / "images" / record.image_file).exists()
+
+
+def test_local_file_with_checksum_mismatch_is_named(tmp_path: Path, test_image_dir: Path) -> None:
+    record = load_official("test")[0]
+    shutil.copy(test_image_dir / load_official("test")[1].image_file, tmp_path / record.image_file)
+    with pytest.raises(ChecksumMismatch, match=record.image_file):
+        ImageStore(tmp_path, download=False).resolve([record], progress=False)
+
+
+def test_truncated_and_non_image_files_name_the_file(tmp_path: Path, test_image_dir: Path) -> None:
+    name = load_official("test")[0].image_file
+    truncated = tmp_path / "truncated.jpg"
+    truncated.write_bytes((test_image_dir / name).read_bytes()[:2000])
+    text = tmp_path / "text.jpg"
+    text.write_text("not an image")
+    for path in (truncated, text):
+        with pytest.raises(DataError, match="cannot decode image") as info:
+            open_image(path)
+        assert info.value.file == str(path)
+
+
+def test_export_loads_with_datasets_including_images(tmp_path: Path, test_image_dir: Path) -> None:
+    import datasets
+
+    from hierarcaps.data.hf import export
+
+    out = export(tmp_path / "hc", image_dir=test_image_dir)
+    test = datasets.load_dataset(str(out), "test")["test"]
+    expanded = datasets.load_dataset(str(out), "test_expanded")["test"]
+    assert test.num_rows == 1000 and expanded.num_rows == 23479
+    assert set(test.features) == {"id", "positive", "negative", "image_url", "image_file", "source", "split", "image"}
+    assert test[0]["image"].size == open_image(test_image_dir / test[0]["image_file"]).size
+    assert test[3]["positive"] == list(load_official("test")[3].positive)
+    assert expanded[10]["negative"] == list(load_official("test_expanded")[10].negative)
+    card = (out / "README.md").read_text()
+    assert "config_name: test_expanded" in card and "ba22b8914db10973e38d2c03f08bb4dce7ba118e" in card
+
+
+def test_export_with_a_train_file_adds_the_config_and_refuses_leaks(tmp_path: Path) -> None:
+    import datasets
+
+    from hierarcaps.data import offline_train_split, write_csv
+    from hierarcaps.data.hf import export
+
+    train = write_csv(offline_train_split()[:50], tmp_path / "train.csv")
+    out = export(tmp_path / "hc", configs=("test",), train=train, images="skip")
+    assert datasets.load_dataset(str(out), "train")["train"].num_rows == 50
+    test_images = {r.image_file for r in load_official("test")}
+    leaky_rows = [r for r in load_official("test_expanded") if r.image_file in test_images][:5]
+    leaky = write_csv(leaky_rows, tmp_path / "leaky.csv")
+    with pytest.raises(DataError, match="shares"):
+        export(tmp_path / "hc2", configs=("test",), train=leaky, images="skip")
+    assert not (tmp_path / "hc2").exists()
+
+
+def test_export_require_without_images_fails_without_leaving_output(tmp_path: Path) -> None:
+    from hierarcaps.data.hf import export
+
+    with pytest.raises(ImagesUnavailableError):
+        export(tmp_path / "hc", images="require", image_dir=tmp_path / "nothing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_export_into_non_empty_folder_needs_overwrite(tmp_path: Path) -> None:
+    from hierarcaps.data.hf import export
+
+    (tmp_path / "hc").mkdir()
+    (tmp_path / "hc" / "keep").write_text("x")
+    with pytest.raises(HierarcapsError, match="--overwrite"):
+        export(tmp_path / "hc", configs=("test",), images="skip")
+    export(tmp_path / "hc", configs=("test",), images="skip", overwrite=True)
+    assert not (tmp_path / "hc" / "keep").exists() and (tmp_path / "hc" / "README.md").exists()
+
+
+def test_load_returns_datasets_objects(test_image_dir: Path) -> None:
+    import datasets
+
+    import hierarcaps
+
+    test = hierarcaps.load("test", image_dir=test_image_dir)
+    assert isinstance(test, datasets.Dataset) and test.num_rows == 1000
+    assert test[0]["image"].mode == "RGB"
+    both = hierarcaps.load(image_dir=test_image_dir)
+    assert isinstance(both, datasets.DatasetDict) and set(both) == {"test", "test_expanded"}
