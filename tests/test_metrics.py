@@ -1,0 +1,128 @@
+"""Metrics on hand-built embeddings with known answers, and parity with a loop transcription of the protocol."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import kendalltau
+
+from hierarcaps.data import load_official
+from hierarcaps.errors import HierarcapsError
+from hierarcaps.metrics import EmbeddedBenchmark, kendall_tau_rows, length_baselines, per_unit_metrics, score
+from hierarcaps.metrics.bootstrap import bootstrap_cis
+from hierarcaps.metrics.retrieval import recall_at_k
+
+from .reference_protocol import reference_scores
+
+RADII = np.array([[1.0, 2.0, 3.0, 4.0], [1.5, 2.5, 3.5, 4.0]])
+
+
+def basis_bench(texts: list[list[str]], weights: list[list[float]], row_image: list[int],
+                radii: np.ndarray = RADII) -> EmbeddedBenchmark:
+    """Each text is its own basis vector, so an image's similarity to text t is its weight on t (normalised)."""
+    n, k = len(texts), len(texts[0])
+    text_emb = np.eye(n * k).reshape(n, k, n * k)
+    w = np.array(weights, dtype=np.float64)
+    image_emb = w / np.linalg.norm(w, axis=1, keepdims=True)
+    return EmbeddedBenchmark(np.array(texts, dtype=object), text_emb, np.zeros(n * k), image_emb,
+                             np.array(row_image), text_radii=radii)
+
+
+TEXTS = [["a1", "a2", "a3", "a4"], ["b1", "b2", "b3", "b4"]]
+WEIGHTS = [[0.1, 0.3, 0.2, 0.9, 0.5, 0, 0, 0], [0, 0, 0, 0, 0.2, 0.4, 0.6, 0.8]]
+
+
+def test_hand_built_chains_give_known_precision_recall_and_order_aware_recall() -> None:
+    per_unit, chains = per_unit_metrics(basis_bench(TEXTS, WEIGHTS, [0, 1]))
+    flat = np.array(TEXTS).reshape(-1)
+    assert [list(flat[p]) for p in chains["image"].predictions] == [["a1", "b1", "a4"], ["a1", "b1", "b2", "b3", "b4"]]
+    np.testing.assert_allclose(per_unit["precision"], [2 / 3, 4 / 5])
+    np.testing.assert_allclose(per_unit["recall"], [2 / 4, 4 / 4])
+    np.testing.assert_allclose(per_unit["order_aware_recall"], [2 / 4, 4 / 4])
+    np.testing.assert_allclose(per_unit["recall_tier1"], [1, 1])
+    np.testing.assert_allclose(per_unit["recall_tier2"], [0, 1])
+    np.testing.assert_allclose(per_unit["f1"], [2 * (2 / 3) * 0.5 / (2 / 3 + 0.5), 2 * 0.8 / 1.8])
+    np.testing.assert_allclose(per_unit["d_corr"], [1, 1])
+
+
+def test_duplicate_strings_are_one_prediction() -> None:
+    texts = [["animal", "a2", "a3", "a4"], ["animal", "b2", "b3", "b4"]]
+    per_unit, chains = per_unit_metrics(basis_bench(texts, WEIGHTS, [0, 1]))
+    # image 0 moves from row 0's "animal" to row 1's "animal": the same string, so no new prediction
+    assert len(chains["image"].predictions[0]) == 2
+    np.testing.assert_allclose(per_unit["precision"], [1.0, 1.0])
+
+
+def test_ties_go_to_the_first_text_in_row_major_order() -> None:
+    weights = [[0, 0, 0, 1, 0, 0, 0, 1], [0, 0, 0, 1, 0, 0, 0, 1]]   # a4 and b4 tie, both at the last threshold
+    per_unit, chains = per_unit_metrics(basis_bench(TEXTS, weights, [0, 1]))
+    assert [p[-1] for p in chains["image"].predictions] == [3, 3]
+    np.testing.assert_allclose(per_unit["recall_tier4"], [1, 0])
+
+
+def test_several_references_per_image() -> None:
+    per_unit, _ = per_unit_metrics(basis_bench(TEXTS, [WEIGHTS[1]], [0, 0]))
+    # both rows are references of the single image: every prediction is a hit
+    np.testing.assert_allclose(per_unit["precision"], [1.0])
+    np.testing.assert_allclose(per_unit["recall"], [1.0])
+
+
+def test_d_corr_on_known_orders_and_against_scipy() -> None:
+    np.testing.assert_allclose(kendall_tau_rows(np.array([[1, 2, 3, 4], [4, 3, 2, 1], [1, 3, 2, 4.0]])),
+                               [1, -1, 4 / 6])
+    radii = np.random.default_rng(1).random((300, 4))
+    expected = [kendalltau(np.argsort(r, kind="stable"), [1, 2, 3, 4]).statistic for r in radii]
+    np.testing.assert_allclose(kendall_tau_rows(radii), expected, atol=1e-12)
+
+
+def test_retrieval_recall_at_k_counts_strictly_higher_negatives() -> None:
+    sim = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.8], [0.5, 0.1, 0.5]])
+    positive = np.eye(3, dtype=bool)
+    hits = recall_at_k(sim, positive, (1, 2))
+    np.testing.assert_array_equal(hits[1], [1, 0, 1])   # row 2 ties with a negative: not counted against it
+    np.testing.assert_array_equal(hits[2], [1, 1, 1])
+
+
+def _random_bench(rows: int, seed: int, share_images: bool) -> EmbeddedBenchmark:
+    rng = np.random.default_rng(seed)
+    texts = np.array([r.positive for r in load_official("test")[:rows]], dtype=object)
+    texts[5, 0] = texts[6, 0] = texts[7, 1]          # duplicated strings across rows and tiers
+    distinct, inverse = np.unique(texts.astype(str), return_inverse=True)
+    vectors = rng.standard_normal((len(distinct) + 1, 16))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    row_image = np.arange(rows) // 2 if share_images else np.arange(rows)
+    images = rng.standard_normal((row_image.max() + 1, 16))
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    return EmbeddedBenchmark(texts, vectors[inverse.reshape(texts.shape)], vectors[-1], images, row_image)
+
+
+@pytest.mark.parametrize(("seed", "share_images"), [(0, False), (1, True), (2, False)])
+def test_parity_with_the_loop_transcription_of_the_protocol(seed: int, share_images: bool) -> None:
+    bench = _random_bench(120, seed, share_images)
+    ours = score(bench, resamples=10)
+    ref = reference_scores(bench.texts.tolist(), bench.text_emb, bench.root, bench.image_emb, bench.row_image.tolist())
+    for name, value in ref.items():
+        assert ours[name]["value"] == pytest.approx(value, abs=1e-12), name
+
+
+def test_length_baseline_on_the_real_test_set() -> None:
+    texts = np.array([r.positive for r in load_official("test")], dtype=object)
+    result = length_baselines(texts)
+    assert 0.85 < result["length_chars"]["d_corr"]["value"] < 0.9   # the confound the protocol warns about
+    assert result["length_words"]["d_corr"]["value"] > 0.9
+
+
+def test_bootstrap_is_seeded_and_brackets_the_mean() -> None:
+    values = np.random.default_rng(0).random((500, 2))
+    a, b = bootstrap_cis(values, seed=3), bootstrap_cis(values, seed=3)
+    np.testing.assert_array_equal(a, b)
+    assert np.all(a[:, 0] < values.mean(0)) and np.all(values.mean(0) < a[:, 1])
+    np.testing.assert_allclose(bootstrap_cis(np.full((50, 1), 0.25)), [[0.25, 0.25]])
+
+
+def test_nan_embeddings_are_refused_with_a_clear_error() -> None:
+    bench = _random_bench(10, 0, False)
+    bad = bench.text_emb.copy()
+    bad[2, 1, 0] = np.nan
+    with pytest.raises(HierarcapsError, match="NaN"):
+        EmbeddedBenchmark(bench.texts, bad, bench.root, bench.image_emb, bench.row_image)
