@@ -175,12 +175,11 @@ def _register_optional_commands() -> None:
     """Import the modules that register the workshop subcommands (each imports its heavy stack lazily)."""
     import importlib
 
-    for module in ("hierarcaps.benchmarks.commands",):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    for module in WORKSHOP_COMMANDS:
+        importlib.import_module(module)
+
+
+WORKSHOP_COMMANDS = ("hierarcaps.benchmarks.commands",)
 
 
 if __name__ == "__main__":

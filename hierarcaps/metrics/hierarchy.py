@@ -59,18 +59,15 @@ def best_text_per_threshold(scores: np.ndarray, flat_radii: np.ndarray, steps: i
     """
     block = threshold_blocks(flat_radii, steps)
     order = np.argsort(block, kind="stable")           # by block, then by flat index
-    starts = np.flatnonzero(np.r_[True, np.diff(block[order]) != 0])
+    bounds = np.flatnonzero(np.r_[True, np.diff(block[order]) != 0, True])
     sorted_scores = scores[:, order]
-    block_max = np.maximum.reduceat(sorted_scores, starts, axis=1)
-    widths = np.diff(np.r_[starts, len(order)])
-    is_max = sorted_scores == np.repeat(block_max, widths, axis=1)
-    positions = np.where(is_max, np.arange(len(order)), len(order))
-    block_arg = order[np.minimum.reduceat(positions, starts, axis=1)]
-    best = np.empty_like(block_arg)
+    rows = np.arange(scores.shape[0])
+    best = np.empty((scores.shape[0], len(bounds) - 1), dtype=np.int64)
     best_val = np.full(scores.shape[0], -np.inf)
     best_idx = np.full(scores.shape[0], np.iinfo(np.int64).max)
-    for b in range(len(starts)):
-        val, idx = block_max[:, b], block_arg[:, b]
+    for b, (lo, hi) in enumerate(pairwise(bounds)):
+        local = sorted_scores[:, lo:hi].argmax(axis=1)   # first maximum: lowest flat index in the block
+        val, idx = sorted_scores[rows, lo + local], order[lo + local]
         better = (val > best_val) | ((val == best_val) & (idx < best_idx))
         best_val = np.where(better, val, best_val)
         best_idx = np.where(better, idx, best_idx)

@@ -1,0 +1,99 @@
+"""CLI subcommands of the harness: ``evaluate`` and ``report``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ..cli import _image_options, command
+from ..errors import HierarcapsError
+
+
+def _evaluate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="minilm",
+                   help="model spec: minilm (default, offline), st:, text:, hf:, open_clip:, a hub id or a folder")
+    p.add_argument("--split", default="test", choices=["test", "test_expanded"], help="shipped split to score")
+    p.add_argument("--data", help="score another hierarchy file (official test format) instead")
+    p.add_argument("--text-only", action="store_true", help="skip images even for image-text models")
+    p.add_argument("--out", default="results", help="folder for result JSON (and plots); default ./results")
+    p.add_argument("--plots", action="store_true", help="also write PNGs: radii per tier, predicted chains")
+    p.add_argument("--steps", type=int, default=50, help="protocol thresholds (50 = hierarcaps-v1)")
+    p.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    p.add_argument("--text-batch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=1, help="image decoding processes")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--no-cache", action="store_true", help="recompute embeddings instead of reading the cache")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _image_options(p)
+
+
+@command("evaluate", "score a model on HierarCaps (hierarchy + retrieval metrics, CIs, baselines)", _evaluate_args)
+def _evaluate(args: argparse.Namespace) -> int:
+    from .harness import EvalOptions, evaluate, save_result
+    from .table import result_table
+
+    if args.steps != 50:
+        print(f"note: --steps {args.steps} is not the hierarcaps-v1 protocol; the result records it", file=sys.stderr)
+    options = EvalOptions(split=args.split, data=args.data, image_dir=args.image_dir, download=args.download,
+                          text_only=args.text_only, text_batch_size=args.text_batch_size,
+                          image_batch_size=args.batch_size, workers=args.workers, steps=args.steps,
+                          resamples=args.resamples, seed=args.seed, cache=not args.no_cache, device=args.device,
+                          progress=not args.quiet)
+    result = evaluate(args.model, options)
+    path = save_result(result, args.out)
+    print(result_table(result))
+    timings = result["timings"]
+    print(f"\nsaved {path} ({timings['total_s']:.1f} s, {timings['embedding_cache_hits']} cache hit(s))")
+    if args.plots:
+        for plot in _plots(args.model, options, path.parent):
+            print(f"plot {plot}")
+    return 0
+
+
+def _plots(model: str, options, folder: Path) -> list[Path]:
+    """Re-read the cached embeddings and draw the run's pictures."""
+    from ..data.images import ImageStore
+    from ..metrics.scoring import per_unit_metrics
+    from ..models.registry import load_encoder
+    from .harness import benchmark_records, embed_benchmark
+    from .plots import predicted_chains, radius_by_tier
+
+    options.progress = False
+    encoder = load_encoder(model, device=options.device)
+    records = benchmark_records(options)
+    embedded = embed_benchmark(encoder, records, options)
+    out = [radius_by_tier(embedded.bench, folder / "radius_by_tier.png", encoder.name)]
+    if embedded.image_files:
+        _, chains = per_unit_metrics(embedded.bench, steps=options.steps)
+        paths = ImageStore(options.image_dir, download=options.download).resolve(records, progress=False)
+        out.append(predicted_chains(embedded.bench, chains["image"], [paths[f] for f in embedded.image_files],
+                                    folder / "predicted_chains.png"))
+    return out
+
+
+def _report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="+", help="result JSON files or folders holding them")
+    p.add_argument("--markdown", action="store_true", help="a markdown table instead of plain text")
+
+
+@command("report", "merge result JSON files into one table", _report_args)
+def _report(args: argparse.Namespace) -> int:
+    from .table import merged_table
+
+    files: list[Path] = []
+    for entry in map(Path, args.paths):
+        files.extend(sorted(entry.rglob("*.json")) if entry.is_dir() else [entry])
+    results = []
+    for file in files:
+        try:
+            results.append(json.loads(file.read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise HierarcapsError(f"{file}: not a readable result JSON ({exc})") from None
+    if not results:
+        raise HierarcapsError("no result JSON files found")
+    print(merged_table(results, markdown=args.markdown))
+    return 0

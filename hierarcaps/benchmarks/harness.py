@@ -1,0 +1,187 @@
+"""Score a model on HierarCaps: embed each distinct text and image once (cached), then compute every metric.
+
+The per-item loop of the reference implementation embeds one image and one row of 4 captions per forward
+pass; here texts go in length-sorted batches, images are decoded in DataLoader workers, and duplicate
+strings are embedded once, so the run costs about one batched forward pass over the distinct inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import platform
+import re
+import resource
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from .._io import atomic_open, sha256_file
+from ..data.csvio import read_hierarchies
+from ..data.images import ImageStore
+from ..data.official import load_official
+from ..data.records import Hierarchy, content_checksum
+from ..metrics.baselines import all_baselines
+from ..metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, LEVEL, summarise_all
+from ..metrics.hierarchy import DEFAULT_STEPS, PROTOCOL
+from ..metrics.scoring import EmbeddedBenchmark, per_unit_metrics
+from ..models.base import Encoder
+from ..models.cache import EmbeddingCache, cache_key, checksum_strings
+
+RESULT_SCHEMA = 1
+
+
+@dataclasses.dataclass
+class EvalOptions:
+    """Knobs of an evaluation run; the protocol ones (steps, root text) are recorded in the result."""
+
+    split: str = "test"
+    data: str | None = None
+    image_dir: str | None = None
+    download: bool = False
+    text_only: bool = False
+    text_batch_size: int = 256
+    image_batch_size: int = 64
+    workers: int = 1
+    steps: int = DEFAULT_STEPS
+    resamples: int = DEFAULT_RESAMPLES
+    seed: int = DEFAULT_SEED
+    cache: bool = True
+    cache_dir: str | None = None
+    device: str | None = None
+    progress: bool = True
+
+
+@dataclasses.dataclass
+class Embedded:
+    """A benchmark's embeddings plus what they came from."""
+
+    bench: EmbeddedBenchmark
+    records: list[Hierarchy]
+    image_files: list[str]
+    timings: dict[str, float]
+    cache_hits: int
+
+
+def benchmark_records(options: EvalOptions) -> list[Hierarchy]:
+    if options.data:
+        return read_hierarchies(options.data, split=Path(options.data).name)
+    return load_official(options.split)
+
+
+def embed_benchmark(encoder: Encoder, records: Sequence[Hierarchy], options: EvalOptions) -> Embedded:
+    """Embed the root, each distinct tier text and each distinct image of ``records`` (cache first)."""
+    cache = EmbeddingCache(options.cache_dir, enabled=options.cache)
+    fingerprint, preprocessing = encoder.fingerprint(), encoder.preprocessing()
+    texts = np.array([r.positive for r in records], dtype=object)
+    distinct, inverse = np.unique(texts.astype(str), return_inverse=True)
+    timings: dict[str, float] = {}
+
+    start = time.perf_counter()
+    inputs = [encoder.root_text, *distinct.tolist()]
+    key = cache_key(fingerprint, preprocessing, "text", checksum_strings(inputs))
+    text_vectors = cache.get_or_compute(key, lambda: encoder.encode_text(
+        inputs, batch_size=options.text_batch_size, progress=options.progress))
+    timings["embed_texts_s"] = time.perf_counter() - start
+    root, distinct_emb = text_vectors[0], text_vectors[1:]
+
+    image_emb = row_image = None
+    image_files: list[str] = []
+    if encoder.has_images and not options.text_only:
+        start = time.perf_counter()
+        store = ImageStore(options.image_dir, download=options.download)
+        paths = store.resolve(records, progress=options.progress)
+        image_files = list(dict.fromkeys(r.image_file for r in records))
+        index = {name: i for i, name in enumerate(image_files)}
+        row_image = np.array([index[r.image_file] for r in records])
+        ordered = [paths[name] for name in image_files]
+        signature = [f"{name}:{sha256_file(path)}" for name, path in zip(image_files, ordered)]
+        key = cache_key(fingerprint, preprocessing, "image", checksum_strings(signature))
+        image_emb = cache.get_or_compute(key, lambda: encoder.encode_image(
+            ordered, batch_size=options.image_batch_size, workers=options.workers, progress=options.progress))
+        timings["embed_images_s"] = time.perf_counter() - start
+
+    bench = EmbeddedBenchmark(texts, distinct_emb[inverse.reshape(texts.shape)], root, image_emb, row_image)
+    return Embedded(bench, list(records), image_files, timings, cache.hits)
+
+
+def environment(options: EvalOptions) -> dict[str, Any]:
+    import torch
+
+    return {"device": options.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
+            "machine": platform.machine(), "cpus": os.cpu_count()}
+
+
+def peak_memory_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def evaluate(model: str | Encoder, options: EvalOptions | None = None) -> dict[str, Any]:
+    """Score ``model`` (a spec string or an Encoder) and return the result document."""
+    from ..models.registry import load_encoder
+
+    options = options or EvalOptions()
+    started = time.perf_counter()
+    encoder = load_encoder(model, device=options.device) if isinstance(model, str) else model
+    load_s = time.perf_counter() - started
+    records = benchmark_records(options)
+    embedded = embed_benchmark(encoder, records, options)
+
+    start = time.perf_counter()
+    per_unit, _ = per_unit_metrics(embedded.bench, steps=options.steps)
+    metrics = summarise_all(per_unit, resamples=options.resamples, seed=options.seed)
+    metrics_s = time.perf_counter() - start
+    bench = embedded.bench
+    baselines = all_baselines(bench.texts, bench.row_image, len(embedded.image_files),
+                              dim=bench.root.shape[0], resamples=options.resamples, seed=options.seed)
+    timings = {"load_model_s": load_s, **embedded.timings, "metrics_s": metrics_s,
+               "total_s": time.perf_counter() - started, "peak_memory_mb": peak_memory_mb(),
+               "embedding_cache_hits": embedded.cache_hits}
+    if embedded.cache_hits == 0:
+        distinct_texts = len(np.unique(bench.texts.astype(str))) + 1
+        timings["texts_per_s"] = distinct_texts / max(timings["embed_texts_s"], 1e-9)
+        if embedded.image_files:
+            timings["images_per_s"] = len(embedded.image_files) / max(timings["embed_images_s"], 1e-9)
+    return {
+        "schema_version": RESULT_SCHEMA,
+        "model": encoder.metadata(),
+        "protocol": {"name": PROTOCOL, "steps": options.steps, "root_text": encoder.root_text,
+                     "bootstrap": {"resamples": options.resamples, "seed": options.seed, "level": LEVEL}},
+        "dataset": {"split": options.data or options.split, "rows": len(records),
+                    "images": len(embedded.image_files), "checksum": content_checksum(records)},
+        "package": {"name": "hierarcaps", "version": __version__},
+        "environment": environment(options),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "timings": timings,
+        "metrics": metrics,
+        "baselines": baselines,
+    }
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+def result_path(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
+    """``<out>/<model slug>-<weights hash>/<split>.<protocol>.json``: one file per model, weights and split."""
+    model = result["model"]
+    fingerprint = model["fingerprint"].split(":")[-1][:10]
+    split = slug(Path(result["dataset"]["split"]).name)
+    folder = f"{slug(Path(model['name']).name)}-{fingerprint}"
+    return Path(out_dir) / folder / f"{split}.{result['protocol']['name']}.json"
+
+
+def save_result(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
+    import json
+
+    path = result_path(result, out_dir)
+    with atomic_open(path, "w") as handle:
+        json.dump(result, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+    return path

@@ -1,0 +1,72 @@
+"""The Encoder seam: anything that maps texts (and optionally images) to L2-normalised vectors.
+
+Geometry hooks default to the Radial Embedding view (root = embedding of the empty text, Euclidean
+distance to it, cosine similarity); models with their own geometry override them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from ..metrics.hierarchy import DEFAULT_ROOT_TEXT
+
+
+def normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
+
+
+class Encoder:
+    """Base class of every model adapter. Subclasses implement ``_embed_texts`` and, for image-text models,
+    ``_embed_images``; they fill ``name``, ``revision`` and ``fingerprint()`` for metadata and caching."""
+
+    name: str = "encoder"
+    revision: str | None = None
+    has_images: bool = False
+    root_text: str = DEFAULT_ROOT_TEXT
+
+    def encode_text(self, texts: Sequence[str], *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+        """(n, d) float32 unit vectors, in the order given."""
+        return normalise(self._embed_texts(list(texts), batch_size=batch_size, progress=progress))
+
+    def encode_image(self, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = 64, workers: int = 1,
+                     progress: bool = False) -> np.ndarray:
+        """(n, d) float32 unit vectors for image files, in the order given."""
+        if not self.has_images:
+            raise TypeError(f"{self.name} is a text-only model")
+        return normalise(self._embed_images(list(paths), batch_size=batch_size, workers=workers, progress=progress))
+
+    def root(self) -> np.ndarray:
+        return self.encode_text([self.root_text])[0]
+
+    def distance_to_root(self, text_emb: np.ndarray, root: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(text_emb - root, axis=-1)
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a @ b.T
+
+    def _embed_texts(self, texts: list[str], *, batch_size: int, progress: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def _embed_images(self, paths: list[Any], *, batch_size: int, workers: int, progress: bool) -> np.ndarray:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """Identity of the weights (a hash), so caches and results never confuse two models."""
+        raise NotImplementedError
+
+    def preprocessing(self) -> dict[str, Any]:
+        """What turns raw inputs into tensors (tokenizer, image transform): part of the cache key."""
+        return {}
+
+    def metadata(self) -> dict[str, Any]:
+        return {"name": self.name, "revision": self.revision, "fingerprint": self.fingerprint(),
+                "parameters": self.parameter_count(), "dim": int(self.root().shape[0]),
+                "modalities": ["text", "image"] if self.has_images else ["text"], "root_text": self.root_text}
+
+    def parameter_count(self) -> int | None:
+        return None

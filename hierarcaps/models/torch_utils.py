@@ -1,0 +1,121 @@
+"""Shared torch plumbing for the adapters: devices, weight fingerprints, batching helpers."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from .base import Encoder
+
+
+def pick_device(device: str | None = None) -> str:
+    import torch
+
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def autocast(device: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on GPU; exact fp32 on CPU (no quantisation there)."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def weights_fingerprint(module: Any) -> str:
+    """xxh3-128 over every parameter and buffer (names, shapes, bytes): cheap even for large models."""
+    import torch
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(dtype=torch.uint8).numpy())
+    return "xxh3:" + digest.hexdigest()
+
+
+def parameter_count(module: Any) -> int:
+    return int(sum(p.numel() for p in module.parameters()))
+
+
+def length_sorted_batches(texts: Sequence[str], batch_size: int) -> Iterator[list[int]]:
+    """Index batches of texts sorted by length, so padding (and wasted compute) is minimal."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    for start in range(0, len(order), batch_size):
+        yield order[start:start + batch_size]
+
+
+def embed_text_batches(texts: list[str], batch_size: int, progress: bool, desc: str,
+                       embed: Callable[[list[str]], Any]) -> np.ndarray:
+    """Run ``embed`` over length-sorted batches and return rows in the original order."""
+    import torch
+    from tqdm.auto import tqdm
+
+    out: np.ndarray | None = None
+    batches = list(length_sorted_batches(texts, batch_size))
+    with torch.inference_mode():
+        for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
+            vectors = embed([texts[i] for i in batch]).float().cpu().numpy()
+            if out is None:
+                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
+            out[batch] = vectors
+    assert out is not None
+    return out
+
+
+class ImageFiles:
+    """A map-style dataset of image files decoded and transformed in DataLoader workers."""
+
+    def __init__(self, paths: Sequence[Any], transform: Callable[[Any], Any]) -> None:
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Any:
+        from ..data.images import open_image
+
+        return self.transform(open_image(self.paths[index]))
+
+
+def embed_image_batches(paths: list[Any], transform: Callable[[Any], Any], batch_size: int, workers: int,
+                        progress: bool, embed: Callable[[Any], Any]) -> np.ndarray:
+    """Decode + preprocess in ``workers`` processes while the main process runs the model."""
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from ..errors import DataError
+
+    loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, num_workers=workers,
+                        prefetch_factor=2 if workers else None)
+    chunks = []
+    try:
+        with torch.inference_mode():
+            for pixels in tqdm(loader, desc="Embedding images", disable=not progress, unit="batch"):
+                chunks.append(embed(pixels).float().cpu().numpy())
+    except DataError as exc:
+        # a worker's error arrives wrapped in its traceback: keep the one line that names the file
+        raise DataError(str(exc).strip().splitlines()[-1].removeprefix("hierarcaps.errors.DataError: ")) from None
+    return np.concatenate(chunks)
+
+
+class TorchEncoder(Encoder):
+    """An encoder backed by one torch module ``self.model``: fingerprint and size come from its weights."""
+
+    model: Any
+    _fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            self._fingerprint = weights_fingerprint(self.model)
+        return self._fingerprint
+
+    def parameter_count(self) -> int:
+        return parameter_count(self.model)

@@ -1,0 +1,179 @@
+"""Model adapters through the harness: parity with a per-item loop, the cache, outputs and bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hierarcaps.benchmarks.harness import EvalOptions, embed_benchmark, evaluate, save_result
+from hierarcaps.data import load_official, write_csv
+from hierarcaps.errors import DataError, HierarcapsError, ModelSpecError
+from hierarcaps.models import load_encoder
+from hierarcaps.models.random_models import save_random_hf_clip, write_open_clip_config
+
+from .reference_protocol import reference_scores
+
+ROWS = 40
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_random_hf_clip(tmp_path_factory.mktemp("models") / "tiny-clip", "tiny", seed=0)
+
+
+@pytest.fixture(scope="module")
+def tiny_open_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return "open_clip:" + str(write_open_clip_config(tmp_path_factory.mktemp("models") / "tiny-oc.json"))
+
+
+@pytest.fixture
+def subset(tmp_path: Path) -> Path:
+    """The first rows of the test set as a test-format file (the harness scores any such file)."""
+    return write_csv(load_official("test")[:ROWS], tmp_path / "subset.csv", fmt="test")
+
+
+def options(subset: Path, image_dir: Path, **kwargs: object) -> EvalOptions:
+    return EvalOptions(data=str(subset), image_dir=str(image_dir), resamples=50, progress=False, workers=0,
+                       **kwargs)  # type: ignore[arg-type]
+
+
+def per_item_embeddings(encoder, records, image_dir: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The upstream way: one row of 4 captions and one image per forward pass."""
+    text_emb = np.stack([encoder.encode_text(list(r.positive)) for r in records])
+    image_emb = np.concatenate([encoder.encode_image([image_dir / r.image_file], workers=0) for r in records])
+    return text_emb, image_emb, encoder.root()
+
+
+@pytest.mark.parametrize("which", ["hf", "open_clip"])
+def test_harness_matches_the_per_item_loop(which: str, tiny_hf: Path, tiny_open_clip: str, subset: Path,
+                                           test_image_dir: Path) -> None:
+    spec = str(tiny_hf) if which == "hf" else tiny_open_clip
+    encoder = load_encoder(spec, device="cpu")
+    result = evaluate(encoder, options(subset, test_image_dir))
+    records = load_official("test")[:ROWS]
+    text_emb, image_emb, root = per_item_embeddings(encoder, records, test_image_dir)
+    embedded = embed_benchmark(encoder, records, options(subset, test_image_dir))
+    np.testing.assert_allclose(embedded.bench.text_emb, text_emb, atol=2e-6)
+    np.testing.assert_allclose(embedded.bench.image_emb, image_emb, atol=2e-6)
+    ref = reference_scores([list(r.positive) for r in records], text_emb, root, image_emb, list(range(ROWS)))
+    for name in ("precision", "recall", "d_corr", "order_aware_recall"):
+        assert result["metrics"][name]["value"] == pytest.approx(ref[name], abs=1e-6), name
+    assert result["model"]["parameters"] > 0 and result["model"]["dim"] == 32
+    assert set(result["baselines"]) == {"random", "length_chars", "length_words"}
+    assert {"i2t_R@1", "t2i_R@10", "text_query/recall", "recall_tier4"} <= set(result["metrics"])
+
+
+def test_cache_hits_on_rerun_and_misses_when_the_model_changes(tiny_hf: Path, subset: Path, test_image_dir: Path,
+                                                               tmp_path: Path) -> None:
+    first = evaluate(str(tiny_hf), options(subset, test_image_dir))
+    again = evaluate(str(tiny_hf), options(subset, test_image_dir))
+    assert first["timings"]["embedding_cache_hits"] == 0 and again["timings"]["embedding_cache_hits"] == 2
+    assert again["metrics"] == first["metrics"]
+    other = save_random_hf_clip(tmp_path / "other", "tiny", seed=1)
+    changed = evaluate(str(other), options(subset, test_image_dir))
+    assert changed["timings"]["embedding_cache_hits"] == 0
+    assert changed["model"]["fingerprint"] != first["model"]["fingerprint"]
+
+
+def test_minilm_on_the_real_test_set_matches_per_row_encoding() -> None:
+    result = evaluate("minilm", EvalOptions(resamples=100, progress=False))
+    assert result["dataset"]["rows"] == 1000 and result["model"]["modalities"] == ["text"]
+    assert "precision" not in result["metrics"]                      # text-only: no image metrics
+    encoder = load_encoder("minilm")
+    records = load_official("test")
+    embedded = embed_benchmark(encoder, records, EvalOptions(progress=False))
+    assert embedded.cache_hits == 1
+    per_row = np.stack([encoder.encode_text(list(r.positive)) for r in records[:50]])
+    np.testing.assert_allclose(embedded.bench.text_emb[:50], per_row, atol=1e-5)
+    assert -1 <= result["metrics"]["d_corr"]["value"] <= 1
+    assert result["baselines"]["length_chars"]["d_corr"]["value"] == pytest.approx(0.8737, abs=1e-4)
+
+
+def test_sentence_transformers_and_mean_pooling_give_the_same_minilm() -> None:
+    from hierarcaps.models.text import SentenceTransformerEncoder, packaged_minilm_path
+
+    texts = ["", "animal", "a goat eating leaves of a lemon tree on the island", "word " * 400]
+    fast, reference = load_encoder("minilm"), SentenceTransformerEncoder(packaged_minilm_path())
+    np.testing.assert_allclose(fast.encode_text(texts), reference.encode_text(texts), atol=1e-6)
+
+
+def test_result_file_and_report(tiny_hf: Path, subset: Path, test_image_dir: Path, tmp_path: Path) -> None:
+    result = evaluate(str(tiny_hf), options(subset, test_image_dir))
+    path = save_result(result, tmp_path / "results")
+    assert path.name == "subset.csv.hierarcaps-v1.json" and path.parent.name.startswith("tiny-clip-")
+    assert json.loads(path.read_text())["metrics"] == json.loads(json.dumps(result["metrics"]))
+    report = subprocess.run([sys.executable, "-m", "hierarcaps", "report", str(tmp_path / "results"), "--markdown"],
+                            capture_output=True, text=True, check=True)
+    assert str(tiny_hf) in report.stdout and report.stdout.count("\n") == 3
+
+
+def test_cli_evaluate_writes_result_and_plots(tiny_hf: Path, subset: Path, test_image_dir: Path,
+                                              tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run = subprocess.run([sys.executable, "-m", "hierarcaps", "evaluate", "--model", str(tiny_hf), "--data",
+                          str(subset), "--image-dir", str(test_image_dir), "--out", str(out), "--resamples", "20",
+                          "--workers", "0", "--plots", "--quiet"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "d_corr" in run.stdout and "length (chars)" in run.stdout
+    assert {p.name for p in out.rglob("*") if p.is_file()} == {
+        "subset.csv.hierarcaps-v1.json", "radius_by_tier.png", "predicted_chains.png"}
+
+
+def test_unresolvable_specs_and_folders_without_processor(tiny_hf: Path, tmp_path: Path) -> None:
+    for spec in ("no-such-model", str(tmp_path / "missing"), "open_clip:NoSuchArch-99"):
+        with pytest.raises(ModelSpecError):
+            load_encoder(spec)
+    bare = tmp_path / "bare"
+    shutil.copytree(tiny_hf, bare)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "processor_config.json",
+                 "preprocessor_config.json", "special_tokens_map.json"):
+        (bare / name).unlink(missing_ok=True)
+    with pytest.raises(ModelSpecError, match="processor"):
+        load_encoder(str(bare))
+    run = subprocess.run([sys.executable, "-m", "hierarcaps", "evaluate", "--model", "no-such-model"],
+                         capture_output=True, text=True)
+    assert run.returncode == 1 and "does not resolve" in run.stderr and run.stderr.count("\n") == 1
+
+
+def test_an_image_that_fails_to_decode_is_named(tiny_hf: Path, test_image_dir: Path, tmp_path: Path) -> None:
+    import dataclasses
+
+    images = tmp_path / "images"
+    images.mkdir()
+    records = []
+    for i, r in enumerate(load_official("test")[:3]):   # a custom set: images outside the shipped manifest
+        name = f"custom_{i}.jpg"
+        shutil.copy(test_image_dir / r.image_file, images / name)
+        records.append(dataclasses.replace(r, image_url=f"http://example.invalid/{name}", image_file=name))
+    broken = images / "custom_1.jpg"
+    broken.write_bytes(broken.read_bytes()[:500])
+    small = write_csv(records, tmp_path / "small.csv", fmt="test")
+    for workers in (0, 1):
+        with pytest.raises(DataError, match="cannot decode image") as info:
+            evaluate(str(tiny_hf), EvalOptions(data=str(small), image_dir=str(images), workers=workers,
+                                               progress=False, cache=False))
+        assert "custom_1.jpg" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_nan_embeddings_from_a_model_are_refused(subset: Path) -> None:
+    from hierarcaps.models.base import Encoder
+
+    class Broken(Encoder):
+        name = "broken"
+
+        def _embed_texts(self, texts, *, batch_size, progress):
+            out = np.ones((len(texts), 4), dtype=np.float32)
+            out[-1] = np.nan
+            return out
+
+        def fingerprint(self) -> str:
+            return "broken"
+
+    with pytest.raises(HierarcapsError, match="NaN"):
+        evaluate(Broken(), EvalOptions(data=str(subset), progress=False, cache=False))
