@@ -179,7 +179,7 @@ def _register_optional_commands() -> None:
         importlib.import_module(module)
 
 
-WORKSHOP_COMMANDS = ("hierarcaps.benchmarks.commands",)
+WORKSHOP_COMMANDS = ("hierarcaps.benchmarks.commands", "hierarcaps.finetune.commands")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ def _plots(model: str, options, folder: Path) -> list[Path]:
     from .plots import predicted_chains, radius_by_tier
 
     options.progress = False
-    encoder = load_encoder(model, device=options.device)
+    encoder = load_encoder(model, device=options.device, lazy=True)
     records = benchmark_records(options)
     embedded = embed_benchmark(encoder, records, options)
     out = [radius_by_tier(embedded.bench, folder / "radius_by_tier.png", encoder.name)]

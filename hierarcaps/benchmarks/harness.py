@@ -106,16 +106,24 @@ def embed_benchmark(encoder: Encoder, records: Sequence[Hierarchy], options: Eva
             ordered, batch_size=options.image_batch_size, workers=options.workers, progress=options.progress))
         timings["embed_images_s"] = time.perf_counter() - start
 
-    bench = EmbeddedBenchmark(texts, distinct_emb[inverse.reshape(texts.shape)], root, image_emb, row_image)
+    text_emb = distinct_emb[inverse.reshape(texts.shape)]
+    bench = EmbeddedBenchmark(texts, text_emb, root, image_emb, row_image,
+                              text_radii=encoder.distance_to_root(text_emb, root))
     return Embedded(bench, list(records), image_files, timings, cache.hits)
 
 
 def environment(options: EvalOptions) -> dict[str, Any]:
-    import torch
+    """Where the embeddings were computed; torch is not imported just to say so (a cached run never loads it)."""
+    import importlib.metadata
+    import sys
 
-    return {"device": options.device or ("cuda" if torch.cuda.is_available() else "cpu"),
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "python": platform.python_version(),
-            "machine": platform.machine(), "cpus": os.cpu_count()}
+    torch = sys.modules.get("torch")
+    env: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(),
+                           "cpus": os.cpu_count(), "torch": importlib.metadata.version("torch")}
+    if torch is not None:
+        env["device"] = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        env["threads"] = torch.get_num_threads()
+    return env
 
 
 def peak_memory_mb() -> float:
@@ -128,7 +136,7 @@ def evaluate(model: str | Encoder, options: EvalOptions | None = None) -> dict[s
 
     options = options or EvalOptions()
     started = time.perf_counter()
-    encoder = load_encoder(model, device=options.device) if isinstance(model, str) else model
+    encoder = load_encoder(model, device=options.device, lazy=True) if isinstance(model, str) else model
     load_s = time.perf_counter() - started
     records = benchmark_records(options)
     embedded = embed_benchmark(encoder, records, options)

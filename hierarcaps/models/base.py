@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics.hierarchy import DEFAULT_ROOT_TEXT
+from ..metrics.hierarchy import DEFAULT_ROOT_TEXT, radii
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -44,7 +44,8 @@ class Encoder:
         return self.encode_text([self.root_text])[0]
 
     def distance_to_root(self, text_emb: np.ndarray, root: np.ndarray) -> np.ndarray:
-        return np.linalg.norm(text_emb - root, axis=-1)
+        """Genericity of each text (smaller = more generic); the protocol's radius."""
+        return radii(text_emb, root)
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         return a @ b.T

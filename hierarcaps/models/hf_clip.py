@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import ModelSpecError
-from .torch_utils import (
-    TorchEncoder,
-    autocast,
-    embed_image_batches,
-    embed_text_batches,
-    pick_device,
-)
+from .torch_utils import TorchEncoder, pick_device
 
 
 def features(output: Any) -> Any:
@@ -27,6 +20,7 @@ class HFDualEncoder(TorchEncoder):
     """A transformers image-text model loaded with ``AutoModel`` and ``AutoProcessor`` from a hub id or folder."""
 
     has_images = True
+    spec_prefix = "hf:"
 
     def __init__(self, source: str, *, device: str | None = None, revision: str | None = None) -> None:
         from transformers import AutoModel, AutoProcessor
@@ -51,24 +45,23 @@ class HFDualEncoder(TorchEncoder):
         self.revision = revision or getattr(model.config, "_commit_hash", None)
         self.padding: bool | str = "max_length" if "siglip" in model.config.model_type else True
 
-    def _tokens(self, texts: list[str]) -> dict[str, Any]:
+    def text_features(self, texts: list[str]) -> Any:
         tokens = self.processor.tokenizer(texts, padding=self.padding, truncation=True, return_tensors="pt")
-        return {k: v.to(self.device) for k, v in tokens.items()}
+        return features(self.model.get_text_features(**{k: v.to(self.device) for k, v in tokens.items()}))
 
-    def _embed_texts(self, texts: list[str], *, batch_size: int, progress: bool) -> np.ndarray:
-        def embed(batch: list[str]) -> Any:
-            with autocast(self.device):
-                return features(self.model.get_text_features(**self._tokens(batch)))
-        return embed_text_batches(texts, batch_size, progress, "Embedding texts", embed)
-
-    def _pixels(self, image: Any) -> Any:
+    def image_transform(self, image: Any) -> Any:
         return self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
 
-    def _embed_images(self, paths: list[Any], *, batch_size: int, workers: int, progress: bool) -> np.ndarray:
-        def embed(pixels: Any) -> Any:
-            with autocast(self.device):
-                return features(self.model.get_image_features(pixel_values=pixels.to(self.device)))
-        return embed_image_batches(paths, self._pixels, batch_size, workers, progress, embed)
+    def image_features(self, pixels: Any) -> Any:
+        return features(self.model.get_image_features(pixel_values=pixels))
+
+    def text_parameters(self) -> list[Any]:
+        towers = [getattr(self.model, name) for name in ("text_model", "text_projection") if hasattr(self.model, name)]
+        return [p for tower in towers for p in tower.parameters()]
+
+    def save(self, folder: str | Path) -> None:
+        self.model.save_pretrained(folder)
+        self.processor.save_pretrained(folder)
 
     def preprocessing(self) -> dict[str, Any]:
         tokenizer = self.processor.tokenizer

@@ -3,19 +3,14 @@ or a model config JSON (registered with ``add_model_config``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from ..errors import ModelSpecError
-from .torch_utils import (
-    TorchEncoder,
-    autocast,
-    embed_image_batches,
-    embed_text_batches,
-    pick_device,
-)
+from .torch_utils import TorchEncoder, pick_device
+
+TEXT_TOWER = ("transformer", "token_embedding", "positional_embedding", "ln_final", "text_projection", "text")
 
 
 def parse_open_clip_spec(spec: str) -> tuple[str, str | None]:
@@ -32,41 +27,68 @@ class OpenClipEncoder(TorchEncoder):
     """An open_clip model with the tokenizer and eval transform that travel with it."""
 
     has_images = True
+    spec_prefix = "open_clip:local-dir:"
 
     def __init__(self, spec: str, *, device: str | None = None, pretrained: str | None = None) -> None:
         import open_clip
 
         name, tag = parse_open_clip_spec(spec)
         pretrained = pretrained or tag
+        self.model_config: dict[str, Any] | None = None
         if name.endswith(".json"):
             config = Path(name)
             if not config.exists():
                 raise ModelSpecError(f"open_clip config {name} not found")
             open_clip.add_model_config(config)
+            self.model_config = json.loads(config.read_text())
             name = config.stem
         self.device = pick_device(device)
         try:
             model, _, transform = open_clip.create_model_and_transforms(name, pretrained=pretrained,
                                                                         device=self.device)
-        except (RuntimeError, OSError, ValueError) as exc:
+            self.tokenizer = open_clip.get_tokenizer(name)
+        except (RuntimeError, OSError, ValueError, FileNotFoundError) as exc:
             raise ModelSpecError(f"cannot load open_clip model {spec!r}: {exc}") from None
         self.model = model.eval()
         self.transform = transform
-        self.tokenizer = open_clip.get_tokenizer(name)
+        self.open_clip_name = name
         self.name = f"open_clip:{name}" + (f"/{pretrained}" if pretrained else "")
         self.revision = pretrained
 
-    def _embed_texts(self, texts: list[str], *, batch_size: int, progress: bool) -> np.ndarray:
-        def embed(batch: list[str]) -> Any:
-            with autocast(self.device):
-                return self.model.encode_text(self.tokenizer(batch).to(self.device))
-        return embed_text_batches(texts, batch_size, progress, "Embedding texts", embed)
+    def text_features(self, texts: list[str]) -> Any:
+        return self.model.encode_text(self.tokenizer(texts).to(self.device))
 
-    def _embed_images(self, paths: list[Any], *, batch_size: int, workers: int, progress: bool) -> np.ndarray:
-        def embed(pixels: Any) -> Any:
-            with autocast(self.device):
-                return self.model.encode_image(pixels.to(self.device))
-        return embed_image_batches(paths, self.transform, batch_size, workers, progress, embed)
+    def image_transform(self, image: Any) -> Any:
+        return self.transform(image)
+
+    def image_features(self, pixels: Any) -> Any:
+        return self.model.encode_image(pixels)
+
+    def text_parameters(self) -> list[Any]:
+        params = []
+        for name in TEXT_TOWER:
+            part = getattr(self.model, name, None)
+            if part is None:
+                continue
+            params.extend(part.parameters() if hasattr(part, "parameters") else [part])
+        return params
+
+    def save(self, folder: str | Path) -> None:
+        """The open_clip local-dir layout: open_clip_config.json + open_clip_model.safetensors."""
+        import open_clip
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        model_cfg = self.model_config or open_clip.get_model_config(self.open_clip_name)
+        visual = self.model.visual
+        preprocess = {"mean": list(getattr(visual, "image_mean", None) or open_clip.OPENAI_DATASET_MEAN),
+                      "std": list(getattr(visual, "image_std", None) or open_clip.OPENAI_DATASET_STD),
+                      "image_size": model_cfg["vision_cfg"]["image_size"]}
+        (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess},
+                                                                 indent=2))
+        state = {k: v.contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, folder / "open_clip_model.safetensors")
 
     def preprocessing(self) -> dict[str, Any]:
         return {"tokenizer": type(self.tokenizer).__name__,

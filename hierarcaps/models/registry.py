@@ -22,25 +22,19 @@ from .base import Encoder
 CHECKPOINT_FILE = "hierarcaps_model.json"
 
 
-def _minilm(_: str, device: str | None) -> Encoder:
-    from .text import packaged_minilm_path
-
-    return _sentence_folder(packaged_minilm_path(), device, name="all-MiniLM-L6-v2")
-
-
 def _st(source: str, device: str | None) -> Encoder:
     from .text import SentenceTransformerEncoder
 
     return SentenceTransformerEncoder(source, device=device)
 
 
-def _sentence_folder(source: str, device: str | None, name: str | None = None) -> Encoder:
+def _sentence_folder(source: str, device: str | None) -> Encoder:
     """A local sentence-transformers folder: plain mean pooling through transformers when that is all it is."""
     from .text import MeanPoolEncoder, SentenceTransformerEncoder, is_mean_pooling_pipeline
 
     if is_mean_pooling_pipeline(Path(source)):
-        return MeanPoolEncoder(source, device=device, name=name or Path(source).name)
-    return SentenceTransformerEncoder(source, device=device, name=name)
+        return MeanPoolEncoder(source, device=device)
+    return SentenceTransformerEncoder(source, device=device)
 
 
 def _mean_pool(source: str, device: str | None) -> Encoder:
@@ -64,35 +58,65 @@ def _open_clip(source: str, device: str | None) -> Encoder:
 PREFIXES: dict[str, Callable[[str, str | None], Encoder]] = {
     "st:": _st, "text:": _mean_pool, "hf:": _hf, "open_clip:": _open_clip,
 }
+# how a saved folder reloads, by the spec prefix an adapter saves itself under
+FOLDER_ADAPTERS: dict[str, tuple[str, Callable[[str, str | None], Encoder], bool]] = {
+    "hf:": ("hf", _hf, True),
+    "text:": ("text", _mean_pool, False),
+    "open_clip:local-dir:": ("open_clip", lambda source, device: _open_clip(f"local-dir:{source}", device), True),
+}
 
 
-def detect_folder(folder: Path) -> Callable[[str, str | None], Encoder]:
-    """The adapter for a local model folder, from the files it holds."""
+def folder_adapter(folder: Path) -> tuple[str, Callable[[str, str | None], Encoder], bool]:
+    """(adapter name, factory, has images) for a local model folder, from the files it holds."""
     if (folder / CHECKPOINT_FILE).exists():
-        info = json.loads((folder / CHECKPOINT_FILE).read_text())
-        return PREFIXES[info["adapter"]]
+        prefix = json.loads((folder / CHECKPOINT_FILE).read_text())["spec_prefix"]
+        return FOLDER_ADAPTERS[prefix]
     if (folder / "modules.json").exists():
-        return _sentence_folder
+        return "sentence-folder", _sentence_folder, False
     if (folder / "open_clip_config.json").exists():
-        return lambda source, device: _open_clip(f"local-dir:{source}", device)
+        return FOLDER_ADAPTERS["open_clip:local-dir:"]
     if (folder / "config.json").exists():
         config = json.loads((folder / "config.json").read_text())
         text_only = "text_config" not in config and "vision_config" not in config
-        return _mean_pool if text_only else _hf
+        return FOLDER_ADAPTERS["text:" if text_only else "hf:"]
     raise ModelSpecError(f"{folder} holds no model this package recognises "
                          "(expected config.json, modules.json, open_clip_config.json or hierarcaps_model.json)")
 
 
-def load_encoder(spec: str, *, device: str | None = None) -> Encoder:
-    """Load the model a spec names; unknown or unloadable specs raise ModelSpecError with the reason."""
+def folder_name(folder: Path) -> str:
+    checkpoint = folder / CHECKPOINT_FILE
+    return json.loads(checkpoint.read_text()).get("name", folder.name) if checkpoint.exists() else str(folder)
+
+
+def load_folder(folder: Path, device: str | None, *, lazy: bool = False, name: str | None = None) -> Encoder:
+    """The model in a local folder; with ``lazy`` its weights load only when something is embedded."""
+    adapter, factory, has_images = folder_adapter(folder)
+    name = name or folder_name(folder)
+    if lazy:
+        from .lazy import LazyEncoder
+
+        return LazyEncoder(folder, lambda: factory(str(folder), device), name=name, has_images=has_images,
+                           adapter=adapter)
+    encoder = factory(str(folder), device)
+    encoder.name = name
+    return encoder
+
+
+def load_encoder(spec: str, *, device: str | None = None, lazy: bool = False) -> Encoder:
+    """Load the model a spec names; unknown or unloadable specs raise ModelSpecError with the reason.
+
+    ``lazy`` (used by the harness) defers loading local folders until something must be embedded.
+    """
     if spec == "minilm":
-        return _minilm(spec, device)
+        from .text import packaged_minilm_path
+
+        return load_folder(Path(packaged_minilm_path()), device, lazy=lazy, name="all-MiniLM-L6-v2")
     for prefix, factory in PREFIXES.items():
         if spec.startswith(prefix):
             return factory(spec[len(prefix):], device)
     path = Path(spec).expanduser()
     if path.is_dir():
-        return detect_folder(path)(str(path), device)
+        return load_folder(path, device, lazy=lazy)
     if path.suffix or spec.startswith((".", "/", "~")):
         raise ModelSpecError(f"model spec {spec!r}: no such folder")
     if "/" in spec:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelSpecError
-from .torch_utils import TorchEncoder, autocast, embed_text_batches, pick_device
+from .torch_utils import TorchEncoder, autocast, pick_device
 
 MINILM_ALIAS = "minilm"
 
@@ -69,6 +69,8 @@ class MeanPoolEncoder(TorchEncoder):
     embeddings without importing sentence-transformers (several seconds per run).
     """
 
+    spec_prefix = "text:"
+
     def __init__(self, source: str, *, device: str | None = None, name: str | None = None) -> None:
         from transformers import AutoModel, AutoTokenizer
 
@@ -84,15 +86,20 @@ class MeanPoolEncoder(TorchEncoder):
         self.name = name or f"text:{Path(source).name if Path(source).exists() else source}"
         self.revision = getattr(self.model.config, "_commit_hash", None)
 
-    def _embed_texts(self, texts: list[str], *, batch_size: int, progress: bool) -> np.ndarray:
-        def embed(batch: list[str]) -> Any:
-            tokens = self.tokenizer(batch, padding=True, truncation=True, max_length=self.max_length,
-                                    return_tensors="pt").to(self.device)
-            with autocast(self.device):
-                hidden = self.model(**tokens).last_hidden_state
-            mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
-        return embed_text_batches(texts, batch_size, progress, "Embedding texts", embed)
+    def text_features(self, texts: list[str]) -> Any:
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                                return_tensors="pt").to(self.device)
+        hidden = self.model(**tokens).last_hidden_state
+        mask = tokens["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+    def text_parameters(self) -> list[Any]:
+        return list(self.model.parameters())
+
+    def save(self, folder: str | Path) -> None:
+        self.model.save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
+        (Path(folder) / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": self.max_length}))
 
     def preprocessing(self) -> dict[str, Any]:
         return {"tokenizer": type(self.tokenizer).__name__, "max_length": self.max_length, "pooling": "mean"}

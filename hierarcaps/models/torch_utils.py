@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -107,15 +108,56 @@ def embed_image_batches(paths: list[Any], transform: Callable[[Any], Any], batch
 
 
 class TorchEncoder(Encoder):
-    """An encoder backed by one torch module ``self.model``: fingerprint and size come from its weights."""
+    """An encoder backed by one torch module ``self.model``.
+
+    Subclasses provide differentiable ``text_features`` (and ``image_transform``/``image_features`` for
+    image-text models); evaluation and fine-tuning share them, so both see the very same computation.
+    They also name the text-side parameters that fine-tuning trains and how to save themselves.
+    """
 
     model: Any
+    device: str = "cpu"
+    spec_prefix: str = ""
     _fingerprint: str | None = None
+
+    def text_features(self, texts: list[str]) -> Any:
+        """Unnormalised text features with gradients when enabled: (n, d) tensor."""
+        raise NotImplementedError
+
+    def image_transform(self, image: Any) -> Any:
+        raise NotImplementedError
+
+    def image_features(self, pixels: Any) -> Any:
+        raise NotImplementedError
+
+    def text_parameters(self) -> list[Any]:
+        """The parameters Radial Embedding fine-tuning trains (text tower and text projection)."""
+        raise NotImplementedError
+
+    def save(self, folder: str | Path) -> None:
+        """Write weights and preprocessing so that ``load_encoder(spec_prefix + folder)`` restores this model."""
+        raise NotImplementedError
+
+    def _embed_texts(self, texts: list[str], *, batch_size: int, progress: bool) -> np.ndarray:
+        def embed(batch: list[str]) -> Any:
+            with autocast(self.device):
+                return self.text_features(batch)
+        return embed_text_batches(texts, batch_size, progress, "Embedding texts", embed)
+
+    def _embed_images(self, paths: list[Any], *, batch_size: int, workers: int, progress: bool) -> np.ndarray:
+        def embed(pixels: Any) -> Any:
+            with autocast(self.device):
+                return self.image_features(pixels.to(self.device))
+        return embed_image_batches(paths, self.image_transform, batch_size, workers, progress, embed)
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             self._fingerprint = weights_fingerprint(self.model)
         return self._fingerprint
+
+    def forget_fingerprint(self) -> None:
+        """Call after changing the weights (training) so caches see a new model."""
+        self._fingerprint = None
 
     def parameter_count(self) -> int:
         return parameter_count(self.model)

@@ -1,0 +1,142 @@
+"""How fast is `hierarcaps evaluate` against the compute floor? (random-weight ViT-B/32, same cost as the real one)
+
+Prints: the floor (the model's own batched fp32 forward passes over the distinct inputs), the whole
+`hierarcaps evaluate` run from a cold embedding cache, a cached re-run, metric time from cached embeddings,
+img/s, text/s and peak memory. With --upstream it also times the per-item loop (one image and one row of 4
+captions per forward pass) that the reference implementation uses.
+
+    python benchmarks/speed_evaluate.py --image-dir ../shared/hierarcaps/images [--upstream] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def run_cli(args: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall time and peak RSS (MB) of one `hierarcaps` command in a fresh process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "hierarcaps", *args], check=True, env=env, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    return wall, max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+
+
+def floor(model_dir: Path, image_paths: list[Path], texts: list[str], batch: int, text_batch: int) -> dict[str, float]:
+    """The model's own batched forward passes, with preprocessing timed apart."""
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    from hierarcaps.data.images import open_image
+    from hierarcaps.models.torch_utils import length_sorted_batches
+
+    model = CLIPModel.from_pretrained(model_dir).eval()
+    processor = CLIPProcessor.from_pretrained(model_dir)
+    pixels, preprocess_s = timed(lambda: torch.stack([
+        processor.image_processor(images=open_image(p), return_tensors="pt")["pixel_values"][0] for p in image_paths]))
+    tokens = [processor.tokenizer([texts[i] for i in b], padding=True, truncation=True, return_tensors="pt")
+              for b in length_sorted_batches(texts, text_batch)]
+    with torch.inference_mode():
+        _, image_s = timed(lambda: [model.get_image_features(pixel_values=pixels[i:i + batch])
+                                    for i in range(0, len(pixels), batch)])
+        _, text_s = timed(lambda: [model.get_text_features(**t) for t in tokens])
+    return {"preprocess_images_s": preprocess_s, "forward_images_s": image_s, "forward_texts_s": text_s,
+            "floor_s": image_s + text_s}
+
+
+def upstream_loop(model_dir: Path, records, image_dir: Path) -> float:
+    """The reference implementation's shape: per image one forward, per row one forward of its 4 texts."""
+    import torch
+    from PIL import Image
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(model_dir).eval()
+    processor = CLIPProcessor.from_pretrained(model_dir)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for r in records:
+            model.get_image_features(**processor(images=Image.open(image_dir / r.image_file), return_tensors="pt"))
+        for r in records:
+            model.get_text_features(**processor(text=list(r.positive), padding=True, truncation=True,
+                                                return_tensors="pt"))
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-dir", required=True)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--text-batch-size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--upstream", action="store_true", help="also time the per-item loop (about 4 minutes)")
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+
+    from hierarcaps.data import load_official
+    from hierarcaps.models.random_models import save_random_hf_clip
+
+    records = load_official("test")
+    image_dir = Path(args.image_dir)
+    texts = sorted({t for r in records for t in r.positive} | {""})
+    work = Path(tempfile.mkdtemp(prefix="hc-speed-"))
+    model_dir = save_random_hf_clip(work / "random-vit-b-32", "ViT-B-32")
+    env = {**os.environ, "HIERARCAPS_CACHE": str(work / "cache"), "HF_HUB_OFFLINE": "1"}
+    figures: dict[str, float] = {"distinct_texts": len(texts), "images": len(records)}
+
+    figures.update(floor(model_dir, [image_dir / r.image_file for r in records], texts,
+                         args.batch_size, args.text_batch_size))
+    common = ["evaluate", "--model", str(model_dir), "--image-dir", str(image_dir), "--out", str(work / "results"),
+              "--batch-size", str(args.batch_size), "--text-batch-size", str(args.text_batch_size),
+              "--workers", str(args.workers), "--quiet"]
+    figures["evaluate_cold_s"], figures["evaluate_cold_peak_mb"] = run_cli(common, env)
+    figures["evaluate_cached_s"], _ = run_cli(common, env)
+    result = json.loads(next((work / "results").rglob("*.json")).read_text())
+    figures["ratio_to_floor"] = figures["evaluate_cold_s"] / figures["floor_s"]
+    figures["images_per_s_cold"] = len(records) / figures["forward_images_s"]
+
+    from hierarcaps.benchmarks.harness import EvalOptions, embed_benchmark
+    from hierarcaps.metrics.bootstrap import summarise_all
+    from hierarcaps.metrics.scoring import per_unit_metrics
+    from hierarcaps.models import load_encoder
+
+    os.environ["HIERARCAPS_CACHE"] = env["HIERARCAPS_CACHE"]
+    embedded = embed_benchmark(load_encoder(str(model_dir)), records,
+                               EvalOptions(image_dir=str(image_dir), progress=False))
+    metric_times = []
+    for _ in range(3):
+        _, seconds = timed(lambda: summarise_all(per_unit_metrics(embedded.bench)[0]))
+        metric_times.append(seconds)
+    figures["metrics_from_cache_s"] = min(metric_times)
+    figures["harness_reported_timings"] = result["timings"]
+    if args.upstream:
+        figures["upstream_loop_s"] = upstream_loop(model_dir, records, image_dir)
+        figures["speedup_vs_upstream"] = figures["upstream_loop_s"] / figures["evaluate_cold_s"]
+
+    import torch
+
+    figures["threads"] = torch.get_num_threads()
+    for name, value in figures.items():
+        print(f"{name:28s} {json.dumps(value) if isinstance(value, dict) else f'{value:.3f}' if isinstance(value, float) else value}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    np.set_printoptions(precision=3)
+    main()

@@ -1,0 +1,308 @@
+"""Fine-tune the text side of a model with the RE (or entailment-cone) objective.
+
+Only the text tower and text projection train; everything else is frozen and stays bit-identical.
+Checkpoints (weights of the trained part, optimizer, scheduler, RNG, log) are written atomically every
+``checkpoint_every`` steps; re-running the same command after a kill resumes from the newest one and ends
+with the same weights as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from .._io import atomic_open
+from ..errors import HierarcapsError
+from ..models.registry import CHECKPOINT_FILE, load_encoder
+from ..models.torch_utils import TorchEncoder, autocast
+from .data import OFFLINE, data_checksum, micro_batches, split_held_out, training_records
+from .losses import OBJECTIVES, LossWeights
+
+STATE_FILE = "state.pt"
+
+
+@dataclasses.dataclass
+class FinetuneConfig:
+    """Everything that determines a run; its hash guards resuming into a different run."""
+
+    model: str = "minilm"
+    train: str = OFFLINE
+    out: str = "runs/finetune"
+    objective: str = "re"
+    pullback_weight: float = 10.0
+    main_weight: float = 1.0
+    hard_weight: float = 1.0
+    lr: float = 1e-7
+    weight_decay: float = 0.01
+    warmup_steps: int = 0
+    batch_size: int = 8
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_steps: int | None = None
+    max_grad_norm: float | None = 1.0
+    val_fraction: float = 0.05
+    val_every: int = 200
+    val_rows: int = 512
+    checkpoint_every: int = 200
+    seed: int = 0
+    device: str | None = None
+    progress: bool = True
+
+    def run_hash(self) -> str:
+        fixed = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "progress", "out")}
+        return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class Trainer:
+    """One fine-tuning run: data, model, optimizer, loop, checkpoints, outputs."""
+
+    def __init__(self, config: FinetuneConfig) -> None:
+        import torch
+
+        self.config = config
+        self.out = Path(config.out)
+        records = training_records(config.train)
+        self.train_rows, self.val_rows = split_held_out(records, config.val_fraction, config.seed)
+        self.val_rows = self.val_rows[:config.val_rows]
+        self.data_checksum = data_checksum(records)
+        torch.manual_seed(config.seed)
+        encoder = load_encoder(config.model, device=config.device)
+        if not isinstance(encoder, TorchEncoder) or not hasattr(encoder, "text_parameters"):
+            raise HierarcapsError(f"{config.model}: this adapter cannot be fine-tuned")
+        self.encoder = encoder
+        self.base_name, self.base_fingerprint = encoder.name, encoder.fingerprint()
+        self.frozen = copy.deepcopy(encoder.model).eval()
+        for p in self.frozen.parameters():
+            p.requires_grad_(False)
+        trainable = {id(p) for p in encoder.text_parameters()}
+        self.trainable = [(n, p) for n, p in encoder.model.named_parameters() if id(p) in trainable]
+        for p in encoder.model.parameters():
+            p.requires_grad_(id(p) in trainable)
+        self.optimizer = torch.optim.AdamW([p for _, p in self.trainable], lr=config.lr,
+                                           weight_decay=config.weight_decay)
+        self.total_steps = self._total_steps()
+        warmup = config.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        self.objective = OBJECTIVES[config.objective]
+        self.weights = LossWeights(config.pullback_weight, config.main_weight, config.hard_weight)
+        self.step = 0
+        self.log: list[dict[str, Any]] = []
+
+    def _total_steps(self) -> int:
+        per_epoch = len(self.train_rows) // (self.config.batch_size * self.config.grad_accum)
+        if self.config.max_steps is not None:
+            return self.config.max_steps
+        return max(1, math.floor(per_epoch * self.config.epochs))
+
+    # -- the objective on one batch ------------------------------------------------------------------
+    def _embed(self, model: Any, texts: list[str]) -> Any:
+        import torch
+
+        original, self.encoder.model = self.encoder.model, model
+        try:
+            with autocast(self.encoder.device):
+                features = self.encoder.text_features(texts).float()
+        finally:
+            self.encoder.model = original
+        return torch.nn.functional.normalize(features, dim=-1)
+
+    def batch_loss(self, rows: list[Any], *, train: bool = True) -> dict[str, Any]:
+        """Loss terms for rows: root recomputed with the current text encoder, originals from the frozen copy."""
+        import torch
+
+        k = len(rows[0].positive)
+        texts = [t for r in rows for t in r.positive] + [t for r in rows for t in r.negative]
+        emb = self._embed(self.encoder.model, ["", *texts])
+        root, chains = emb[0], emb[1:].reshape(2, len(rows), k, -1)
+        with torch.no_grad():
+            orig = self._embed(self.frozen, texts).reshape(2, len(rows), k, -1)
+        return self.objective(chains[0], chains[1], root, orig[0], orig[1], self.weights)
+
+    # -- checkpoints -----------------------------------------------------------------------------------
+    def _checkpoints(self) -> list[Path]:
+        folder = self.out / "checkpoints"
+        return sorted(p for p in folder.glob("step-*") if (p / STATE_FILE).exists()) if folder.exists() else []
+
+    def save_checkpoint(self) -> Path:
+        import torch
+
+        folder = self.out / "checkpoints" / f"step-{self.step:07d}"
+        tmp = folder.with_name(f".partial-{folder.name}")   # outside the step-* pattern until complete
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        torch.save({"trainable": {n: p.detach().clone() for n, p in self.trainable},
+                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                    "torch_rng": torch.get_rng_state(), "step": self.step, "log": self.log,
+                    "run_hash": self.config.run_hash()}, tmp / STATE_FILE)
+        shutil.rmtree(folder, ignore_errors=True)
+        tmp.rename(folder)
+        for old in self._checkpoints()[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+        return folder
+
+    def resume(self) -> bool:
+        """Load the newest complete checkpoint of this run, if any."""
+        import torch
+
+        checkpoints = self._checkpoints()
+        if not checkpoints:
+            return False
+        state = torch.load(checkpoints[-1] / STATE_FILE, weights_only=True)
+        if state["run_hash"] != self.config.run_hash():
+            raise HierarcapsError(f"{self.out} holds a different run (other settings or data); "
+                                  "use a new --out or delete it")
+        with torch.no_grad():
+            for name, p in self.trainable:
+                p.copy_(state["trainable"][name])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        self.step, self.log = state["step"], state["log"]
+        return True
+
+    # -- validation --------------------------------------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        """Held-out loss and d_corr (Kendall tau of radius vs tier) on rows whose images training never saw."""
+        import torch
+
+        from ..metrics.hierarchy import kendall_tau_rows
+
+        if not self.val_rows:
+            return {}
+        self.encoder.model.eval()
+        losses, radii = [], []
+        with torch.no_grad():
+            for start in range(0, len(self.val_rows), self.config.batch_size):
+                rows = self.val_rows[start:start + self.config.batch_size]
+                losses.append(float(self.batch_loss(rows)["loss"]) * len(rows))
+                emb = self._embed(self.encoder.model, ["", *[t for r in rows for t in r.positive]])
+                radii.append((emb[1:] - emb[0]).norm(dim=-1).reshape(len(rows), -1).cpu().numpy())
+        self.encoder.model.train()
+        return {"val_loss": sum(losses) / len(self.val_rows),
+                "val_d_corr": float(kendall_tau_rows(np.concatenate(radii)).mean())}
+
+    # -- the loop ------------------------------------------------------------------------------------------
+    def train(self) -> Path:
+        import torch
+        from tqdm.auto import tqdm
+
+        config = self.config
+        final = self.out / "model" / CHECKPOINT_FILE
+        if final.exists():   # a finished run: the same settings have nothing left to do
+            if json.loads(final.read_text()).get("run_hash") != config.run_hash():
+                raise HierarcapsError(f"{self.out} holds a different run (finished); use a new --out or delete it")
+            return final.parent
+        resumed = self.resume()
+        if not resumed:
+            self.log.append({"step": 0, **self.validate()})
+        self.encoder.model.train()
+        batches = micro_batches(len(self.train_rows), config.batch_size, config.seed,
+                                start=self.step * config.grad_accum)
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="Fine-tuning", disable=not config.progress,
+                   unit="step")
+        started, first_step, running = time.perf_counter(), self.step, None
+        while self.step < self.total_steps:
+            terms_sum: dict[str, float] = {}
+            for _ in range(config.grad_accum):
+                rows = [self.train_rows[i] for i in next(batches)]
+                terms = self.batch_loss(rows)
+                (terms["loss"] / config.grad_accum).backward()
+                for name, value in terms.items():
+                    terms_sum[name] = terms_sum.get(name, 0.0) + float(value.detach()) / config.grad_accum
+            if config.max_grad_norm:
+                torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable], config.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+            entry = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **terms_sum}
+            if self.step % config.val_every == 0 or self.step == self.total_steps:
+                entry.update(self.validate())
+            self.log.append(entry)
+            running = terms_sum["loss"] if running is None else 0.95 * running + 0.05 * terms_sum["loss"]
+            bar.set_postfix(loss=f"{running:.4f}")
+            bar.update(1)
+            if self.step % config.checkpoint_every == 0 and self.step < self.total_steps:
+                self.save_checkpoint()
+        bar.close()
+        seconds = time.perf_counter() - started
+        items = (self.step - first_step) * config.batch_size * config.grad_accum
+        throughput = {"train_seconds": seconds, "items_per_s": items / seconds if seconds else None}
+        return self.finish(throughput)
+
+    # -- outputs -----------------------------------------------------------------------------------------
+    def finish(self, throughput: dict[str, Any]) -> Path:
+        """Write the final model folder (loadable by `hierarcaps evaluate --model`), the log and the curves."""
+        self.encoder.model.eval()
+        self.encoder.forget_fingerprint()
+        final = self.out / "model"
+        tmp = self.out / "model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.encoder.save(tmp)
+        info = {
+            "name": f"{Path(self.base_name).name}+{self.config.objective}-ft",
+            "spec_prefix": self.encoder.spec_prefix,
+            "base_model": {"spec": self.config.model, "name": self.base_name, "fingerprint": self.base_fingerprint},
+            "objective": self.config.objective,
+            "training": dataclasses.asdict(self.config),
+            "data": {"source": self.config.train, "train_rows": len(self.train_rows),
+                     "held_out_rows": len(self.val_rows), "checksum": self.data_checksum},
+            "steps": self.step,
+            "run_hash": self.config.run_hash(),
+            "throughput": throughput,
+            "package": {"name": "hierarcaps", "version": __version__},
+        }
+        (tmp / CHECKPOINT_FILE).write_text(json.dumps(info, indent=2) + "\n")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        with atomic_open(self.out / "log.json") as handle:
+            json.dump({"config": dataclasses.asdict(self.config), "throughput": throughput, "log": self.log},
+                      handle, indent=1)
+        plot_curves(self.log, self.out / "loss_curves.png")
+        return final
+
+
+def plot_curves(log: list[dict[str, Any]], path: Path) -> Path:
+    """Training terms per step (smoothed) and held-out loss / d_corr."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [e["step"] for e in log if "loss" in e]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for term in ("loss", "re", "cone", "hard", "pullback"):
+        values = [e[term] for e in log if term in e]
+        if values:
+            window = max(1, len(values) // 50)
+            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+            left.plot(steps[window - 1:], smooth, label=term)
+    left.set_xlabel("step")
+    left.set_title("training terms (moving average)")
+    left.legend()
+    val = [e for e in log if "val_loss" in e]
+    if val:
+        right.plot([e["step"] for e in val], [e["val_loss"] for e in val], "o-", label="held-out loss")
+        twin = right.twinx()
+        twin.plot([e["step"] for e in val], [e["val_d_corr"] for e in val], "s--", color="tab:red",
+                  label="held-out d_corr")
+        twin.set_ylabel("d_corr")
+        right.legend(loc="upper left")
+        twin.legend(loc="upper right")
+    right.set_xlabel("step")
+    right.set_title("validation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

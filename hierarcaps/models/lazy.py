@@ -1,0 +1,75 @@
+"""Encoders whose identity comes from the files of a local model folder, loaded only when needed.
+
+A cached re-run then costs no model load at all (importing torch + transformers alone takes seconds):
+the folder's content hash keys the embedding cache, and the model's size and dimension are remembered
+in a small JSON next to the cache after the first real load.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._io import write_bytes_atomic
+from ..data.fetch import cache_dir
+from .base import Encoder
+
+
+def folder_fingerprint(folder: Path) -> str:
+    """xxh3-128 over every file of a model folder (relative path, size, bytes)."""
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(f"{path.relative_to(folder).as_posix()}:{path.stat().st_size};".encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    return "files-xxh3:" + digest.hexdigest()
+
+
+class LazyEncoder(Encoder):
+    """Stands in for the encoder a factory builds; builds it on the first call that needs the weights."""
+
+    def __init__(self, folder: Path, factory: Callable[[], Encoder], *, name: str, has_images: bool,
+                 adapter: str) -> None:
+        self.folder, self._factory, self._loaded = folder, factory, None
+        self.name, self.has_images, self.adapter = name, has_images, adapter
+        self._fingerprint = folder_fingerprint(folder)
+
+    @property
+    def loaded(self) -> Encoder:
+        if self._loaded is None:
+            self._loaded = self._factory()
+            self._loaded.name = self.name
+        return self._loaded
+
+    def fingerprint(self) -> str:
+        return self._fingerprint
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {"adapter": self.adapter}      # tokenizer and transform configs are files of the folder
+
+    def encode_text(self, texts, **kwargs: Any) -> np.ndarray:  # type: ignore[override]
+        return self.loaded.encode_text(texts, **kwargs)
+
+    def encode_image(self, paths, **kwargs: Any) -> np.ndarray:  # type: ignore[override]
+        return self.loaded.encode_image(paths, **kwargs)
+
+    def distance_to_root(self, text_emb: np.ndarray, root: np.ndarray) -> np.ndarray:
+        return self.loaded.distance_to_root(text_emb, root) if self._loaded else super().distance_to_root(
+            text_emb, root)
+
+    def metadata(self) -> dict[str, Any]:
+        """Size and dimension from the memo of an earlier load, else from loading the model now."""
+        memo = cache_dir() / "models" / f"{self._fingerprint.split(':')[-1]}.json"
+        if memo.exists():
+            return json.loads(memo.read_text())
+        info = {**self.loaded.metadata(), "name": self.name, "fingerprint": self._fingerprint,
+                "folder": str(self.folder)}
+        write_bytes_atomic(memo, json.dumps(info).encode())
+        return info
