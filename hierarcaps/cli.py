@@ -179,7 +179,9 @@ def _register_optional_commands() -> None:
         importlib.import_module(module)
 
 
-WORKSHOP_COMMANDS = ("hierarcaps.benchmarks.commands", "hierarcaps.finetune.commands")
+WORKSHOP_COMMANDS = (
+    "hierarcaps.benchmarks.commands", "hierarcaps.finetune.commands", "hierarcaps.leaderboard.commands",
+)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--no-cache", action="store_true", help="recompute embeddings instead of reading the cache")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--export-submission", metavar="DIR", help="also write a leaderboard submission of this model")
     _image_options(p)
 
 
@@ -51,6 +52,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.plots:
         for plot in _plots(args.model, options, path.parent):
             print(f"plot {plot}")
+    if args.export_submission:
+        from .harness import export_submission
+
+        folder = export_submission(args.model, options, args.export_submission)
+        print(f"submission written to {folder} (edit submission.json, then `hierarcaps leaderboard validate`)")
     return 0
 
 

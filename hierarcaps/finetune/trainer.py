@@ -8,7 +8,6 @@ with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
@@ -51,8 +50,8 @@ class FinetuneConfig:
     max_steps: int | None = None
     max_grad_norm: float | None = 1.0
     val_fraction: float = 0.05
-    val_every: int = 200
-    val_rows: int = 512
+    val_every: int = 250
+    val_rows: int = 256
     checkpoint_every: int = 200
     seed: int = 0
     device: str | None = None
@@ -81,9 +80,7 @@ class Trainer:
             raise HierarcapsError(f"{config.model}: this adapter cannot be fine-tuned")
         self.encoder = encoder
         self.base_name, self.base_fingerprint = encoder.name, encoder.fingerprint()
-        self.frozen = copy.deepcopy(encoder.model).eval()
-        for p in self.frozen.parameters():
-            p.requires_grad_(False)
+        self.frozen, self.frozen_index = self._frozen_embeddings()
         trainable = {id(p) for p in encoder.text_parameters()}
         self.trainable = [(n, p) for n, p in encoder.model.named_parameters() if id(p) in trainable]
         for p in encoder.model.parameters():
@@ -105,29 +102,43 @@ class Trainer:
             return self.config.max_steps
         return max(1, math.floor(per_epoch * self.config.epochs))
 
-    # -- the objective on one batch ------------------------------------------------------------------
-    def _embed(self, model: Any, texts: list[str]) -> Any:
+    def _frozen_embeddings(self) -> tuple[Any, dict[str, int]]:
+        """The starting model's embedding of every training text, for the pullback term.
+
+        Computed once, before any step, in fixed batches and kept in the embedding cache: a resumed run
+        reads exactly the values an uninterrupted one used, and no frozen copy of the model is kept.
+        """
         import torch
 
-        original, self.encoder.model = self.encoder.model, model
-        try:
-            with autocast(self.encoder.device):
-                features = self.encoder.text_features(texts).float()
-        finally:
-            self.encoder.model = original
-        return torch.nn.functional.normalize(features, dim=-1)
+        from ..models.cache import EmbeddingCache, cache_key, checksum_strings
 
-    def batch_loss(self, rows: list[Any], *, train: bool = True) -> dict[str, Any]:
-        """Loss terms for rows: root recomputed with the current text encoder, originals from the frozen copy."""
+        texts = sorted({t for r in [*self.train_rows, *self.val_rows] for t in (*r.positive, *r.negative)})
+        key = cache_key(self.base_fingerprint, self.encoder.preprocessing(), "text", checksum_strings(texts))
+        vectors = EmbeddingCache().get_or_compute(key, lambda: self.encoder.encode_text(
+            texts, progress=self.config.progress))
+        return torch.from_numpy(vectors).to(self.encoder.device), {t: i for i, t in enumerate(texts)}
+
+    # -- the objective on one batch ------------------------------------------------------------------
+    def embed_rows(self, rows: list[Any]) -> tuple[Any, Any, Any]:
+        """Root (recomputed with the current text encoder), positive and negative chains: (d,), (B, K, d) x 2."""
         import torch
 
         k = len(rows[0].positive)
         texts = [t for r in rows for t in r.positive] + [t for r in rows for t in r.negative]
-        emb = self._embed(self.encoder.model, ["", *texts])
-        root, chains = emb[0], emb[1:].reshape(2, len(rows), k, -1)
-        with torch.no_grad():
-            orig = self._embed(self.frozen, texts).reshape(2, len(rows), k, -1)
-        return self.objective(chains[0], chains[1], root, orig[0], orig[1], self.weights)
+        with autocast(self.encoder.device):
+            features = self.encoder.text_features(["", *texts]).float()
+        emb = torch.nn.functional.normalize(features, dim=-1)
+        chains = emb[1:].reshape(2, len(rows), k, -1)
+        return emb[0], chains[0], chains[1]
+
+    def loss_terms(self, rows: list[Any], root: Any, pos: Any, neg: Any) -> dict[str, Any]:
+        k = len(rows[0].positive)
+        texts = [t for r in rows for t in r.positive] + [t for r in rows for t in r.negative]
+        orig = self.frozen[[self.frozen_index[t] for t in texts]].reshape(2, len(rows), k, -1)
+        return self.objective(pos, neg, root, orig[0], orig[1], self.weights)
+
+    def batch_loss(self, rows: list[Any]) -> dict[str, Any]:
+        return self.loss_terms(rows, *self.embed_rows(rows))
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def _checkpoints(self) -> list[Path]:
@@ -180,15 +191,13 @@ class Trainer:
 
         if not self.val_rows:
             return {}
-        self.encoder.model.eval()
         losses, radii = [], []
         with torch.no_grad():
             for start in range(0, len(self.val_rows), self.config.batch_size):
                 rows = self.val_rows[start:start + self.config.batch_size]
-                losses.append(float(self.batch_loss(rows)["loss"]) * len(rows))
-                emb = self._embed(self.encoder.model, ["", *[t for r in rows for t in r.positive]])
-                radii.append((emb[1:] - emb[0]).norm(dim=-1).reshape(len(rows), -1).cpu().numpy())
-        self.encoder.model.train()
+                root, pos, neg = self.embed_rows(rows)
+                losses.append(float(self.loss_terms(rows, root, pos, neg)["loss"]) * len(rows))
+                radii.append((pos - root).norm(dim=-1).cpu().numpy())
         return {"val_loss": sum(losses) / len(self.val_rows),
                 "val_d_corr": float(kendall_tau_rows(np.concatenate(radii)).mean())}
 
@@ -206,7 +215,9 @@ class Trainer:
         resumed = self.resume()
         if not resumed:
             self.log.append({"step": 0, **self.validate()})
-        self.encoder.model.train()
+        # dropout stays off (eval mode), as in CLIP whose dropout is 0: the pullback term then measures
+        # drift from the starting model rather than dropout noise, and runs are exactly reproducible
+        self.encoder.model.eval()
         batches = micro_batches(len(self.train_rows), config.batch_size, config.seed,
                                 start=self.step * config.grad_accum)
         bar = tqdm(total=self.total_steps, initial=self.step, desc="Fine-tuning", disable=not config.progress,

@@ -1,0 +1,1 @@
+"""The leaderboard: submissions of embeddings, validated and scored with the package's own metric code."""

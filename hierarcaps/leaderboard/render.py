@@ -1,0 +1,161 @@
+"""Rendering the board as markdown and as one static, sortable HTML page with a per-tier chart."""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+COLUMNS = (
+    ("precision", "P"), ("recall", "R"), ("d_corr", "τ_d"), ("order_aware_recall", "R_o"), ("f1", "F1"),
+    ("i2t_R@1", "I→T R@1"), ("t2i_R@1", "T→I R@1"), ("text_query/precision", "TQ P"), ("text_query/recall", "TQ R"),
+)
+TIERS = ("recall_tier1", "recall_tier2", "recall_tier3", "recall_tier4")
+REFERENCE_LABELS = {"random": "random embeddings (d=512)", "length_chars": "caption length (characters)",
+                    "length_words": "caption length (words)"}
+
+
+def rows(entries: list[dict[str, Any]], references: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per entry (best τ_d first, then name) followed by the reference rows."""
+    def key(e: dict[str, Any]) -> tuple[float, str]:
+        return (-e["metrics"].get("d_corr", {}).get("value", -2.0), e["model"]["name"])
+
+    out = [{"name": e["model"]["name"], "revision": e["model"]["revision"], "parameters": e["model"]["parameters"],
+            "link": e["model"].get("link", ""), "metrics": e["metrics"], "reference": False}
+           for e in sorted(entries, key=key)]
+    out += [{"name": REFERENCE_LABELS[name], "revision": "", "parameters": None, "link": "", "metrics": metrics,
+             "reference": True} for name, metrics in references.items()]
+    return out
+
+
+def _cell(metric: dict[str, Any] | None) -> str:
+    if metric is None:
+        return "–"
+    low, high = metric["ci95"]
+    return f"{metric['value']:.4f} [{low:.3f}, {high:.3f}]"
+
+
+def _params(count: int | None) -> str:
+    return "–" if not count else f"{count / 1e6:.1f}M"
+
+
+def markdown(table: list[dict[str, Any]]) -> str:
+    header = ["model", "revision", "params", *(label for _, label in COLUMNS)]
+    lines = ["# HierarCaps leaderboard", "",
+             "Scored by `hierarcaps` from submitted embeddings (protocol hierarcaps-v1, 1K test set). "
+             "Values: mean [95% bootstrap CI]. Reference rows are computed by the same code.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in table:
+        name = f"*{row['name']}*" if row["reference"] else (f"[{row['name']}]({row['link']})" if row["link"]
+                                                           else row["name"])
+        cells = [name, row["revision"], _params(row["parameters"]),
+                 *(_cell(row["metrics"].get(m)) for m, _ in COLUMNS)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "τ_d: Kendall's tau between distance to the root and tier; caption length alone reaches the "
+              "reference values above. TQ: the tier-4 caption as the query (text-only models).", ""]
+    return "\n".join(lines)
+
+
+def _tier_chart(table: list[dict[str, Any]]) -> str:
+    """Grouped bars of per-tier recall (image queries, else text queries), one group per row."""
+    groups = []
+    for row in table:
+        prefix = "" if "recall_tier1" in row["metrics"] else "text_query/"
+        values = [row["metrics"].get(prefix + t, {}).get("value") for t in TIERS]
+        if all(v is not None for v in values):
+            groups.append((row["name"], values))
+    bar, gap, height, left = 14, 18, 160, 40
+    width = left + len(groups) * (4 * bar + gap) + 10
+    colours = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759")
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 110}" role="img" '
+             'aria-label="recall per tier">',
+             f'<line x1="{left}" y1="{height}" x2="{width}" y2="{height}" stroke="#333"/>']
+    for tick in (0, 0.5, 1.0):
+        y = height - tick * height
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{tick:g}</text>')
+    for g, (name, values) in enumerate(groups):
+        x0 = left + g * (4 * bar + gap) + gap / 2
+        for t, value in enumerate(values):
+            h = value * height
+            parts.append(f'<rect x="{x0 + t * bar:.1f}" y="{height - h:.1f}" width="{bar - 2}" height="{h:.1f}" '
+                         f'fill="{colours[t]}"><title>{html.escape(name)} tier {t + 1}: {value:.3f}</title></rect>')
+        parts.append(f'<text transform="translate({x0 + 2 * bar:.1f},{height + 8}) rotate(40)" font-size="10">'
+                     f'{html.escape(name[:28])}</text>')
+    legend = "".join(f'<rect x="{left + i * 70}" y="{height + 95}" width="10" height="10" fill="{c}"/>'
+                     f'<text x="{left + i * 70 + 14}" y="{height + 104}" font-size="10">tier {i + 1}</text>'
+                     for i, c in enumerate(colours))
+    return "".join(parts) + legend + "</svg>"
+
+
+SCRIPT = """
+function sortBy(column, descending) {
+  const body = document.querySelector('#board tbody');
+  const rows = Array.from(body.querySelectorAll('tr.entry'));
+  const refs = Array.from(body.querySelectorAll('tr.reference'));
+  const value = row => {
+    const cell = row.children[column];
+    const v = cell.dataset.value;
+    return v === undefined ? cell.textContent.toLowerCase() : (v === '' ? -Infinity : parseFloat(v));
+  };
+  rows.sort((a, b) => {
+    const x = value(a), y = value(b);
+    const order = x < y ? -1 : x > y ? 1 : 0;
+    return descending ? -order : order;
+  });
+  rows.concat(refs).forEach(row => body.appendChild(row));
+  document.querySelectorAll('#board th').forEach((th, i) => {
+    th.dataset.sorted = i === column ? (descending ? 'desc' : 'asc') : '';
+  });
+}
+document.querySelectorAll('#board th').forEach((th, i) => th.addEventListener('click', () => {
+  const descending = th.dataset.sorted !== 'desc';
+  sortBy(i, descending);
+  history.replaceState(null, '', '#sort=' + th.dataset.key + (descending ? '-desc' : '-asc'));
+}));
+const wanted = /#sort=(.+)-(asc|desc)$/.exec(location.hash);
+if (wanted) {
+  const headers = Array.from(document.querySelectorAll('#board th'));
+  const index = headers.findIndex(th => th.dataset.key === decodeURIComponent(wanted[1]));
+  if (index >= 0) sortBy(index, wanted[2] === 'desc');
+}
+"""
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2rem; color: #222; }
+table { border-collapse: collapse; font-size: 0.9rem; }
+th, td { padding: 0.3rem 0.6rem; border-bottom: 1px solid #ddd; text-align: right; }
+th { cursor: pointer; background: #f4f4f4; user-select: none; }
+th[data-sorted="desc"]::after { content: " ▼"; } th[data-sorted="asc"]::after { content: " ▲"; }
+td:first-child, th:first-child { text-align: left; }
+tr.reference td { color: #777; font-style: italic; background: #fafafa; }
+.ci { color: #888; font-size: 0.75rem; display: block; }
+"""
+
+
+def page(table: list[dict[str, Any]]) -> str:
+    header = [("name", "model"), ("revision", "revision"), ("parameters", "params"), *COLUMNS]
+    head = "".join(f'<th data-key="{html.escape(key)}">{html.escape(label)}</th>' for key, label in header)
+    body = []
+    for row in table:
+        name = html.escape(row["name"])
+        if row["link"] and not row["reference"]:
+            name = f'<a href="{html.escape(row["link"])}">{name}</a>'
+        cells = [f"<td>{name}</td>", f"<td>{html.escape(row['revision'])}</td>",
+                 f'<td data-value="{row["parameters"] or ""}">{_params(row["parameters"])}</td>']
+        for metric, _ in COLUMNS:
+            m = row["metrics"].get(metric)
+            if m is None:
+                cells.append('<td data-value="">–</td>')
+            else:
+                low, high = m["ci95"]
+                cells.append(f'<td data-value="{m["value"]:.6f}">{m["value"]:.4f}'
+                             f'<span class="ci">[{low:.3f}, {high:.3f}]</span></td>')
+        kind = "reference" if row["reference"] else "entry"
+        body.append(f'<tr class="{kind}">' + "".join(cells) + "</tr>")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>HierarCaps leaderboard</title>'
+        f"<style>{STYLE}</style></head><body>\n<h1>HierarCaps leaderboard</h1>\n"
+        "<p>Scored from submitted embeddings with the hierarcaps metric code (protocol hierarcaps-v1, 1K test "
+        "set). Mean and 95% bootstrap CI; click a column to sort. Grey rows are reference baselines.</p>\n"
+        f'<table id="board"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(body) + "\n</tbody></table>\n"
+        f"<h2>Recall per tier</h2>\n{_tier_chart(table)}\n<script>{SCRIPT}</script>\n</body></html>\n"
+    )

@@ -1,0 +1,93 @@
+"""The submission format: ``submission.json`` plus the embeddings of every test text, image and the root.
+
+Embeddings come in a format that cannot carry code:
+- ``embeddings.npz`` (read with ``allow_pickle=False``) or ``embeddings.safetensors`` with arrays ``root`` (d,),
+  ``text`` (T, d), ``image`` (M, d) and optionally ``text_radii`` (T,), their rows ordered as
+  ``text_ids.txt`` / ``image_ids.txt`` (one id per line);
+- or ``embeddings.parquet`` with columns ``kind`` (root/text/image), ``id``, ``embedding`` (list of floats)
+  and optionally ``radius``.
+Text ids are ``<row id>-<tier>`` (``0-1`` ... ``999-4``); image ids are file names without extension.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._io import atomic_open
+from ..data.official import load_official
+from ..data.records import Hierarchy, content_checksum
+from ..metrics.hierarchy import PROTOCOL
+
+SUBMISSION_FILE = "submission.json"
+EMBEDDING_FILES = ("embeddings.npz", "embeddings.safetensors", "embeddings.parquet")
+ID_FILES = ("text_ids.txt", "image_ids.txt")
+
+SCHEMA: dict[str, Any] = {
+    "model": {"name": str, "revision": str, "parameters": int, "licence": str, "link": str, "training_data": str},
+    "test_set_not_used_for_training_or_tuning": bool,
+    "protocol": str,
+    "dataset_checksum": str,
+    "text_radii": bool,
+}
+
+
+def text_ids(records: list[Hierarchy]) -> list[str]:
+    return [f"{r.id}-{k}" for r in records for k in range(1, r.n_tiers + 1)]
+
+
+def image_ids(records: list[Hierarchy]) -> list[str]:
+    return list(dict.fromkeys(Path(r.image_file or r.id).stem for r in records))
+
+
+def example_submission(records: list[Hierarchy], **model: Any) -> dict[str, Any]:
+    return {
+        "model": {"name": "my-model", "revision": "v1", "parameters": 0, "licence": "apache-2.0",
+                  "link": "https://example.org/my-model", "training_data": "describe it", **model},
+        "test_set_not_used_for_training_or_tuning": True,
+        "protocol": PROTOCOL,
+        "dataset_checksum": content_checksum(records),
+        "text_radii": False,
+    }
+
+
+def write_template(folder: str | Path) -> Path:
+    """The id lists and an example submission.json for the official test set."""
+    records = load_official("test")
+    folder = Path(folder)
+    for name, ids in zip(ID_FILES, (text_ids(records), image_ids(records))):
+        with atomic_open(folder / name) as handle:
+            handle.write("\n".join(ids) + "\n")
+    with atomic_open(folder / SUBMISSION_FILE) as handle:
+        json.dump(example_submission(records), handle, indent=2)
+        handle.write("\n")
+    return folder
+
+
+def write_submission(folder: str | Path, records: list[Hierarchy], root: np.ndarray, text: np.ndarray,
+                     image: np.ndarray | None, metadata: dict[str, Any],
+                     text_radii: np.ndarray | None = None) -> Path:
+    """A complete npz submission: ``text`` rows follow ``text_ids``, ``image`` rows ``image_ids``
+    (``image`` None for a text-only model)."""
+    folder = Path(folder)
+    arrays = {"root": root.astype(np.float32), "text": text.astype(np.float32)}
+    if image is not None:
+        arrays["image"] = image.astype(np.float32)
+    if text_radii is not None:
+        arrays["text_radii"] = text_radii.astype(np.float32)
+    with atomic_open(folder / "embeddings.npz", "wb") as handle:
+        np.savez(handle, **arrays)
+    id_lists = [("text_ids.txt", text_ids(records))] + ([("image_ids.txt", image_ids(records))] if image is not None
+                                                         else [])
+    for name, ids in id_lists:
+        with atomic_open(folder / name) as handle:
+            handle.write("\n".join(ids) + "\n")
+    document = {**example_submission(records), **metadata, "text_radii": text_radii is not None,
+                "modalities": ["text", "image"] if image is not None else ["text"]}
+    with atomic_open(folder / SUBMISSION_FILE) as handle:
+        json.dump(document, handle, indent=2)
+        handle.write("\n")
+    return folder
