@@ -56,34 +56,38 @@ def markdown(table: list[dict[str, Any]]) -> str:
 
 
 def _tier_chart(table: list[dict[str, Any]]) -> str:
-    """Grouped bars of per-tier recall (image queries, else text queries), one group per row."""
+    """Grouped bars of per-tier recall, one group per row: image queries, or caption queries (marked *)
+    for text-only models."""
     groups = []
     for row in table:
-        prefix = "" if "recall_tier1" in row["metrics"] else "text_query/"
+        text_only = "recall_tier1" not in row["metrics"]
+        prefix = "text_query/" if text_only else ""
         values = [row["metrics"].get(prefix + t, {}).get("value") for t in TIERS]
         if all(v is not None for v in values):
-            groups.append((row["name"], values))
-    bar, gap, height, left = 14, 18, 160, 40
-    width = left + len(groups) * (4 * bar + gap) + 10
+            groups.append((row["name"] + (" *" if text_only else ""), values))
+    bar, gap, height, left, top = 14, 24, 160, 40, 12
+    width = max(left + len(groups) * (4 * bar + gap), left + 300) + 140
     colours = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759")
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 110}" role="img" '
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{top + height + 130}" role="img" '
              'aria-label="recall per tier">',
-             f'<line x1="{left}" y1="{height}" x2="{width}" y2="{height}" stroke="#333"/>']
+             f'<line x1="{left}" y1="{top + height}" x2="{width - 140}" y2="{top + height}" stroke="#333"/>']
     for tick in (0, 0.5, 1.0):
-        y = height - tick * height
+        y = top + height - tick * height
         parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="10" text-anchor="end">{tick:g}</text>')
     for g, (name, values) in enumerate(groups):
         x0 = left + g * (4 * bar + gap) + gap / 2
         for t, value in enumerate(values):
             h = value * height
-            parts.append(f'<rect x="{x0 + t * bar:.1f}" y="{height - h:.1f}" width="{bar - 2}" height="{h:.1f}" '
-                         f'fill="{colours[t]}"><title>{html.escape(name)} tier {t + 1}: {value:.3f}</title></rect>')
-        parts.append(f'<text transform="translate({x0 + 2 * bar:.1f},{height + 8}) rotate(40)" font-size="10">'
-                     f'{html.escape(name[:28])}</text>')
-    legend = "".join(f'<rect x="{left + i * 70}" y="{height + 95}" width="10" height="10" fill="{c}"/>'
-                     f'<text x="{left + i * 70 + 14}" y="{height + 104}" font-size="10">tier {i + 1}</text>'
-                     for i, c in enumerate(colours))
-    return "".join(parts) + legend + "</svg>"
+            parts.append(f'<rect x="{x0 + t * bar:.1f}" y="{top + height - h:.1f}" width="{bar - 2}" '
+                         f'height="{h:.1f}" fill="{colours[t]}"><title>{html.escape(name)} tier {t + 1}: '
+                         f'{value:.3f}</title></rect>')
+        parts.append(f'<text transform="translate({x0 + 2 * bar:.1f},{top + height + 10}) rotate(35)" '
+                     f'font-size="10">{html.escape(name[:30])}</text>')
+    legend_y = top + height + 115
+    parts += [f'<rect x="{left + i * 70}" y="{legend_y}" width="10" height="10" fill="{c}"/>'
+              f'<text x="{left + i * 70 + 14}" y="{legend_y + 9}" font-size="10">tier {i + 1}</text>'
+              for i, c in enumerate(colours)]
+    return "".join(parts) + "</svg>"
 
 
 SCRIPT = """
@@ -127,7 +131,7 @@ th { cursor: pointer; background: #f4f4f4; user-select: none; }
 th[data-sorted="desc"]::after { content: " ▼"; } th[data-sorted="asc"]::after { content: " ▲"; }
 td:first-child, th:first-child { text-align: left; }
 tr.reference td { color: #777; font-style: italic; background: #fafafa; }
-.ci { color: #888; font-size: 0.75rem; display: block; }
+.ci { color: #888; font-size: 0.75rem; display: block; white-space: nowrap; }
 """
 
 
@@ -157,5 +161,6 @@ def page(table: list[dict[str, Any]]) -> str:
         "<p>Scored from submitted embeddings with the hierarcaps metric code (protocol hierarcaps-v1, 1K test "
         "set). Mean and 95% bootstrap CI; click a column to sort. Grey rows are reference baselines.</p>\n"
         f'<table id="board"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(body) + "\n</tbody></table>\n"
-        f"<h2>Recall per tier</h2>\n{_tier_chart(table)}\n<script>{SCRIPT}</script>\n</body></html>\n"
+        "<h2>Recall per tier</h2>\n<p>Image queries; * marks text-only models, scored with caption queries "
+        f"(their tier 4 is the query itself).</p>\n{_tier_chart(table)}\n<script>{SCRIPT}</script>\n</body></html>\n"
     )
