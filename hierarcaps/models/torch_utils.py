@@ -85,6 +85,13 @@ class ImageFiles:
         return self.transform(open_image(self.paths[index]))
 
 
+def _single_threaded_worker(_: int) -> None:
+    """Decoding workers use one thread each, leaving the cores to the model's forward pass."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def embed_image_batches(paths: list[Any], transform: Callable[[Any], Any], batch_size: int, workers: int,
                         progress: bool, embed: Callable[[Any], Any]) -> np.ndarray:
     """Decode + preprocess in ``workers`` processes while the main process runs the model."""
@@ -95,7 +102,7 @@ def embed_image_batches(paths: list[Any], transform: Callable[[Any], Any], batch
     from ..errors import DataError
 
     loader = DataLoader(ImageFiles(paths, transform), batch_size=batch_size, num_workers=workers,
-                        prefetch_factor=2 if workers else None)
+                        prefetch_factor=2 if workers else None, worker_init_fn=_single_threaded_worker)
     chunks = []
     try:
         with torch.inference_mode():
