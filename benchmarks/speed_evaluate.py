@@ -105,8 +105,9 @@ def main() -> None:
               "--batch-size", str(args.batch_size), "--text-batch-size", str(args.text_batch_size),
               "--workers", str(args.workers), "--quiet"]
     figures["evaluate_cold_s"], figures["evaluate_cold_peak_mb"] = run_cli(common, env)
+    cold_timings = json.loads(next((work / "results").rglob("*.json")).read_text())["timings"]
     figures["evaluate_cached_s"], _ = run_cli(common, env)
-    result = json.loads(next((work / "results").rglob("*.json")).read_text())
+    cached_timings = json.loads(next((work / "results").rglob("*.json")).read_text())["timings"]
     figures["ratio_to_floor"] = figures["evaluate_cold_s"] / figures["floor_s"]
     figures["images_per_s_cold"] = len(records) / figures["forward_images_s"]
 
@@ -123,7 +124,8 @@ def main() -> None:
         _, seconds = timed(lambda: summarise_all(per_unit_metrics(embedded.bench)[0]))
         metric_times.append(seconds)
     figures["metrics_from_cache_s"] = min(metric_times)
-    figures["harness_reported_timings"] = result["timings"]
+    figures["harness_timings_cold"] = cold_timings
+    figures["harness_timings_cached"] = cached_timings
     if args.upstream:
         figures["upstream_loop_s"] = upstream_loop(model_dir, records, image_dir)
         figures["speedup_vs_upstream"] = figures["upstream_loop_s"] / figures["evaluate_cold_s"]
@@ -132,7 +134,8 @@ def main() -> None:
 
     figures["threads"] = torch.get_num_threads()
     for name, value in figures.items():
-        print(f"{name:28s} {json.dumps(value) if isinstance(value, dict) else f'{value:.3f}' if isinstance(value, float) else value}")
+        shown = json.dumps(value) if isinstance(value, dict) else f"{value:.3f}" if isinstance(value, float) else value
+        print(f"{name:28s} {shown}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
 

@@ -83,7 +83,7 @@ def train_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_csv(offline_train_split()[:400], tmp_path_factory.mktemp("data") / "train.csv")
 
 
-def config(model: Path, train: Path, out: Path, **kwargs: object) -> FinetuneConfig:
+def config(model: str | Path, train: Path, out: Path, **kwargs: object) -> FinetuneConfig:
     defaults = dict(model=str(model), train=str(train), out=str(out), lr=3e-3, batch_size=8, max_steps=40,
                     val_every=20, checkpoint_every=10, val_fraction=0.1, progress=False, device="cpu")
     return FinetuneConfig(**{**defaults, **kwargs})  # type: ignore[arg-type]
@@ -158,3 +158,17 @@ def test_training_files_sharing_test_images_are_refused(tiny_clip: Path, tmp_pat
     path = write_csv(leaky, tmp_path / "leaky.csv")
     with pytest.raises(DataError, match="shares"):
         Trainer(config(tiny_clip, path, tmp_path / "run"))
+
+
+def test_open_clip_text_tower_fine_tunes_and_reloads_from_its_folder(train_file: Path, tmp_path: Path) -> None:
+    from hierarcaps.models.random_models import write_open_clip_config
+
+    spec = "open_clip:" + str(write_open_clip_config(tmp_path / "tiny-oc.json"))
+    trainer = Trainer(config(spec, train_file, tmp_path / "run", max_steps=6, checkpoint_every=100))
+    visual = {k: v.clone() for k, v in trainer.encoder.model.visual.state_dict().items()}
+    final = trainer.train()
+    assert all(torch.equal(trainer.encoder.model.visual.state_dict()[k], v) for k, v in visual.items())
+    reloaded = load_encoder(str(final))
+    texts = ["animal", "a dog on a couch"]
+    assert torch.allclose(torch.from_numpy(reloaded.encode_text(texts)),
+                          torch.from_numpy(trainer.encoder.encode_text(texts)), atol=1e-6)
