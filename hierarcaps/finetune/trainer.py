@@ -21,13 +21,13 @@ import numpy as np
 
 from .. import __version__
 from .._io import atomic_open
+from ..checkpoints import CheckpointStore
 from ..errors import HierarcapsError
 from ..models.registry import CHECKPOINT_FILE, load_encoder
 from ..models.torch_utils import TorchEncoder, autocast
+from ..training_log import plot_curves
 from .data import OFFLINE, data_checksum, micro_batches, split_held_out, training_records
 from .losses import OBJECTIVES, LossWeights
-
-STATE_FILE = "state.pt"
 
 
 @dataclasses.dataclass
@@ -95,6 +95,7 @@ class Trainer:
         self.weights = LossWeights(config.pullback_weight, config.main_weight, config.hard_weight)
         self.step = 0
         self.log: list[dict[str, Any]] = []
+        self.checkpoints = CheckpointStore(self.out, config.run_hash())
 
     def _total_steps(self) -> int:
         per_epoch = len(self.train_rows) // (self.config.batch_size * self.config.grad_accum)
@@ -141,38 +142,21 @@ class Trainer:
         return self.loss_terms(rows, *self.embed_rows(rows))
 
     # -- checkpoints -----------------------------------------------------------------------------------
-    def _checkpoints(self) -> list[Path]:
-        folder = self.out / "checkpoints"
-        return sorted(p for p in folder.glob("step-*") if (p / STATE_FILE).exists()) if folder.exists() else []
-
     def save_checkpoint(self) -> Path:
         import torch
 
-        folder = self.out / "checkpoints" / f"step-{self.step:07d}"
-        tmp = folder.with_name(f".partial-{folder.name}")   # outside the step-* pattern until complete
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        torch.save({"trainable": {n: p.detach().clone() for n, p in self.trainable},
-                    "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                    "torch_rng": torch.get_rng_state(), "step": self.step, "log": self.log,
-                    "run_hash": self.config.run_hash()}, tmp / STATE_FILE)
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
-        for old in self._checkpoints()[:-2]:
-            shutil.rmtree(old, ignore_errors=True)
-        return folder
+        return self.checkpoints.save(self.step, {
+            "trainable": {n: p.detach().clone() for n, p in self.trainable},
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(), "log": self.log})
 
     def resume(self) -> bool:
         """Load the newest complete checkpoint of this run, if any."""
         import torch
 
-        checkpoints = self._checkpoints()
-        if not checkpoints:
+        state = self.checkpoints.latest()
+        if state is None:
             return False
-        state = torch.load(checkpoints[-1] / STATE_FILE, weights_only=True)
-        if state["run_hash"] != self.config.run_hash():
-            raise HierarcapsError(f"{self.out} holds a different run (other settings or data); "
-                                  "use a new --out or delete it")
         with torch.no_grad():
             for name, p in self.trainable:
                 p.copy_(state["trainable"][name])
@@ -282,38 +266,3 @@ class Trainer:
                       handle, indent=1)
         plot_curves(self.log, self.out / "loss_curves.png")
         return final
-
-
-def plot_curves(log: list[dict[str, Any]], path: Path) -> Path:
-    """Training terms per step (smoothed) and held-out loss / d_corr."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [e["step"] for e in log if "loss" in e]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    for term in ("loss", "re", "cone", "hard", "pullback"):
-        values = [e[term] for e in log if term in e]
-        if values:
-            window = max(1, len(values) // 50)
-            smooth = np.convolve(values, np.ones(window) / window, mode="valid")
-            left.plot(steps[window - 1:], smooth, label=term)
-    left.set_xlabel("step")
-    left.set_title("training terms (moving average)")
-    left.legend()
-    val = [e for e in log if "val_loss" in e]
-    if val:
-        right.plot([e["step"] for e in val], [e["val_loss"] for e in val], "o-", label="held-out loss")
-        twin = right.twinx()
-        twin.plot([e["step"] for e in val], [e["val_d_corr"] for e in val], "s--", color="tab:red",
-                  label="held-out d_corr")
-        twin.set_ylabel("d_corr")
-        right.legend(loc="upper left")
-        twin.legend(loc="upper right")
-    right.set_xlabel("step")
-    right.set_title("validation")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -1,0 +1,75 @@
+"""faiss indexes over unit vectors (inner product = cosine), with defaults by memory size.
+
+| type | what | search knob |
+| --- | --- | --- |
+| flat | exact | - |
+| ivf | inverted lists of full vectors | nprobe |
+| hnsw | graph | efSearch |
+| ivfpq | inverted lists of 8-bit product codes, re-ranked exactly (IndexRefineFlat) | nprobe, k_factor |
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any
+
+import numpy as np
+
+INDEX_TYPES = ("flat", "ivf", "hnsw", "ivfpq")
+
+
+def default_index_type(count: int) -> str:
+    """Exact search while it is cheap; IVF up to a few million items; compressed codes beyond."""
+    if count <= 100_000:
+        return "flat"
+    return "ivf" if count <= 4_000_000 else "ivfpq"
+
+
+def nlist_for(count: int) -> int:
+    return max(1, min(65536, int(4 * math.sqrt(count))))
+
+
+def build_index(vectors: np.ndarray, kind: str, *, seed: int = 0, nprobe: int = 32, ef_search: int = 128,
+                hnsw_m: int = 32, pq_bytes: int | None = None, train_size: int = 200_000) -> Any:
+    """An inner-product faiss index of ``kind`` holding ``vectors`` (float32, unit rows)."""
+    import faiss
+
+    if kind not in INDEX_TYPES:
+        raise ValueError(f"index type {kind!r}; choose from {', '.join(INDEX_TYPES)}")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    count, dim = vectors.shape
+    ip = faiss.METRIC_INNER_PRODUCT
+    if kind == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, ip)
+        index.hnsw.efConstruction = 80
+        index.hnsw.efSearch = ef_search
+    else:
+        nlist = nlist_for(count)
+        quantizer = faiss.IndexFlatIP(dim)
+        if kind == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, ip)
+        else:
+            m = pq_bytes or max(1, dim // 8)
+            index = faiss.IndexRefineFlat(faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, ip))
+            index.k_factor = 4
+        sample = vectors
+        if count > train_size:
+            sample = vectors[np.random.default_rng(seed).choice(count, train_size, replace=False)]
+        index.train(sample)
+        faiss.extract_index_ivf(index).nprobe = nprobe
+    index.add(vectors)
+    return index
+
+
+def set_search_effort(index: Any, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+    """Trade speed for recall at search time."""
+    import faiss
+
+    if nprobe is not None:
+        with contextlib.suppress(RuntimeError):
+            faiss.extract_index_ivf(index).nprobe = nprobe
+    if ef_search is not None and hasattr(index, "hnsw"):
+        index.hnsw.efSearch = ef_search
