@@ -7,6 +7,7 @@
 | ``text:NAME_OR_DIR`` | transformers encoder + mean pooling |
 | ``hf:NAME_OR_DIR`` or a bare hub id | transformers dual encoder (CLIP, SigLIP, ...) + its processor |
 | ``open_clip:NAME[/PRETRAINED]``, ``open_clip:hf-hub:ORG/REPO``, ``open_clip:local-dir:DIR`` | open_clip |
+| ``reco:FOLDER[#image|#text]`` | a trained RECO model (frozen base + memory + fusion) |
 | a folder | detected: a hierarcaps fine-tuned checkpoint, sentence-transformers, open_clip or transformers |
 """
 
@@ -55,8 +56,14 @@ def _open_clip(source: str, device: str | None) -> Encoder:
     return OpenClipEncoder(source, device=device)
 
 
+def _reco(source: str, device: str | None) -> Encoder:
+    from ..reco.encoder import RecoEncoder
+
+    return RecoEncoder(source, device=device)
+
+
 PREFIXES: dict[str, Callable[[str, str | None], Encoder]] = {
-    "st:": _st, "text:": _mean_pool, "hf:": _hf, "open_clip:": _open_clip,
+    "st:": _st, "text:": _mean_pool, "hf:": _hf, "open_clip:": _open_clip, "reco:": _reco,
 }
 # how a saved folder reloads, by the spec prefix an adapter saves itself under
 FOLDER_ADAPTERS: dict[str, tuple[str, Callable[[str, str | None], Encoder], bool]] = {

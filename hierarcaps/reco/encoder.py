@@ -1,0 +1,85 @@
+"""A RECO model as an Encoder: the frozen base encoder, then retrieval and fusion on the chosen sides.
+
+Spec: ``reco:<folder>`` where the folder was written by the fusion trainer (reco.json + fusion.safetensors);
+``reco:<folder>#image`` or ``#text`` refines one side only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..models.base import Encoder
+from .memory import Memory
+
+
+def refine(modules: dict[str, Any], memory: Memory, queries: np.ndarray, side: str, k: int, *,
+           fuse: str = "cross", cross_modal_search: bool = False, duplicate_threshold: float = 0.98,
+           batch_size: int = 1024) -> np.ndarray:
+    """Refined unit vectors for ``queries`` of modality ``side`` (unchanged if that side has no module)."""
+    import torch
+
+    if side not in modules:
+        return queries
+    out = np.empty_like(queries, dtype=np.float32)
+    with torch.inference_mode():
+        for start in range(0, len(queries), batch_size):
+            chunk = np.asarray(queries[start:start + batch_size], dtype=np.float32)
+            neighbours = memory.neighbours(chunk, side, k, fuse=fuse, cross_modal_search=cross_modal_search,
+                                           duplicate_threshold=duplicate_threshold)
+            out[start:start + len(chunk)] = modules[side](torch.from_numpy(chunk), torch.from_numpy(neighbours)).numpy()
+    return out
+
+
+class RecoEncoder(Encoder):
+    """Frozen base encoder + memory + trained fusion modules."""
+
+    def __init__(self, spec: str, *, device: str | None = None) -> None:
+        from ..models.registry import load_encoder
+        from .train import load_fusion
+
+        folder, _, only = spec.partition("#")
+        self.folder = Path(folder)
+        self.info, modules = load_fusion(self.folder)
+        self.modules = {side: m for side, m in modules.items() if not only or side == only}
+        self.base = load_encoder(self.info["base"], device=device, lazy=True)
+        self.memory = Memory(self.info["memory"])
+        self.has_images = self.base.has_images
+        self.name = f"reco:{self.folder.name}" + (f"#{only}" if only else "")
+        self.revision = self.info.get("run_hash")
+        self.k = self.info["config"]["k"]
+
+    def _refine(self, vectors: np.ndarray, side: str) -> np.ndarray:
+        config = self.info["config"]
+        return refine(self.modules, self.memory, vectors, side, self.k, fuse=config["fuse"],
+                      cross_modal_search=config["cross_modal_search"],
+                      duplicate_threshold=config["duplicate_threshold"])
+
+    def _embed_texts(self, texts: list[str], *, batch_size: int, progress: bool) -> np.ndarray:
+        return self._refine(self.base.encode_text(texts, batch_size=batch_size, progress=progress), "text")
+
+    def _embed_images(self, paths: list[Any], *, batch_size: int, workers: int, progress: bool) -> np.ndarray:
+        vectors = self.base.encode_image(paths, batch_size=batch_size, workers=workers, progress=progress)
+        return self._refine(vectors, "image")
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(self.base.fingerprint().encode())
+        digest.update(json.dumps(sorted(self.modules)).encode())
+        for name in ("fusion.safetensors", "reco.json"):
+            path = self.folder / name
+            if path.exists():
+                digest.update(path.read_bytes())
+        digest.update((self.memory.folder / "manifest.json").read_bytes())
+        return "reco:" + digest.hexdigest()[:32]
+
+    def parameter_count(self) -> int | None:
+        base = self.base.metadata().get("parameters") or 0
+        return base + sum(p.numel() for m in self.modules.values() for p in m.parameters())
+
+    def metadata(self) -> dict[str, Any]:
+        return {**super().metadata(), "base": self.info["base"], "memory_items": len(self.memory),
+                "refined_sides": sorted(self.modules)}
