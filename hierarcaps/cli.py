@@ -181,6 +181,7 @@ def _register_optional_commands() -> None:
 
 WORKSHOP_COMMANDS = (
     "hierarcaps.benchmarks.commands", "hierarcaps.finetune.commands", "hierarcaps.leaderboard.commands",
+    "hierarcaps.reco.commands",
 )
 
 

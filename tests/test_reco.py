@@ -73,7 +73,7 @@ def test_search_excludes_the_query_itself_and_near_duplicates(world: World, tmp_
     assert neighbours.shape == (5, 4, DIM)
     np.testing.assert_array_equal(neighbours[0, 0], memory.vectors["text"][rows[0, 0]])
     with pytest.raises(HierarcapsError, match="fewer than k"):
-        memory.search(queries, "image", 700)
+        memory.search(queries, "image", 640)
     assert memory.stats()["items"] == 640
 
 
@@ -105,3 +105,99 @@ def test_only_trained_transformer_fusion_beats_the_frozen_embedding(kind: str, w
         assert accuracy < frozen + 0.1, (frozen, accuracy)
     else:                                                         # the equal-size MLP control: clearly behind
         assert accuracy < ACCURACY["transformer"] - 0.2, (frozen, accuracy, ACCURACY)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
+    from hierarcaps.models.random_models import save_random_hf_clip
+
+    return str(save_random_hf_clip(tmp_path_factory.mktemp("reco") / "tiny", "tiny"))
+
+
+def memory_csv(folder: Path, image_dir: Path, rows: int) -> Path:
+    """Test images with *expanded-set* captions (other captions than the test tiers)."""
+    import csv
+
+    from hierarcaps.data import load_official
+
+    caption = {r.image_file: r.positive[-1] for r in load_official("test_expanded")}
+    path = folder / "memory.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "caption"])
+        for r in load_official("test")[:rows]:
+            writer.writerow([image_dir / r.image_file, caption[r.image_file]])
+    return path
+
+
+def test_memory_build_resumes_after_a_failure(tiny_clip: str, tmp_path: Path, test_image_dir: Path) -> None:
+    from hierarcaps.models import load_encoder
+    from hierarcaps.reco.memory import build_memory
+    from hierarcaps.reco.sources import load_items
+
+    items = load_items(str(memory_csv(tmp_path, test_image_dir, 30)))
+    encoder = load_encoder(tiny_clip)
+
+    class FailsOnThirdShard:
+        name, has_images, calls = encoder.name, True, 0
+
+        def encode_text(self, texts):
+            FailsOnThirdShard.calls += 1
+            if FailsOnThirdShard.calls == 3:
+                raise KeyboardInterrupt
+            return encoder.encode_text(texts)
+
+        def encode_image(self, images, **kwargs):
+            return encoder.encode_image(images, workers=0)
+
+        def fingerprint(self):
+            return encoder.fingerprint()
+
+    with pytest.raises(KeyboardInterrupt):
+        build_memory(tmp_path / "resumed", items, FailsOnThirdShard(), shard_size=10, progress=False)
+    assert len(list((tmp_path / "resumed" / "shards").glob("*/DONE"))) == 2
+    FailsOnThirdShard.calls = 10
+    build_memory(tmp_path / "resumed", items, FailsOnThirdShard(), shard_size=10, progress=False)
+    assert FailsOnThirdShard.calls == 11                         # only the unfinished shard was embedded
+    build_memory(tmp_path / "straight", items, FailsOnThirdShard(), shard_size=10, progress=False)
+    resumed, straight = Memory(tmp_path / "resumed"), Memory(tmp_path / "straight")
+    for modality in ("image", "text"):
+        np.testing.assert_array_equal(resumed.vectors[modality], straight.vectors[modality])
+    assert resumed.ids == straight.ids and not (tmp_path / "resumed" / "shards").exists()
+
+
+def test_reco_model_scores_through_the_harness_and_zero_shot(tiny_clip: str, tmp_path: Path,
+                                                              test_image_dir: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    from hierarcaps.benchmarks.harness import EvalOptions, evaluate
+    from hierarcaps.benchmarks.zeroshot import image_folder, zero_shot
+    from hierarcaps.data import load_official, write_csv
+    from hierarcaps.models import load_encoder
+
+    source = memory_csv(tmp_path, test_image_dir, 60)
+    run = lambda *args: subprocess.run([sys.executable, "-m", "hierarcaps", *args], capture_output=True,  # noqa: E731
+                                       text=True)
+    built = run("reco", "memory", str(source), "--model", tiny_clip, "--out", str(tmp_path / "mem"))
+    assert built.returncode == 0, built.stderr
+    trained = run("reco", "train", "--memory", str(tmp_path / "mem"), "--base", tiny_clip, "--out",
+                  str(tmp_path / "reco"), "--k", "4", "--heads", "2", "--steps", "10", "--batch-size", "16",
+                  "--duplicate-threshold", "0.99999")   # a random tiny CLIP embeds all images very alike
+    assert trained.returncode == 0, trained.stderr
+    reco, base = load_encoder(f"reco:{tmp_path / 'reco'}"), load_encoder(tiny_clip)
+    texts = ["a dog", "a plate of food"]
+    assert not np.allclose(reco.encode_text(texts), base.encode_text(texts))
+    subset = write_csv(load_official("test")[:40], tmp_path / "subset.csv", fmt="test")
+    result = evaluate(f"reco:{tmp_path / 'reco'}", EvalOptions(data=str(subset), image_dir=str(test_image_dir),
+                                                                progress=False, workers=0, resamples=20))
+    assert result["model"]["memory_items"] == 60 and result["model"]["refined_sides"] == ["image", "text"]
+    assert {"precision", "i2t_R@1", "d_corr"} <= set(result["metrics"])
+    classes = tmp_path / "classes"
+    for label, records in (("dog", load_official("test")[:3]), ("cat", load_official("test")[3:6])):
+        (classes / label).mkdir(parents=True)
+        for r in records:
+            shutil.copy(test_image_dir / r.image_file, classes / label / r.image_file)
+    accuracy = zero_shot(reco, *image_folder(classes), workers=0)
+    assert accuracy["images"] == 6 and accuracy["classes"] == 2 and 0 <= accuracy["top1"] <= 1

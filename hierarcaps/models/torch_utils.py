@@ -82,7 +82,9 @@ class ImageFiles:
     def __getitem__(self, index: int) -> Any:
         from ..data.images import open_image
 
-        return self.transform(open_image(self.paths[index]))
+        item = self.paths[index]
+        image = item.convert("RGB") if hasattr(item, "convert") else open_image(item)   # a PIL image or a path
+        return self.transform(image)
 
 
 def _single_threaded_worker(_: int) -> None:

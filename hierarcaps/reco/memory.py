@@ -71,18 +71,28 @@ class Memory:
         compares it with the other modality instead.
         """
         searched = query_modality if not cross_modal_search else other(query_modality)
-        extra = 8 + (0 if exclude_ids is None else 1)
-        scores, rows = self.indexes[searched].search(np.ascontiguousarray(queries, dtype=np.float32), k + extra)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
         keep_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         keep_rows = np.full((len(queries), k), -1, dtype=np.int64)
-        for q in range(len(queries)):
-            own = self.row_of.get(exclude_ids[q]) if exclude_ids is not None and exclude_ids[q] else None
-            mask = (rows[q] >= 0) & (rows[q] != own) & (scores[q] < duplicate_threshold)
-            chosen = np.flatnonzero(mask)[:k]
-            keep_scores[q, :len(chosen)], keep_rows[q, :len(chosen)] = scores[q, chosen], rows[q, chosen]
+        pending = np.arange(len(queries))
+        fetch = k + 8
+        while len(pending):
+            fetch = min(fetch, len(self))
+            scores, rows = self.indexes[searched].search(queries[pending], fetch)
+            short = []
+            for position, q in enumerate(pending):
+                own = self.row_of.get(exclude_ids[q]) if exclude_ids is not None and exclude_ids[q] else None
+                mask = (rows[position] >= 0) & (rows[position] != own) & (scores[position] < duplicate_threshold)
+                chosen = np.flatnonzero(mask)[:k]
+                if len(chosen) < k and fetch < len(self):
+                    short.append(q)       # too many excluded: search deeper for this query
+                    continue
+                keep_scores[q, :len(chosen)] = scores[position, chosen]
+                keep_rows[q, :len(chosen)] = rows[position, chosen]
+            pending, fetch = np.array(short, dtype=np.int64), fetch * 4
         if (keep_rows < 0).any():
-            raise HierarcapsError(f"the memory returned fewer than k={k} usable neighbours for some queries; "
-                                  "lower k or the duplicate threshold")
+            raise HierarcapsError(f"the memory holds fewer than k={k} usable neighbours for some queries "
+                                  f"(self and near-duplicates above {duplicate_threshold} excluded); lower k")
         return keep_scores, keep_rows
 
     def neighbours(self, queries: np.ndarray, query_modality: str, k: int, *, fuse: str = "cross",

@@ -81,8 +81,8 @@ class RecoTrainer:
         order = np.random.default_rng(config.seed).permutation(len(image))
         n_val = round(len(image) * config.val_fraction)
         self.val, self.train_rows = order[:n_val], order[n_val:]
-        self.image, self.text = torch.from_numpy(np.asarray(image, np.float32)), torch.from_numpy(
-            np.asarray(text, np.float32))
+        self.image = torch.tensor(np.asarray(image), dtype=torch.float32)   # a copy: memory arrays are mmapped
+        self.text = torch.tensor(np.asarray(text), dtype=torch.float32)
         dim = self.image.shape[1]
         fusion = FusionConfig(kind=config.fusion, dim=dim, heads=config.heads, residual=config.residual)
         self.fusion_config = fusion

@@ -1,0 +1,72 @@
+"""Where memory items come from: a hierarchy file with images, a CSV of images and captions, a `datasets`
+dataset, or precomputed embeddings."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.csvio import read_hierarchies
+from ..data.images import ImageStore
+from ..errors import DataError
+from .memory import MemoryItem
+
+
+def from_hierarchies(path: str, *, image_dir: str | None = None, download: bool = False) -> list[MemoryItem]:
+    """One item per row: its image and its most specific caption."""
+    records = read_hierarchies(path, n_tiers=None)
+    paths = ImageStore(image_dir, download=download).resolve(records)
+    return [MemoryItem(f"{Path(path).name}:{r.id}", r.positive[-1], str(paths[r.image_file]), Path(path).name)
+            for r in records if r.image_file]
+
+
+def from_csv(path: str) -> list[MemoryItem]:
+    """A CSV with columns ``image`` (path or URL) and ``caption`` (and optionally ``id``)."""
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    for number, row in enumerate(rows, start=1):
+        for column in ("image", "caption"):
+            if not row.get(column):
+                raise DataError("empty or missing", file=path, row=number, field=column)
+    return [MemoryItem(row.get("id") or f"{Path(path).name}:{i}", row["caption"], row["image"], Path(path).name)
+            for i, row in enumerate(rows)]
+
+
+def from_dataset(path: str, *, image_column: str = "image", text_column: str = "caption",
+                 split: str = "train") -> list[MemoryItem]:
+    """A `datasets` dataset (a saved folder or a loadable name): PIL images and captions."""
+    import datasets
+
+    try:
+        data = datasets.load_from_disk(path)
+    except (FileNotFoundError, ValueError):
+        data = datasets.load_dataset(path, split=split)
+    if isinstance(data, datasets.DatasetDict):
+        data = data[split]
+    return [MemoryItem(f"{Path(path).name}:{i}", str(row[text_column]), row[image_column], Path(path).name)
+            for i, row in enumerate(data)]
+
+
+def from_embeddings(path: str) -> tuple[np.ndarray, np.ndarray, list[MemoryItem]]:
+    """An .npz with ``image`` and ``text`` (n, d) arrays and optionally ``ids`` and ``captions``."""
+    with np.load(path, allow_pickle=False) as data:
+        image, text = data["image"], data["text"]
+        ids = data["ids"].tolist() if "ids" in data.files else [f"{Path(path).name}:{i}" for i in range(len(image))]
+        captions = data["captions"].tolist() if "captions" in data.files else [""] * len(image)
+    return image, text, [MemoryItem(str(i), str(c), None, Path(path).name) for i, c in zip(ids, captions)]
+
+
+def load_items(source: str, **options: Any) -> list[MemoryItem]:
+    """Items of a source by its kind: .csv with image/caption columns, a hierarchy file, or a dataset."""
+    path = Path(source)
+    if path.is_dir():
+        return from_dataset(source, **{k: v for k, v in options.items() if k in ("image_column", "text_column")})
+    if path.suffix == ".csv":
+        with open(path, newline="", encoding="utf-8") as handle:
+            columns = next(csv.reader(handle), [])
+        if {"image", "caption"} <= set(columns):
+            return from_csv(source)
+    return from_hierarchies(source, **{k: v for k, v in options.items() if k in ("image_dir", "download")})
