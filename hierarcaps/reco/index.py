@@ -64,10 +64,13 @@ def build_index(vectors: np.ndarray, kind: str, *, seed: int = 0, nprobe: int = 
     return index
 
 
-def set_search_effort(index: Any, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
-    """Trade speed for recall at search time."""
+def set_search_effort(index: Any, *, nprobe: int | None = None, ef_search: int | None = None,
+                      k_factor: int | None = None) -> None:
+    """Trade speed for recall at search time (k_factor: how many PQ candidates are re-ranked exactly, per k)."""
     import faiss
 
+    if k_factor is not None and hasattr(index, "k_factor"):
+        index.k_factor = k_factor
     if nprobe is not None:
         with contextlib.suppress(RuntimeError):
             faiss.extract_index_ivf(index).nprobe = nprobe
