@@ -284,3 +284,9 @@ def test_the_page_renders_every_entry_and_sorts_in_a_real_browser(valid: Path, t
     assert order(ascending) == ["random-16", "other-0", "other-1"]
     assert order(descending) == ["other-1", "other-0", "random-16"]
     assert 'data-sorted="desc"' in descending
+
+
+def test_the_committed_board_is_consistent() -> None:
+    from .conftest import REPO
+
+    assert board.check(REPO / "leaderboard") == []
