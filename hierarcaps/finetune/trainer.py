@@ -193,8 +193,10 @@ class Trainer:
         config = self.config
         final = self.out / "model" / CHECKPOINT_FILE
         if final.exists():   # a finished run: the same settings have nothing left to do
-            if json.loads(final.read_text()).get("run_hash") != config.run_hash():
+            info = json.loads(final.read_text())
+            if info.get("run_hash") != config.run_hash():
                 raise HierarcapsError(f"{self.out} holds a different run (finished); use a new --out or delete it")
+            self.step, self.log = info["steps"], json.loads((self.out / "log.json").read_text())["log"]
             return final.parent
         resumed = self.resume()
         if not resumed:
