@@ -71,19 +71,18 @@ def add(path: str | Path, board: str | Path = "leaderboard", *, replace: bool = 
         raise HierarcapsError(f"{path}: invalid submission ({len(report.problems)} problem(s)): "
                               + "; ".join(report.problems[:5]))
     folder = entry_folder(Path(board), sub.meta)
+    result = dumps(score_submission(sub))
     existing = folder / RESULT_FILE
     status = "added"
     if existing.exists():
-        previous = json.loads(existing.read_text())
-        if previous.get("embeddings_sha256") == sub.embeddings_sha256:
+        if existing.read_text() == result:
             return folder, "unchanged"
         if not replace:
-            raise HierarcapsError(f"{folder} already holds other embeddings for this model and revision; "
+            raise HierarcapsError(f"{folder} already holds another result for this model and revision; "
                                   "bump the revision or pass --replace")
         status = "replaced"
-    result = score_submission(sub)
     with atomic_open(folder / RESULT_FILE) as handle:
-        handle.write(dumps(result))
+        handle.write(result)
     with atomic_open(folder / "submission.json") as handle:
         handle.write(dumps(sub.meta))
     return folder, status
