@@ -83,7 +83,7 @@ def main() -> None:
     parser.add_argument("--image-dir", required=True)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--text-batch-size", type=int, default=256)
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, help="image decoding processes (default: the harness's)")
     parser.add_argument("--upstream", action="store_true", help="also time the per-item loop (about 4 minutes)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
@@ -102,8 +102,8 @@ def main() -> None:
     figures.update(floor(model_dir, [image_dir / r.image_file for r in records], texts,
                          args.batch_size, args.text_batch_size))
     common = ["evaluate", "--model", str(model_dir), "--image-dir", str(image_dir), "--out", str(work / "results"),
-              "--batch-size", str(args.batch_size), "--text-batch-size", str(args.text_batch_size),
-              "--workers", str(args.workers), "--quiet"]
+              "--batch-size", str(args.batch_size), "--text-batch-size", str(args.text_batch_size), "--quiet",
+              *(["--workers", str(args.workers)] if args.workers is not None else [])]
     figures["evaluate_cold_s"], figures["evaluate_cold_peak_mb"] = run_cli(common, env)
     cold_timings = json.loads(next((work / "results").rglob("*.json")).read_text())["timings"]
     figures["evaluate_cached_s"], _ = run_cli(common, env)

@@ -24,7 +24,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--text-batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, default=1, help="image decoding processes")
+    p.add_argument("--workers", type=int, help="image decoding processes (default: 0 on 2 cores, else up to 4)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--no-cache", action="store_true", help="recompute embeddings instead of reading the cache")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -41,9 +41,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         print(f"note: --steps {args.steps} is not the hierarcaps-v1 protocol; the result records it", file=sys.stderr)
     options = EvalOptions(split=args.split, data=args.data, image_dir=args.image_dir, download=args.download,
                           text_only=args.text_only, text_batch_size=args.text_batch_size,
-                          image_batch_size=args.batch_size, workers=args.workers, steps=args.steps,
+                          image_batch_size=args.batch_size, steps=args.steps,
                           resamples=args.resamples, seed=args.seed, cache=not args.no_cache, device=args.device,
                           progress=not args.quiet)
+    if args.workers is not None:
+        options.workers = args.workers
     result = evaluate(args.model, options)
     path = save_result(result, args.out)
     print(result_table(result))

