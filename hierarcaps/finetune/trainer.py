@@ -76,12 +76,16 @@ class Trainer:
         self.data_checksum = data_checksum(records)
         torch.manual_seed(config.seed)
         encoder = load_encoder(config.model, device=config.device)
-        if not isinstance(encoder, TorchEncoder) or not hasattr(encoder, "text_parameters"):
-            raise HierarcapsError(f"{config.model}: this adapter cannot be fine-tuned")
+        try:
+            trainable = {id(p) for p in encoder.text_parameters()} if isinstance(encoder, TorchEncoder) else set()
+        except NotImplementedError:
+            trainable = set()
+        if not trainable:
+            raise HierarcapsError(f"{config.model}: this adapter ({type(encoder).__name__}) cannot be fine-tuned; "
+                                  "use a transformers CLIP-family model, open_clip, or a mean-pooling text model")
         self.encoder = encoder
         self.base_name, self.base_fingerprint = encoder.name, encoder.fingerprint()
         self.frozen, self.frozen_index = self._frozen_embeddings()
-        trainable = {id(p) for p in encoder.text_parameters()}
         self.trainable = [(n, p) for n, p in encoder.model.named_parameters() if id(p) in trainable]
         for p in encoder.model.parameters():
             p.requires_grad_(id(p) in trainable)
