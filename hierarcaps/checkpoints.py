@@ -3,6 +3,9 @@ resuming into a run with other settings."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -10,6 +13,12 @@ from typing import Any
 from .errors import HierarcapsError
 
 STATE_FILE = "state.pt"
+
+
+def run_hash(config: object, ignore: tuple[str, ...]) -> str:
+    """Hash of a run's settings (a dataclass) minus those that do not change its result."""
+    fixed = {k: v for k, v in dataclasses.asdict(config).items() if k not in ignore}  # type: ignore[call-overload]
+    return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class CheckpointStore:

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from .._io import atomic_open, sha256_file
+from .._io import atomic_open
 from ..data.csvio import read_hierarchies
 from ..data.images import ImageStore
 from ..data.official import load_official
@@ -107,7 +107,7 @@ def embed_benchmark(encoder: Encoder, records: Sequence[Hierarchy], options: Eva
         index = {name: i for i, name in enumerate(image_files)}
         row_image = np.array([index[r.image_file] for r in records])
         ordered = [paths[name] for name in image_files]
-        signature = [f"{name}:{sha256_file(path)}" for name, path in zip(image_files, ordered)]
+        signature = [f"{name}:{store.digest(path)}" for name, path in zip(image_files, ordered)]
         key = cache_key(fingerprint, preprocessing, "image", checksum_strings(signature))
         image_emb = cache.get_or_compute(key, lambda: encoder.encode_image(
             ordered, batch_size=options.image_batch_size, workers=options.workers, progress=options.progress))

@@ -47,6 +47,10 @@ class ImageStore:
             raise ChecksumMismatch(f"{path}: SHA-256 does not match the shipped manifest "
                                    "(corrupted or a different image); delete it to re-download")
 
+    def digest(self, path: Path) -> str:
+        """SHA-256 of a resolved image: the manifest's (``resolve`` verified it) or computed for others."""
+        return self.checksums.get(path.name) or sha256_file(path)
+
     def _url(self, name: str, url: str | None) -> str | None:
         if self.mirror:
             return self.mirror.rstrip("/") + "/" + name

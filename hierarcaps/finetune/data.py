@@ -51,9 +51,3 @@ def micro_batches(n_rows: int, batch_size: int, seed: int, start: int = 0) -> It
         order = np.random.default_rng([seed, epoch]).permutation(n_rows)
         yield order[position * batch_size:(position + 1) * batch_size]
         index += 1
-
-
-def data_checksum(records: Sequence[Hierarchy]) -> str:
-    from ..data.records import content_checksum
-
-    return content_checksum(records)

@@ -9,7 +9,6 @@ with the same weights as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import shutil
@@ -21,12 +20,13 @@ import numpy as np
 
 from .. import __version__
 from .._io import atomic_open
-from ..checkpoints import CheckpointStore
+from ..checkpoints import CheckpointStore, run_hash
+from ..data.records import content_checksum
 from ..errors import HierarcapsError
 from ..models.registry import CHECKPOINT_FILE, load_encoder
 from ..models.torch_utils import TorchEncoder, autocast
 from ..training_log import plot_curves
-from .data import OFFLINE, data_checksum, micro_batches, split_held_out, training_records
+from .data import OFFLINE, micro_batches, split_held_out, training_records
 from .losses import OBJECTIVES, LossWeights
 
 
@@ -58,8 +58,7 @@ class FinetuneConfig:
     progress: bool = True
 
     def run_hash(self) -> str:
-        fixed = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "progress", "out")}
-        return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
+        return run_hash(self, ignore=("device", "progress", "out"))
 
 
 class Trainer:
@@ -73,7 +72,7 @@ class Trainer:
         records = training_records(config.train)
         self.train_rows, self.val_rows = split_held_out(records, config.val_fraction, config.seed)
         self.val_rows = self.val_rows[:config.val_rows]
-        self.data_checksum = data_checksum(records)
+        self.data_checksum = content_checksum(records)
         torch.manual_seed(config.seed)
         encoder = load_encoder(config.model, device=config.device)
         try:

@@ -10,7 +10,6 @@ original other side.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_open
-from ..checkpoints import CheckpointStore
+from ..checkpoints import CheckpointStore, run_hash
 from ..training_log import plot_curves
 from .fusion import FusionConfig, build_fusion
 from .memory import Memory
@@ -54,8 +53,7 @@ class RecoConfig:
     progress: bool = True
 
     def run_hash(self) -> str:
-        fixed = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("progress", "out")}
-        return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
+        return run_hash(self, ignore=("progress", "out"))
 
 
 def contrastive(a: Any, b: Any, logit_scale: Any) -> Any:
