@@ -1,3 +1,5 @@
+"""``python -m hierarcaps``: the same as the ``hierarcaps`` command."""
+
 import sys
 
 from .cli import main

@@ -181,9 +181,6 @@ def _register_optional_commands() -> None:
 
 WORKSHOP_COMMANDS = (
     "hierarcaps.benchmarks.commands", "hierarcaps.finetune.commands", "hierarcaps.leaderboard.commands",
-    "hierarcaps.reco.commands",
+    "hierarcaps.reco.commands", "hierarcaps.generation.commands", "hierarcaps.annotation.commands",
 )
 
-
-if __name__ == "__main__":
-    sys.exit(main())

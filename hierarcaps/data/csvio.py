@@ -147,3 +147,29 @@ def write_csv(records: Iterable[Hierarchy], path: str | os.PathLike[str], *, fmt
     with atomic_open(path, "wb") as handle:
         handle.write(data)
     return path
+
+
+def write_parquet(records: Iterable[Hierarchy], path: str | os.PathLike[str],
+                  metadata: dict[str, str] | None = None) -> Path:
+    """Write records as parquet (one column per record field; ``parse_parquet`` reads it back), atomically."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from .._io import atomic_path
+
+    table = pa.Table.from_pylist([r.to_dict() for r in records], schema=_record_schema())
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def _record_schema():
+    """Explicit types, so that an all-null column (no negatives) still has its list type."""
+    import pyarrow as pa
+
+    strings = pa.list_(pa.string())
+    return pa.schema([("id", pa.string()), ("positive", strings), ("negative", strings), ("image_url", pa.string()),
+                      ("image_file", pa.string()), ("source", pa.string()), ("split", pa.string())])

@@ -1,0 +1,38 @@
+"""CLI subcommand ``generate``: run (or resume) a generation config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from ..cli import command
+
+
+def _generate_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, help="pipeline config (YAML), e.g. generation/tiny.yaml")
+    p.add_argument("--dry-run", action="store_true", help="a handful of captions, 10 distillation steps, "
+                                                          "written to <out>-dry-run")
+    p.add_argument("--until", default="export", help="stop after this stage "
+                                                     "(captions, seed, filter, augment, distill, build, export)")
+    p.add_argument("--out", help="output folder (overrides the config's `out`)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+@command("generate", "make 4-tier positive and negative hierarchies from captions (LLM + NLI -> Flan-T5)",
+         _generate_args)
+def _generate(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .runner import dry_run_config, run_generation
+
+    config = load_config(args.config, {"out": args.out} if args.out else None)
+    if args.dry_run:
+        config = dry_run_config(config)
+    folder = run_generation(config, until=args.until, progress=not args.no_progress)
+    stats = folder / "stats.json"
+    if stats.exists():
+        summary = json.loads(stats.read_text())
+        print((folder / "stats.md").read_text())
+        print(f"wrote {summary['export']['hierarchies']} hierarchies to {folder}")
+    else:
+        print(f"stage {args.until} done: {folder}")
+    return 0

@@ -1,0 +1,264 @@
+"""The Flan-T5 student: trained on accepted chains in both directions, then used to build hierarchies.
+
+- specific -> generic: ``generalize: <caption>`` -> ``t1 => t2 => t3``
+- generic -> specific: ``specify: t1 => ... => tk`` -> tier k+1 (``specify:`` alone -> a tier 1)
+
+The student is a real checkpoint (``distill.student``) or, where no weights can be had, a T5 built from
+``distill.scratch`` with a BPE tokenizer trained on the training chains. Training checkpoints
+(weights, optimizer, RNG, log) every ``checkpoint_every`` steps; a killed run resumes to the same weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._io import atomic_open
+from ..checkpoints import CheckpointStore
+from ..errors import HierarcapsError
+from ..finetune.data import micro_batches
+from ..training_log import plot_curves
+from .config import BuildConfig, DistillConfig
+
+GENERALIZE, SPECIFY, SEP = "generalize: ", "specify: ", " => "
+Chain = tuple[str, ...]
+
+
+def generalize_source(caption: str) -> str:
+    return GENERALIZE + caption
+
+
+def specify_source(tiers_so_far: Sequence[str]) -> str:
+    return SPECIFY + SEP.join(tiers_so_far)
+
+
+def training_pairs(chains: Sequence[Chain]) -> list[tuple[str, str]]:
+    """Both directions of every chain: one generalize pair and one specify pair per tier."""
+    pairs = []
+    for chain in chains:
+        pairs.append((generalize_source(chain[-1]), SEP.join(chain[:-1])))
+        pairs.extend((specify_source(chain[:k]), chain[k]) for k in range(len(chain)))
+    return pairs
+
+
+def train_scratch_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
+    """A T5-style tokenizer (pad 0, eos 1, unk 2) learned from the training text. BPE, because its training
+    is deterministic (the unigram trainer's is not), and a resumed run must rebuild the same student."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"],
+                                  show_progress=False)
+    tokenizer.train_from_iterator(list(texts), trainer=trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>",
+                                   unk_token="<unk>")
+
+
+def _split(pairs: list[tuple[str, str]], chains: int, fraction: float, seed: int
+           ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """Held-out pairs by whole chain (both directions of a chain stay on one side)."""
+    per_chain = len(pairs) // max(chains, 1)
+    order = np.random.default_rng([seed, 7]).permutation(chains)
+    held = set(order[:max(1, round(chains * fraction))].tolist()) if fraction > 0 else set()
+    train, val = [], []
+    for c in range(chains):
+        (val if c in held else train).extend(pairs[c * per_chain:(c + 1) * per_chain])
+    return train, val
+
+
+class Distiller:
+    """Train the student on chains; ``run()`` returns the folder of the final model."""
+
+    def __init__(self, config: DistillConfig, chains: Sequence[Chain], out: Path, seed: int,
+                 progress: bool = True) -> None:
+        self.config, self.out, self.seed, self.progress = config, Path(out), seed, progress
+        pairs = training_pairs(chains)
+        self.train_pairs, self.val_pairs = _split(pairs, len(chains), config.val_fraction, seed)
+        if not self.train_pairs:
+            raise HierarcapsError("no accepted chains to distill: every chain was rejected upstream")
+        digest = json.dumps([dataclasses.asdict(config), seed, pairs], sort_keys=True)
+        self.checkpoints = CheckpointStore(self.out, hashlib.sha256(digest.encode()).hexdigest()[:16])
+        self.step, self.log = 0, []
+
+    def _load(self) -> None:
+        import torch
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5Config, T5ForConditionalGeneration
+
+        torch.manual_seed(self.seed)
+        if self.config.scratch is None:
+            self.tokenizer = AutoTokenizer.from_pretrained(self.config.student)
+            self.model = AutoModelForSeq2SeqLM.from_pretrained(self.config.student)
+        else:
+            folder = self.out / "tokenizer"
+            if not (folder / "tokenizer.json").exists():   # trained once; a resumed run reuses it
+                texts = [t for pair in self.train_pairs for t in pair]
+                tokenizer = train_scratch_tokenizer(texts, self.config.tokenizer_vocab)
+                tmp = self.out / "tokenizer.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                tokenizer.save_pretrained(tmp)
+                shutil.rmtree(folder, ignore_errors=True)
+                tmp.rename(folder)
+            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            t5 = T5Config(vocab_size=len(self.tokenizer), pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+                          **self.config.scratch)
+            self.model = T5ForConditionalGeneration(t5)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.config.lr,
+                                           weight_decay=self.config.weight_decay)
+        warmup = self.config.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
+                                                           lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+
+    def _batch(self, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
+        sources = self.tokenizer([s for s, _ in pairs], padding=True, truncation=True,
+                                 max_length=self.config.max_source_length, return_tensors="pt")
+        targets = self.tokenizer([t for _, t in pairs], padding=True, truncation=True,
+                                 max_length=self.config.max_target_length, return_tensors="pt")
+        labels = targets["input_ids"].masked_fill(targets["attention_mask"] == 0, -100)
+        return {**sources, "labels": labels}
+
+    def validate(self) -> dict[str, float]:
+        """Token-weighted cross-entropy on the held-out chains."""
+        import torch
+
+        if not self.val_pairs:
+            return {}
+        total, tokens = 0.0, 0
+        self.model.eval()
+        with torch.inference_mode():
+            for start in range(0, len(self.val_pairs), 64):
+                batch = self._batch(self.val_pairs[start:start + 64])
+                n = int((batch["labels"] != -100).sum())
+                total += float(self.model(**batch).loss) * n
+                tokens += n
+        self.model.train()
+        return {"val_loss": total / tokens}
+
+    def _save_checkpoint(self) -> None:
+        import torch
+
+        self.checkpoints.save(self.step, {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                                          "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "log": self.log})
+
+    def _resume(self) -> None:
+        import torch
+
+        state = self.checkpoints.latest()
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            self.step, self.log = state["step"], state["log"]
+
+    def run(self) -> Path:
+        from tqdm.auto import tqdm
+
+        final = self.out / "model"
+        if (final / "distill.json").exists():
+            return final
+        self._load()
+        self._resume()
+        if not self.log:
+            self.log.append({"step": 0, **self.validate()})
+        self.model.train()
+        config = self.config
+        batch_size = min(config.batch_size, len(self.train_pairs))
+        batches = micro_batches(len(self.train_pairs), batch_size, self.seed, start=self.step)
+        started, first = time.perf_counter(), self.step
+        with tqdm(total=config.max_steps, initial=self.step, desc="Distilling", unit="step",
+                  disable=not self.progress) as bar:
+            while self.step < config.max_steps:
+                loss = self.model(**self._batch([self.train_pairs[i] for i in next(batches)])).loss
+                loss.backward()
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                entry = {"step": self.step, "loss": float(loss.detach())}
+                if self.step % config.eval_every == 0 or self.step == config.max_steps:
+                    entry.update(self.validate())
+                self.log.append(entry)
+                bar.set_postfix(loss=f"{entry['loss']:.3f}")
+                bar.update(1)
+                if self.step % config.checkpoint_every == 0 and self.step < config.max_steps:
+                    self._save_checkpoint()
+        return self._finish(time.perf_counter() - started, self.step - first)
+
+    def _finish(self, seconds: float, steps: int) -> Path:
+        final, tmp = self.out / "model", self.out / "model.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.model.eval()
+        self.model.save_pretrained(tmp)
+        self.tokenizer.save_pretrained(tmp)
+        val = [e["val_loss"] for e in self.log if "val_loss" in e]
+        summary = {"train_pairs": len(self.train_pairs), "val_pairs": len(self.val_pairs), "steps": self.step,
+                   "val_loss_first": val[0] if val else None, "val_loss_last": val[-1] if val else None,
+                   "seconds_this_session": seconds,
+                   "pairs_per_s": steps * self.config.batch_size / seconds if seconds else None,
+                   "config": dataclasses.asdict(self.config)}
+        with atomic_open(tmp / "distill.json") as handle:
+            json.dump(summary, handle, indent=2)
+        with atomic_open(self.out / "log.json") as handle:
+            json.dump({"log": self.log}, handle)
+        plot_curves(self.log, self.out / "curves.png")
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        shutil.rmtree(self.checkpoints.folder, ignore_errors=True)
+        return final
+
+
+class Student:
+    """A trained student for batched generation in both directions."""
+
+    def __init__(self, folder: str | Path, config: BuildConfig) -> None:
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+        self.config = config
+
+    def _generate(self, sources: list[str], seed: int, samples: int) -> list[list[str]]:
+        import torch
+
+        torch.manual_seed(seed)
+        config, out = self.config, []
+        sampling = samples > 1
+        for start in range(0, len(sources), config.batch_size):
+            batch = self.tokenizer(sources[start:start + config.batch_size], padding=True, return_tensors="pt")
+            with torch.inference_mode():
+                tokens = self.model.generate(
+                    **batch, max_new_tokens=config.max_new_tokens, do_sample=sampling, num_return_sequences=samples,
+                    temperature=config.temperature if sampling else None, top_p=config.top_p if sampling else None)
+            texts = [t.strip() for t in self.tokenizer.batch_decode(tokens, skip_special_tokens=True)]
+            out.extend(texts[i:i + samples] for i in range(0, len(texts), samples))
+        return out
+
+    def generalize_text(self, captions: list[str], seed: int) -> list[str]:
+        """The raw greedy ``t1 => t2 => t3`` output for each caption."""
+        return [texts[0] for texts in self._generate([generalize_source(c) for c in captions], seed, 1)]
+
+    def generalize(self, captions: list[str], seed: int) -> list[Chain | None]:
+        """Tiers 1-3 for each caption, as a full chain ending in the caption; None if not 3 tiers."""
+        chains: list[Chain | None] = []
+        for caption, text in zip(captions, self.generalize_text(captions, seed)):
+            tiers = tuple(t.strip() for t in text.split(SEP.strip()))
+            chains.append((*tiers, caption) if len(tiers) == 3 else None)
+        return chains
+
+    def specify(self, prefixes: list[Sequence[str]], samples: int, seed: int) -> list[list[str]]:
+        """``samples`` sampled next tiers under each prefix chain."""
+        return self._generate([specify_source(p) for p in prefixes], seed, samples)
+

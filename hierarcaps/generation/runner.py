@@ -1,0 +1,245 @@
+"""The local runner: each stage reads the previous stage's shards and writes its own, resumably.
+
+Layout of ``out``::
+
+    run.json                     the config (and its fingerprint) this folder belongs to
+    00-captions/shard-00000.parquet + shard-00000.done     input captions, ``shard_size`` per shard
+    10-seed/ 20-filter/ 30-augment/ 50-build/             one shard per caption shard
+    40-distill/model/            the student (checkpoints while training)
+    60-export/                   hierarchies.csv, hierarchies.parquet, stats.json, stats.md
+
+A shard counts only once its ``.done`` marker exists (parquet and marker are each written atomically,
+the marker last); a killed run recomputes the unfinished shard with the same seed, so the final data
+equal an uninterrupted run's, with nothing lost or duplicated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from .._io import atomic_open, atomic_path, sha256_file
+from ..errors import DataError, HierarcapsError
+from .config import GenerationConfig
+from .stages import Models, Row, augment_batch, build_batch, filter_batch, load_prompts, seed_batch
+
+STAGES = ("captions", "seed", "filter", "augment", "distill", "build", "export")
+FOLDERS = {stage: f"{10 * n:02d}-{stage}" for n, stage in enumerate(STAGES)}
+
+
+def read_captions(path: str | Path) -> list[Row]:
+    """Captions from a text file (one per line), a CSV with a ``caption`` column, or a hierarchy file
+    (CSV/parquet in an official format: its tier-4 captions)."""
+    import csv
+    import gzip
+
+    path = Path(path)
+    file = str(path)
+    if not path.exists():
+        raise DataError("no such input file", file=file)
+    if path.suffix == ".txt":
+        lines = path.read_text(encoding="utf-8").splitlines()
+        return [{"id": f"line-{n}", "caption": line.strip(), "image_url": None}
+                for n, line in enumerate(lines, start=1) if line.strip()]
+    opener = gzip.open if path.suffix == ".gz" else open
+    header: list[str] = []
+    if path.suffix != ".parquet":
+        with opener(path, "rt", encoding="utf-8", newline="") as handle:  # type: ignore[operator]
+            header = next(csv.reader(handle), [])
+    if "caption" not in header:
+        from ..data.csvio import read_hierarchies
+
+        return [{"id": r.id, "caption": r.positive[-1], "image_url": r.image_url}
+                for r in read_hierarchies(path, n_tiers=None)]
+    rows = []
+    with opener(path, "rt", encoding="utf-8", newline="") as handle:  # type: ignore[operator]
+        for n, row in enumerate(csv.DictReader(handle), start=1):
+            caption = (row.get("caption") or "").strip()
+            if not caption:
+                raise DataError("empty caption", file=file, row=n, field="caption")
+            rows.append({"id": row.get("id") or f"row-{n}", "caption": caption, "image_url": row.get("image_url")})
+    return rows
+
+
+def dry_run_config(config: GenerationConfig) -> GenerationConfig:
+    """A handful of captions and a few distillation steps, in a separate folder."""
+    distill = dataclasses.replace(config.distill, max_steps=min(config.distill.max_steps, 10), eval_every=5,
+                                  checkpoint_every=5)
+    return dataclasses.replace(config, limit=min(config.limit or 8, 8), shard_size=4, out=f"{config.out}-dry-run",
+                               distill=distill)
+
+
+class Runner:
+    """Run (or resume) every stage of a generation config."""
+
+    def __init__(self, config: GenerationConfig, *, progress: bool = True) -> None:
+        self.config, self.progress, self.out = config, progress, Path(config.out)
+        self.models = Models(config, self.out / FOLDERS["distill"] / "model")
+        self.timings: dict[str, float] = {}
+
+    # -- files -------------------------------------------------------------------------------------------
+    def _claim_folder(self) -> None:
+        """Refuse to mix runs: a folder belongs to one config fingerprint."""
+        run_file = self.out / "run.json"
+        if run_file.exists():
+            recorded = json.loads(run_file.read_text())
+            if recorded["fingerprint"] != self.config.fingerprint():
+                raise HierarcapsError(f"{self.out} holds a run with other settings; use a new `out` or delete it")
+            return
+        with atomic_open(run_file) as handle:
+            json.dump({"fingerprint": self.config.fingerprint(), "config": self.config.to_dict(),
+                       "package_version": __version__}, handle, indent=2)
+
+    def shard_path(self, stage: str, shard: int) -> Path:
+        return self.out / FOLDERS[stage] / f"shard-{shard:05d}.parquet"
+
+    def is_done(self, stage: str, shard: int) -> bool:
+        return self.shard_path(stage, shard).with_suffix(".done").exists()
+
+    def model_versions(self) -> dict[str, str]:
+        from .backends import model_version
+
+        versions = {"llm": f"{self.config.llm.backend}:{model_version(self.config.llm.model)}",
+                    "nli": model_version(self.config.nli.model)}
+        student = self.out / FOLDERS["distill"] / "model"
+        if student.exists():
+            versions["student"] = model_version(str(student))
+        return versions
+
+    def _write_shard(self, stage: str, shard: int, rows: list[Row], seconds: float) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = self.shard_path(stage, shard)
+        table = pa.Table.from_pylist(rows) if rows else pa.table({"id": pa.array([], pa.string())})
+        table = table.replace_schema_metadata({
+            "hierarcaps.stage": stage, "hierarcaps.config_fingerprint": self.config.fingerprint(),
+            "hierarcaps.models": json.dumps(self.model_versions()), "hierarcaps.version": __version__})
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
+        with atomic_open(path.with_suffix(".done")) as handle:
+            json.dump({"rows": len(rows), "seconds": seconds, "sha256": sha256_file(path)}, handle)
+
+    def read_shard(self, stage: str, shard: int) -> list[Row]:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self.shard_path(stage, shard))
+        return [] if table.num_rows == 0 else table.to_pylist()
+
+    def read_stage(self, stage: str) -> list[Row]:
+        return [row for shard in range(self.n_shards) for row in self.read_shard(stage, shard)]
+
+    def shard_seed(self, stage: str, shard: int) -> int:
+        sequence = np.random.SeedSequence([self.config.seed, STAGES.index(stage), shard])
+        return int(sequence.generate_state(1)[0] % (2**31 - 1))
+
+    # -- stages ------------------------------------------------------------------------------------------
+    def stage_captions(self) -> None:
+        manifest = self.out / FOLDERS["captions"] / "manifest.json"
+        if manifest.exists():
+            self.n_shards = json.loads(manifest.read_text())["shards"]
+            return
+        rows = read_captions(self.config.input)[:self.config.limit]
+        if not rows:
+            raise DataError("no captions in the input", file=self.config.input)
+        ids = [r["id"] for r in rows]
+        if len(set(ids)) != len(ids):
+            duplicate = next(i for i in ids if ids.count(i) > 1)
+            raise DataError(f"duplicated caption id {duplicate!r}", file=self.config.input, field="id")
+        size = self.config.shard_size
+        self.n_shards = -(-len(rows) // size)
+        for shard in range(self.n_shards):
+            self._write_shard("captions", shard, rows[shard * size:(shard + 1) * size], 0.0)
+        with atomic_open(manifest) as handle:
+            json.dump({"shards": self.n_shards, "captions": len(rows)}, handle)
+
+    def map_shards(self, stage: str, source: str, transform: Callable[[list[Row], int], list[Row]]) -> None:
+        """Apply a batch transform to every unfinished shard of ``source``, writing ``stage``'s shards."""
+        from tqdm.auto import tqdm
+
+        todo = [s for s in range(self.n_shards) if not self.is_done(stage, s)]
+        started = time.perf_counter()
+        for shard in tqdm(todo, desc=f"Stage {stage}", unit="shard", disable=not self.progress):
+            begun = time.perf_counter()
+            rows = transform(self.read_shard(source, shard), self.shard_seed(stage, shard))
+            self._write_shard(stage, shard, rows, time.perf_counter() - begun)
+        if todo:
+            self.timings[stage] = time.perf_counter() - started
+
+    def accepted_chains(self, *stages: str) -> list[tuple[str, ...]]:
+        """Accepted chains of these stages, de-duplicated (case-insensitively), in shard order."""
+        seen, chains = set(), []
+        for stage in stages:
+            for row in self.read_stage(stage):
+                key = tuple(t.lower() for t in row["chain"]) if row["reason"] is None else None
+                if key is not None and key not in seen:
+                    seen.add(key)
+                    chains.append(tuple(row["chain"]))
+        return chains
+
+    def run(self, until: str = "export") -> Path:
+        """Run every stage up to ``until``; returns the folder that stage wrote."""
+        if until not in STAGES:
+            raise HierarcapsError(f"unknown stage {until!r} (stages: {', '.join(STAGES)})")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._claim_folder()
+        prompts = load_prompts(self.config.prompts)
+        models = self.models
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("captions", self.stage_captions),
+            ("seed", lambda: self.map_shards("seed", "captions", lambda rows, s: seed_batch(rows, models, prompts, s))),
+            ("filter", lambda: self.map_shards("filter", "seed", lambda rows, s: filter_batch(rows, models))),
+            ("augment", lambda: self.stage_augment(prompts)),
+            ("distill", self.stage_distill),
+            ("build", lambda: self.map_shards("build", "captions", lambda rows, s: build_batch(rows, models, s))),
+            ("export", self.stage_export),
+        ]
+        for stage, step in steps:
+            step()
+            if stage == until:
+                return self.out / FOLDERS[stage]
+        raise AssertionError("unreachable")
+
+    def stage_augment(self, prompts: dict[str, str]) -> None:
+        if self.config.augment.samples_per_caption <= 0:
+            self.map_shards("augment", "captions", lambda rows, seed: [])
+            return
+        pool = self.accepted_chains("filter")
+        self.map_shards("augment", "captions",
+                        lambda rows, seed: augment_batch(rows, self.models, prompts, pool, seed) if pool else [])
+
+    def stage_distill(self) -> None:
+        from .distill import Distiller
+
+        started = time.perf_counter()
+        chains = self.accepted_chains("filter", "augment")
+        folder = self.out / FOLDERS["distill"]
+        if not (folder / "model" / "distill.json").exists():
+            Distiller(self.config.distill, chains, folder, self.config.seed, self.progress).run()
+            self.timings["distill"] = time.perf_counter() - started
+
+    def stage_export(self) -> None:
+        from .report import export_run
+
+        export_run(self)
+
+
+def run_generation(config: GenerationConfig, *, until: str = "export", progress: bool = True) -> Path:
+    return Runner(config, progress=progress).run(until)
+
+
+def stage_seconds(runner: Runner, stage: str) -> float:
+    """Compute time a stage's shards took, summed from their markers (so resumed runs count too)."""
+    total = 0.0
+    for shard in range(runner.n_shards):
+        marker = runner.shard_path(stage, shard).with_suffix(".done")
+        if marker.exists():
+            total += json.loads(marker.read_text())["seconds"]
+    return total
+

@@ -1,0 +1,151 @@
+"""The pipeline's stages as pure batch transforms: a list of row dicts in, a list of row dicts out.
+
+Models come from a ``Models`` holder (loaded once, on first use) and randomness from an explicit seed, so
+a batch always gives the same rows: that is what lets a killed run resume shard by shard, and what would
+let a distributed engine (Ray Data ``map_batches``) run these functions unchanged.
+
+Row fields: ``id``, ``caption``, ``image_url``; ``chain`` (t1..t3 + caption, or None) and ``reason``
+(None when accepted) after seed/filter/augment; ``positive``, ``negative``, ``reason`` after build.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .backends import LLMBackend, Sampling, make_backend
+from .config import GenerationConfig
+from .nli import NLIScorer, TransformersNLI, judge_chains, select_negatives
+
+Row = dict[str, Any]
+FIELDS = ["tier_1", "tier_2", "tier_3"]
+
+
+class Models:
+    """The models of a run, each loaded the first time a stage needs it."""
+
+    def __init__(self, config: GenerationConfig, student_folder: Path | None = None) -> None:
+        self.config, self.student_folder = config, student_folder
+
+    @functools.cached_property
+    def llm(self) -> LLMBackend:
+        return make_backend(self.config.llm, self.config.seed)
+
+    @functools.cached_property
+    def nli(self) -> NLIScorer:
+        return TransformersNLI(self.config.nli)
+
+    @functools.cached_property
+    def student(self) -> Any:
+        from .distill import Student
+
+        return Student(self.student_folder, self.config.build)
+
+
+def load_prompts(folder: str | Path) -> dict[str, str]:
+    """The templates a lab edits: ``seed.txt``, ``augment.txt``, ``demonstration.txt``."""
+    from ..errors import DataError
+
+    folder, prompts = Path(folder), {}
+    for name in ("seed", "augment", "demonstration"):
+        path = folder / f"{name}.txt"
+        if not path.exists():
+            raise DataError("prompt template missing", file=str(path))
+        prompts[name] = path.read_text(encoding="utf-8").strip()
+    return prompts
+
+
+def render(template: str, **values: str) -> str:
+    """Fill ``{name}`` slots by plain replacement (templates hold literal JSON braces)."""
+    for name, value in values.items():
+        template = template.replace("{" + name + "}", value)
+    return template
+
+
+def _chain_of(caption: str, fields: dict[str, str] | None) -> list[str] | None:
+    return None if fields is None else [fields[f].strip() for f in FIELDS] + [caption]
+
+
+def seed_batch(rows: list[Row], models: Models, prompts: dict[str, str], seed: int) -> list[Row]:
+    """The LLM writes tiers 1-3 for each caption (tier 4 is the caption)."""
+    llm = models.config.llm
+    sampling = Sampling(llm.temperature, llm.top_p, llm.max_new_tokens)
+    outputs = models.llm.complete_json([render(prompts["seed"], caption=r["caption"]) for r in rows],
+                                       FIELDS, sampling, seed)
+    return [{**r, "chain": _chain_of(r["caption"], out), "origin": "seed", "reason": None if out else "unparseable"}
+            for r, out in zip(rows, outputs)]
+
+
+def filter_batch(rows: list[Row], models: Models) -> list[Row]:
+    """Attach the rejection reason of each chain (None: accepted)."""
+    chains = [tuple(r["chain"]) if r["chain"] is not None else None for r in rows]
+    reasons = judge_chains(chains, models.nli, models.config.nli) if rows else []
+    return [{**r, "reason": reason} for r, reason in zip(rows, reasons)]
+
+
+def _demonstration(prompts: dict[str, str], chain: Sequence[str]) -> str:
+    import json
+
+    tiers = json.dumps(dict(zip(FIELDS, chain[:3])))
+    return render(prompts["demonstration"], caption=chain[3], json=tiers)
+
+
+def augment_batch(rows: list[Row], models: Models, prompts: dict[str, str], pool: Sequence[Sequence[str]],
+                  seed: int) -> list[Row]:
+    """More chains per caption, prompted with accepted chains as demonstrations, sampled and then filtered."""
+    settings = models.config.augment
+    rng = np.random.default_rng(seed)
+    requests, owners = [], []
+    for row in rows:
+        others = [c for c in pool if c[3] != row["caption"]]
+        for sample in range(settings.samples_per_caption):
+            picks = rng.choice(len(others), size=min(settings.demonstrations, len(others)), replace=False) \
+                if others else []
+            shots = "\n\n".join(_demonstration(prompts, others[i]) for i in picks)
+            requests.append(render(prompts["augment"], demonstrations=shots, caption=row["caption"]))
+            owners.append((row, sample))
+    sampling = Sampling(settings.temperature, settings.top_p, models.config.llm.max_new_tokens)
+    outputs = models.llm.complete_json(requests, FIELDS, sampling, seed) if requests else []
+    made = [{**row, "id": f"{row['id']}#aug{sample}", "chain": _chain_of(row["caption"], out), "origin": "augment"}
+            for (row, sample), out in zip(owners, outputs)]
+    return filter_batch(made, models)
+
+
+def build_batch(rows: list[Row], models: Models, seed: int) -> list[Row]:
+    """The student writes each caption's positive chain, then sampled candidates for each negative tier;
+    NLI keeps the first candidate that fits under positive tier k and contradicts positive tier k+1."""
+    from .nli import structural_reason
+
+    student, nli = models.student, models.config.nli
+    positives = student.generalize([r["caption"] for r in rows], seed)
+    reasons = [None if p is None else structural_reason(p, nli.generic_not_longer) for p in positives]
+    reasons = ["positive:" + (r or "unparseable") if p is None or r else None for p, r in zip(positives, reasons)]
+    good = [i for i, reason in enumerate(reasons) if reason is None]
+    samples = models.config.build.negative_candidates
+    candidates: list[list[list[str]]] = [[] for _ in good]
+    for k in range(4):
+        drawn = student.specify([positives[i][:k] for i in good], samples, seed + k + 1) if good else []
+        for slot, options in enumerate(drawn):
+            candidates[slot].append(options)
+    negatives: list[Any] = [None] * len(rows)
+    picked = select_negatives([positives[i] for i in good], candidates, models.nli, nli) if good else []
+    for i, (negative, reason) in zip(good, picked):
+        negatives[i], reasons[i] = negative, reason
+    return [{"id": r["id"], "caption": r["caption"], "image_url": r.get("image_url"),
+             "positive": list(p) if p is not None else None, "negative": list(n) if n is not None else None,
+             "reason": reason}
+            for r, p, n, reason in zip(rows, positives, negatives, reasons)]
+
+
+def final_check_batch(rows: list[Row], models: Models) -> list[Row]:
+    """The export's last NLI pass over the positive chains that have a negative."""
+    complete = [i for i, r in enumerate(rows) if r["reason"] is None]
+    reasons = judge_chains([tuple(rows[i]["positive"]) for i in complete], models.nli, models.config.nli)
+    out = [dict(r) for r in rows]
+    for i, reason in zip(complete, reasons):
+        out[i]["reason"] = None if reason is None else "final:" + reason
+    return out
