@@ -34,7 +34,7 @@ def running_server(executable: str, data_dir: Path, document_root: Path, timeout
     port = free_port()
     env = {**os.environ, "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",
            "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
-           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root), "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true"}
+           "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(document_root)}
     log = open(data_dir / "server.log", "wb")  # noqa: SIM115 (open for the server's whole life)
     process = subprocess.Popen(
         [executable, "start", "--no-browser", "--host", "127.0.0.1", "--port", str(port), "--username",

@@ -16,7 +16,7 @@ from hierarcaps.annotation.curation import curate, krippendorff_alpha_nominal, m
 from hierarcaps.errors import HierarcapsError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from label_studio_server import TOKEN, label_studio_executable, running_server  # noqa: E402
+from label_studio_server import TOKEN, label_studio_executable, running_server
 
 RECORDED = Path(__file__).parent / "data" / "label_studio_export.json"
 
@@ -203,9 +203,8 @@ def test_push_annotate_pull_against_a_real_server(server_url: str, shared_dir: P
 @pytest.mark.slow
 def test_server_problems_are_explained(server_url: str, shared_dir: Path, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    from hierarcaps.annotation.workflow import pull, push
-
     from hierarcaps.annotation.server import Server
+    from hierarcaps.annotation.workflow import pull, push
 
     wrong = "x" * 40
     with pytest.raises(HierarcapsError, match="refused the API token") as refused:
@@ -228,7 +227,7 @@ def test_server_problems_are_explained(server_url: str, shared_dir: Path, tmp_pa
     real = server.client.projects.exports.download_sync
     monkeypatch.setattr(server.client.projects.exports, "download_sync",
                         lambda *a, **k: iter([b"".join(real(*a, **k))[:-5]]))
-    with pytest.raises(HierarcapsError, match="export .* was incomplete"):
+    with pytest.raises(HierarcapsError, match=r"export .* was incomplete"):
         pull("other-config", tmp_path / "pulled", server=server)
     assert not (tmp_path / "pulled").exists()
 

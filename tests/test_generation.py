@@ -3,7 +3,6 @@ the config, distillation that really learns, and the whole pipeline end to end (
 
 from __future__ import annotations
 
-import collections
 import json
 import os
 import signal
@@ -156,8 +155,8 @@ input: {captions}
 out: {folder / "run"}
 prompts: {REPO / "generation" / "prompts"}
 shard_size: 10
-llm: {{backend: transformers, model: {models / "llm"}, max_new_tokens: 6, batch_size: 16}}
-nli: {{model: {models / "nli"}, entail_threshold: 0.3, contradict_threshold: 0.3}}
+llm: {{backend: transformers, model: {models / "llm"}, max_new_tokens: 6, batch_size: 16, temperature: 1.0}}
+nli: {{model: {models / "nli"}, entail_threshold: 0.2, contradict_threshold: 0.2}}
 augment: {{demonstrations: 2, samples_per_caption: 1}}
 distill:
   scratch: {{d_model: 64, d_ff: 128, d_kv: 16, num_heads: 4, num_layers: 2, num_decoder_layers: 2, dropout_rate: 0.0}}
@@ -238,7 +237,8 @@ def test_a_folder_refuses_a_run_with_other_settings(tmp_path: Path) -> None:
     from hierarcaps.generation.runner import Runner
 
     (tmp_path / "caps.txt").write_text("a dog\n")
-    (tmp_path / "c.yaml").write_text(f"input: caps.txt\nout: {tmp_path / 'run'}\nprompts: {REPO / 'generation/prompts'}\n"
+    prompts = REPO / "generation" / "prompts"
+    (tmp_path / "c.yaml").write_text(f"input: caps.txt\nout: {tmp_path / 'run'}\nprompts: {prompts}\n"
                                      "llm: {model: none}\n")
     Runner(load_config(tmp_path / "c.yaml"), progress=False).run(until="captions")
     (tmp_path / "c.yaml").write_text(f"input: caps.txt\nout: {tmp_path / 'run'}\nseed: 1\n"
@@ -262,19 +262,25 @@ def test_reading_captions_reports_the_bad_row(tmp_path: Path) -> None:
 def test_distillation_learns_tier_1_from_real_hierarchies(tmp_path: Path) -> None:
     """A small T5 from scratch on the offline training split: held-out loss falls clearly and tier 1 of
     held-out images is predicted better than by always answering the most frequent tier 1."""
+    import random
+
     from hierarcaps.data.splits import offline_train_split
-    from hierarcaps.generation.config import BuildConfig
-    from hierarcaps.generation.distill import Student
-    from hierarcaps.generation.runner import Runner  # noqa: F401  (the CLI path is covered above)
+    from hierarcaps.generation.config import BuildConfig, DistillConfig
+    from hierarcaps.generation.distill import Distiller, Student, tier1_scores
 
-    from benchmarks_distill import DISTILL, held_out_by_image, tier1_accuracy
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from distill_student import SCRATCH, split_by_image
 
-    train, test = held_out_by_image(offline_train_split())
-    from hierarcaps.generation.distill import Distiller
-
-    folder = Distiller(DISTILL, train, tmp_path / "distill", seed=0, progress=False).run()
+    train, held_out = split_by_image(offline_train_split())
+    config = DistillConfig(scratch=SCRATCH, tokenizer_vocab=2000, max_steps=DISTILL_STEPS, batch_size=64, lr=1e-3,
+                           warmup_steps=150, eval_every=DISTILL_STEPS, checkpoint_every=10**6, val_fraction=0.02)
+    folder = Distiller(config, train, tmp_path / "distill", seed=0, progress=False).run()
     summary = json.loads((folder / "distill.json").read_text())
     assert summary["val_loss_last"] < 0.6 * summary["val_loss_first"]
-    accuracy, baseline = tier1_accuracy(Student(folder, BuildConfig(batch_size=64)), train, test[:300])
-    assert accuracy > baseline + 0.05, (accuracy, baseline)
-    assert collections.Counter is not None
+    scores = tier1_scores(Student(folder, BuildConfig(batch_size=64)), train,
+                          random.Random(0).sample(held_out, 300))
+    assert scores["exact"] > scores["baseline_exact"] + 0.03, scores
+    assert scores["any_of_image"] > scores["baseline_any_of_image"] + 0.1, scores
+
+
+DISTILL_STEPS = 800

@@ -32,7 +32,7 @@ class NLIConfig:
     model: str = ""
     entail_threshold: float = 0.5          # P(entailment) a link caption => t3 => t2 => t1 needs
     contradict_threshold: float = 0.5      # P(contradiction) a negative needs against the positive tier
-    generic_not_longer: bool = False       # also require each generic tier to be no longer than the next
+    generic_not_longer: bool = False       # also require each tier to have no more words than the next
     batch_size: int = 64
     max_length: int = 128
 

@@ -118,8 +118,8 @@ class Distiller:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.config.lr,
                                            weight_decay=self.config.weight_decay)
         warmup = self.config.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer,
-                                                           lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
 
     def _batch(self, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
         sources = self.tokenizer([s for s, _ in pairs], padding=True, truncation=True,
@@ -149,8 +149,9 @@ class Distiller:
     def _save_checkpoint(self) -> None:
         import torch
 
-        self.checkpoints.save(self.step, {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                                          "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "log": self.log})
+        self.checkpoints.save(self.step, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "log": self.log})
 
     def _resume(self) -> None:
         import torch
@@ -262,3 +263,27 @@ class Student:
         """``samples`` sampled next tiers under each prefix chain."""
         return self._generate([specify_source(p) for p in prefixes], seed, samples)
 
+
+
+def tier1_scores(student: Student, train: Sequence[Chain], held_out: Sequence[Any]) -> dict[str, float]:
+    """How often the student's tier 1 for a held-out caption equals its reference tier 1 (``exact``) or any
+    tier 1 of the same image (``any_of_image``: images carry several valid chains), against always
+    answering the most frequent training tier 1 (the trivial baseline). ``held_out`` are ``Hierarchy``s."""
+    import collections
+
+    references: dict[Any, set[str]] = collections.defaultdict(set)
+    for record in held_out:
+        references[record.image_url or record.id].add(record.positive[0].lower())
+    guesses = [t.split(SEP.strip())[0].strip().lower()
+               for t in student.generalize_text([r.positive[-1] for r in held_out], seed=0)]
+    frequent = collections.Counter(c[0].lower() for c in train).most_common(1)[0][0]
+
+    def rates(answers: Sequence[str]) -> tuple[float, float]:
+        exact = sum(a == r.positive[0].lower() for a, r in zip(answers, held_out)) / len(held_out)
+        anywhere = sum(a in references[r.image_url or r.id] for a, r in zip(answers, held_out)) / len(held_out)
+        return exact, anywhere
+
+    exact, anywhere = rates(guesses)
+    base_exact, base_anywhere = rates([frequent] * len(held_out))
+    return {"exact": exact, "any_of_image": anywhere, "baseline_exact": base_exact,
+            "baseline_any_of_image": base_anywhere, "baseline_answer": frequent, "held_out": len(held_out)}

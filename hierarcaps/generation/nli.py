@@ -78,7 +78,7 @@ def structural_reason(chain: Chain | None, generic_not_longer: bool) -> str | No
         return "empty_tier"
     if len({tier.strip().lower() for tier in chain}) < len(chain):
         return "duplicate_tier"
-    if generic_not_longer and any(len(chain[k]) > len(chain[k + 1]) for k in range(len(chain) - 1)):
+    if generic_not_longer and any(len(chain[k].split()) > len(chain[k + 1].split()) for k in range(len(chain) - 1)):
         return "generic_longer"
     return None
 

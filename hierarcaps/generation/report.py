@@ -62,7 +62,8 @@ def export_run(runner: Runner) -> Path:
     records = [Hierarchy(id=r["id"], positive=tuple(r["positive"]), negative=tuple(r["negative"]),
                          image_url=r["image_url"] or None, source="generated", split="generated")
                for r in final if r["reason"] is None]
-    provenance = {"config": runner.config.to_dict(), "config_fingerprint": runner.config.fingerprint(),
+    settings = {k: v for k, v in runner.config.to_dict().items() if k != "out"}   # where it ran is not provenance
+    provenance = {"config": settings, "config_fingerprint": runner.config.fingerprint(),
                   "models": runner.model_versions()}
     csv_path = write_csv(records, folder / "hierarchies.csv", fmt="pairs")
     parquet_path = write_parquet(records, folder / "hierarchies.parquet",
