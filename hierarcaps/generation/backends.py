@@ -1,6 +1,6 @@
 """LLM backends behind one interface: complete prompts into flat JSON objects of string fields.
 
-``vllm`` (GPUs; offline batched ``LLM.generate`` with JSON-schema structured outputs) lives in its own
+``vllm`` (GPUs; offline batched ``LLM.generate`` with structured outputs) lives in its own
 environment, so it is imported only when chosen. ``transformers`` runs anywhere: it fills the JSON one
 field at a time (the prompt is extended with ``{"field": "`` and generation stops at the closing quote),
 which constrains the output to the schema for the flat string objects this pipeline asks for.
@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..errors import HierarcapsError
 from .config import LLMConfig
@@ -24,10 +25,22 @@ class Sampling:
     max_new_tokens: int = 24
 
 
-def json_schema(fields: list[str]) -> dict[str, Any]:
-    """The schema of ``{"field": "non-empty string", ...}`` with exactly these fields."""
-    return {"type": "object", "properties": {f: {"type": "string", "minLength": 1} for f in fields},
-            "required": fields, "additionalProperties": False}
+class Completion(NamedTuple):
+    fields: dict[str, str] | None     # None: the output could not be parsed into the schema
+    text: str                         # what the model wrote, for inspection
+
+
+def max_chars(sampling: Sampling) -> int:
+    """The longest tier accepted: about four characters per token of the per-tier budget."""
+    return 4 * sampling.max_new_tokens
+
+
+def json_regex(fields: list[str], max_length: int) -> str:
+    """Compact JSON ``{"field":"non-empty string",...}`` with exactly these fields, as a regular expression.
+    A regex rather than a JSON schema: schema grammars allow free whitespace, which a weak model can fill
+    until its token budget runs out."""
+    value = f'"[^"\\\\\\x00-\\x1f]{{1,{max_length}}}"'
+    return "\\{" + ",".join(f'"{re.escape(field)}":{value}' for field in fields) + "\\}"
 
 
 def parse_fields(text: str, fields: list[str]) -> dict[str, str] | None:
@@ -36,7 +49,7 @@ def parse_fields(text: str, fields: list[str]) -> dict[str, str] | None:
     if start < 0 or end < start:
         return None
     try:
-        value = json.loads(text[start:end + 1])
+        value = json.loads(text[start:end + 1], strict=False)   # tolerate raw control characters
     except json.JSONDecodeError:
         return None
     if not isinstance(value, dict) or not all(isinstance(value.get(f), str) for f in fields):
@@ -57,8 +70,8 @@ class LLMBackend(Protocol):
     version: str
 
     def complete_json(self, prompts: list[str], fields: list[str], sampling: Sampling, seed: int
-                      ) -> list[dict[str, str] | None]:
-        """One object per prompt (None where the output could not be parsed)."""
+                      ) -> list[Completion]:
+        """One completion per prompt."""
 
 
 def _torch_dtype(name: str) -> Any:
@@ -99,7 +112,7 @@ class TransformersLLM:
         return outputs
 
     def complete_json(self, prompts: list[str], fields: list[str], sampling: Sampling, seed: int
-                      ) -> list[dict[str, str] | None]:
+                      ) -> list[Completion]:
         import torch
 
         torch.manual_seed(seed)
@@ -110,14 +123,14 @@ class TransformersLLM:
             written = [w + opener for w in written]
             texts = self._generate([p + w for p, w in zip(prompts, written)], sampling, stop=['"', "\n"])
             for index, text in enumerate(texts):
-                value = text.split('"')[0].split("\n")[0].replace("\\", "").strip()
+                value = text.split('"')[0].split("\n")[0].replace("\\", "").strip()[:max_chars(sampling)]
                 values[index][field] = value
                 written[index] += json.dumps(value)[1:-1] + '"'
-        return [parse_fields(w + "}", fields) for w in written]
+        return [Completion(parse_fields(w + "}", fields), w + "}") for w in written]
 
 
 class VllmLLM:
-    """vLLM's offline engine with JSON-schema structured outputs (install it in its own environment)."""
+    """vLLM's offline engine with structured outputs (install it in its own environment)."""
 
     def __init__(self, config: LLMConfig, seed: int) -> None:
         try:
@@ -126,19 +139,19 @@ class VllmLLM:
             raise HierarcapsError("the vllm backend needs vLLM, which lives in its own environment: see "
                                   "generation/README.md") from exc
         self.name, self.version = config.model, model_version(config.model)
-        self.engine = LLM(model=config.model, dtype=config.dtype, seed=seed)
+        self.engine = LLM(model=config.model, dtype=config.dtype, seed=seed, **config.engine_args)
 
     def complete_json(self, prompts: list[str], fields: list[str], sampling: Sampling, seed: int
-                      ) -> list[dict[str, str] | None]:
+                      ) -> list[Completion]:
         from vllm import SamplingParams
         from vllm.sampling_params import StructuredOutputsParams
 
         params = SamplingParams(
             temperature=sampling.temperature, top_p=sampling.top_p, seed=seed,
-            max_tokens=sampling.max_new_tokens * len(fields) + 8 * len(fields) + 2,
-            structured_outputs=StructuredOutputsParams(json=json_schema(fields)))
+            max_tokens=len(fields) * (max_chars(sampling) + 8) + 4,    # room for the longest valid object
+            structured_outputs=StructuredOutputsParams(regex=json_regex(fields, max_chars(sampling))))
         outputs = self.engine.generate(prompts, params, use_tqdm=False)
-        return [parse_fields(output.outputs[0].text, fields) for output in outputs]
+        return [Completion(parse_fields(o.outputs[0].text, fields), o.outputs[0].text) for o in outputs]
 
 
 def make_backend(config: LLMConfig, seed: int) -> LLMBackend:

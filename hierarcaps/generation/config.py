@@ -25,6 +25,8 @@ class LLMConfig:
     top_p: float = 1.0
     batch_size: int = 16
     dtype: str = "auto"
+    engine_args: dict[str, Any] = dataclasses.field(default_factory=dict)   # more vllm.LLM(...) arguments,
+    # e.g. gpu_memory_utilization (on CPU: the share of RAM it reserves), max_model_len, tensor_parallel_size
 
 
 @dataclasses.dataclass

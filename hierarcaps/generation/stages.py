@@ -4,8 +4,8 @@ Models come from a ``Models`` holder (loaded once, on first use) and randomness 
 a batch always gives the same rows: that is what lets a killed run resume shard by shard, and what would
 let a distributed engine (Ray Data ``map_batches``) run these functions unchanged.
 
-Row fields: ``id``, ``caption``, ``image_url``; ``chain`` (t1..t3 + caption, or None) and ``reason``
-(None when accepted) after seed/filter/augment; ``positive``, ``negative``, ``reason`` after build.
+Row fields: ``id``, ``caption``, ``image_url``; ``chain`` (t1..t3 + caption, or None), ``raw`` (the LLM's
+text) and ``reason`` (None when accepted) after seed/filter/augment; ``positive``, ``negative``, ``reason`` after build.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import LLMBackend, Sampling, make_backend
+from .backends import Completion, LLMBackend, Sampling, make_backend
 from .config import GenerationConfig
 from .nli import NLIScorer, TransformersNLI, judge_chains, select_negatives
 
@@ -66,8 +66,11 @@ def render(template: str, **values: str) -> str:
     return template
 
 
-def _chain_of(caption: str, fields: dict[str, str] | None) -> list[str] | None:
-    return None if fields is None else [fields[f].strip() for f in FIELDS] + [caption]
+def _chain_row(caption: str, completion: Completion) -> dict[str, Any]:
+    """The chain (t1..t3 + the caption) a completion gives, the model's raw text, and a parse reason."""
+    fields = completion.fields
+    chain = None if fields is None else [fields[f].strip() for f in FIELDS] + [caption]
+    return {"chain": chain, "raw": completion.text, "reason": None if chain else "unparseable"}
 
 
 def seed_batch(rows: list[Row], models: Models, prompts: dict[str, str], seed: int) -> list[Row]:
@@ -76,8 +79,7 @@ def seed_batch(rows: list[Row], models: Models, prompts: dict[str, str], seed: i
     sampling = Sampling(llm.temperature, llm.top_p, llm.max_new_tokens)
     outputs = models.llm.complete_json([render(prompts["seed"], caption=r["caption"]) for r in rows],
                                        FIELDS, sampling, seed)
-    return [{**r, "chain": _chain_of(r["caption"], out), "origin": "seed", "reason": None if out else "unparseable"}
-            for r, out in zip(rows, outputs)]
+    return [{**r, **_chain_row(r["caption"], out), "origin": "seed"} for r, out in zip(rows, outputs)]
 
 
 def filter_batch(rows: list[Row], models: Models) -> list[Row]:
@@ -110,7 +112,7 @@ def augment_batch(rows: list[Row], models: Models, prompts: dict[str, str], pool
             owners.append((row, sample))
     sampling = Sampling(settings.temperature, settings.top_p, models.config.llm.max_new_tokens)
     outputs = models.llm.complete_json(requests, FIELDS, sampling, seed) if requests else []
-    made = [{**row, "id": f"{row['id']}#aug{sample}", "chain": _chain_of(row["caption"], out), "origin": "augment"}
+    made = [{**row, "id": f"{row['id']}#aug{sample}", **_chain_row(row["caption"], out), "origin": "augment"}
             for (row, sample), out in zip(owners, outputs)]
     return filter_batch(made, models)
 
