@@ -45,7 +45,7 @@ def main() -> None:
     started = time.perf_counter()
     folder = Distiller(config, train, Path(args.out), seed=0).run()
     seconds = time.perf_counter() - started
-    summary = json.loads((folder / "distill.json").read_text())
+    summary = json.loads((folder.parent / "summary.json").read_text())
     scores = tier1_scores(Student(folder, BuildConfig(batch_size=64)), train, held_out)
     result = {"train_chains": len(train), "steps": args.steps, "train_seconds": seconds,
               "val_loss_first": summary["val_loss_first"], "val_loss_last": summary["val_loss_last"],

@@ -276,7 +276,7 @@ def test_distillation_learns_tier_1_from_real_hierarchies(tmp_path: Path) -> Non
     config = DistillConfig(scratch=SCRATCH, tokenizer_vocab=2000, max_steps=DISTILL_STEPS, batch_size=64, lr=1e-3,
                            warmup_steps=150, eval_every=DISTILL_STEPS, checkpoint_every=10**6, val_fraction=0.02)
     folder = Distiller(config, train, tmp_path / "distill", seed=0, progress=False).run()
-    summary = json.loads((folder / "distill.json").read_text())
+    summary = json.loads((folder.parent / "summary.json").read_text())
     assert summary["val_loss_last"] < 0.6 * summary["val_loss_first"]
     scores = tier1_scores(Student(folder, BuildConfig(batch_size=64)), train,
                           random.Random(0).sample(held_out, 300))

@@ -168,7 +168,7 @@ class Distiller:
         from tqdm.auto import tqdm
 
         final = self.out / "model"
-        if (final / "distill.json").exists():
+        if final.exists():   # it appears (by rename) only once complete
             return final
         self._load()
         self._resume()
@@ -210,7 +210,8 @@ class Distiller:
                    "seconds_this_session": seconds,
                    "pairs_per_s": steps * self.config.batch_size / seconds if seconds else None,
                    "config": dataclasses.asdict(self.config)}
-        with atomic_open(tmp / "distill.json") as handle:
+        # beside the model, not in it: the model folder's content hash is the student's version
+        with atomic_open(self.out / "summary.json") as handle:
             json.dump(summary, handle, indent=2)
         with atomic_open(self.out / "log.json") as handle:
             json.dump({"log": self.log}, handle)

@@ -68,7 +68,7 @@ def export_run(runner: Runner) -> Path:
     csv_path = write_csv(records, folder / "hierarchies.csv", fmt="pairs")
     parquet_path = write_parquet(records, folder / "hierarchies.parquet",
                                  metadata={"hierarcaps.provenance": json.dumps(provenance)})
-    distill_summary = json.loads((runner.out / FOLDERS["distill"] / "model" / "distill.json").read_text())
+    distill_summary = json.loads((runner.out / FOLDERS["distill"] / "summary.json").read_text())
     stats = {
         "captions": sum(len(runner.read_shard("captions", s)) for s in range(runner.n_shards)),
         "stages": {stage: _stage_summary(runner.read_stage(stage), stage_seconds(runner, stage))

@@ -220,7 +220,7 @@ class Runner:
         started = time.perf_counter()
         chains = self.accepted_chains("filter", "augment")
         folder = self.out / FOLDERS["distill"]
-        if not (folder / "model" / "distill.json").exists():
+        if not (folder / "model").exists():
             Distiller(self.config.distill, chains, folder, self.config.seed, self.progress).run()
             self.timings["distill"] = time.perf_counter() - started
 
