@@ -318,3 +318,18 @@ def test_pipeline_through_the_real_vllm_engine(tmp_path: Path, tiny_models: Path
     seeds = pq.read_table(tmp_path / "vllm-run" / "10-seed" / "shard-00000.parquet").to_pylist()
     assert all(json.loads(row["raw"], strict=False) for row in seeds)     # constrained: always the schema
     assert stats["stages"]["seed"]["accepted"] == 12
+
+
+def test_dry_run_takes_a_handful_of_captions_into_its_own_folder(tmp_path: Path, tiny_models: Path,
+                                                                 expanded_records) -> None:
+    from hierarcaps.data.csvio import write_csv
+    from hierarcaps.generation.runner import Runner, dry_run_config
+
+    captions = tmp_path / "captions.csv"
+    write_csv(expanded_records[:50], captions, fmt="pairs")
+    config = dry_run_config(load_config(_write_config(tmp_path, tiny_models, captions)))
+    export = Runner(config, progress=False).run()
+    stats = json.loads((export / "stats.json").read_text())
+    assert export.parent == tmp_path / "run-dry-run" and not (tmp_path / "run").exists()
+    assert stats["captions"] == 8 and len(list((export.parent / "10-seed").glob("*.done"))) == 2
+    assert stats["distill"]["steps"] == 10

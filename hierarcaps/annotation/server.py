@@ -171,13 +171,13 @@ class Server:
 def image_reference(record: Hierarchy, image_dir: Path | None, document_root: Path | None) -> str:
     """What the task shows: a local file served by Label Studio when one is there, else the image URL."""
     if image_dir is not None and record.image_file:
-        path = (image_dir / record.image_file).resolve()
+        path = image_dir / record.image_file
         if path.exists():
             if document_root is None:
                 raise HierarcapsError("local images need --document-root (Label Studio's "
                                       "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT)")
             try:
-                relative = path.relative_to(document_root.resolve())
+                relative = path.relative_to(document_root)
             except ValueError:
                 raise HierarcapsError(f"{path} is not under the document root {document_root}") from None
             return "/data/local-files/?d=" + urllib.parse.quote(relative.as_posix())

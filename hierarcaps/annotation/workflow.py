@@ -37,8 +37,9 @@ def push(source: str | os.PathLike[str], project: str, *, server: Server, label_
     records: list[Hierarchy] = read_hierarchies(path)[:limit]
     config = read_label_config(label_config)
     found = server.ensure_project(project, config)
-    folder = Path(image_dir).resolve() if image_dir else None
-    root = Path(document_root).resolve() if document_root else None
+    # absolute but not resolved: Label Studio compares the storage path with its document root as given
+    folder = Path(image_dir).absolute() if image_dir else None
+    root = Path(document_root).absolute() if document_root else None
     if folder is not None:
         server.ensure_local_storage(found.id, folder)
     version = generator or generator_of(path)
