@@ -58,9 +58,11 @@ def parse_fields(text: str, fields: list[str]) -> dict[str, str] | None:
 
 
 def model_version(model: str) -> str:
-    """A local folder's content hash, or the hub id (whose revision the loader records)."""
+    """A local folder's content hash, or the hub id; "unset" when no model is configured."""
     from ..models.lazy import folder_fingerprint
 
+    if not model:
+        return "unset"
     path = Path(model)
     return folder_fingerprint(path) if path.is_dir() else f"hub:{model}"
 
