@@ -9,11 +9,11 @@ from ..cli import command
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="pipeline config (YAML), e.g. generation/tiny.yaml")
+    p.add_argument("--config", required=True, help="pipeline config (YAML), e.g. generation/hierarcaps.yaml")
     p.add_argument("--dry-run", action="store_true", help="a handful of captions, 10 distillation steps, "
                                                           "written to <out>-dry-run")
-    p.add_argument("--until", default="export", help="stop after this stage "
-                                                     "(captions, seed, filter, augment, distill, build, export)")
+    p.add_argument("--until", default="export", help="stop after this stage (default: export)",
+                   choices=["captions", "seed", "filter", "augment", "distill", "build", "export"])
     p.add_argument("--out", help="output folder (overrides the config's `out`)")
     p.add_argument("--no-progress", action="store_true")
 
