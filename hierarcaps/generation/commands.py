@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..cli import command
+from .config import STAGES
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
@@ -13,7 +14,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="a handful of captions, 10 distillation steps, "
                                                           "written to <out>-dry-run")
     p.add_argument("--until", default="export", help="stop after this stage (default: export)",
-                   choices=["captions", "seed", "filter", "augment", "distill", "build", "export"])
+                   choices=STAGES)
     p.add_argument("--out", help="output folder (overrides the config's `out`)")
     p.add_argument("--no-progress", action="store_true")
 

@@ -15,6 +15,8 @@ from typing import Any
 
 from ..errors import DataError
 
+STAGES = ("captions", "seed", "filter", "augment", "distill", "build", "export")
+
 
 @dataclasses.dataclass
 class LLMConfig:

@@ -26,10 +26,9 @@ import numpy as np
 from .. import __version__
 from .._io import atomic_open, atomic_path, sha256_file
 from ..errors import DataError, HierarcapsError
-from .config import GenerationConfig
+from .config import STAGES, GenerationConfig
 from .stages import Models, Row, augment_batch, build_batch, filter_batch, load_prompts, seed_batch
 
-STAGES = ("captions", "seed", "filter", "augment", "distill", "build", "export")
 FOLDERS = {stage: f"{10 * n:02d}-{stage}" for n, stage in enumerate(STAGES)}
 
 
