@@ -1,11 +1,9 @@
 """Random-weight models for the generation pipeline, built from configs (no weights can be downloaded):
 a tiny Llama with a BPE tokenizer trained on captions, and a tiny BERT NLI classifier that uses the
-packaged MiniLM's real WordPiece tokenizer. Run as a script to build them into a folder (the vLLM
-environment's test uses that)."""
+packaged MiniLM's real WordPiece tokenizer. The vLLM test loads the same folders in its own environment."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -47,10 +45,3 @@ def build_tiny_nli(folder: Path) -> Path:
     tokenizer.save_pretrained(folder)
     return folder
 
-
-if __name__ == "__main__":
-    out = Path(sys.argv[1])
-    captions = Path(sys.argv[2]).read_text(encoding="utf-8").splitlines()
-    prompts = [p.read_text(encoding="utf-8") for p in (Path(__file__).parents[1] / "generation" / "prompts").glob("*")]
-    build_tiny_llama(out / "llm", captions + prompts)
-    build_tiny_nli(out / "nli")

@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .._io import atomic_open
+from .._io import atomic_open, atomic_path
 from ..errors import DataError
 from .fetch import cached_download, is_url
 from .records import DEFAULT_TIERS, Hierarchy, image_file_from_url, split_tiers, validate_records
@@ -154,8 +154,6 @@ def write_parquet(records: Iterable[Hierarchy], path: str | os.PathLike[str],
     """Write records as parquet (one column per record field; ``parse_parquet`` reads it back), atomically."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from .._io import atomic_path
 
     table = pa.Table.from_pylist([r.to_dict() for r in records], schema=_record_schema())
     if metadata:

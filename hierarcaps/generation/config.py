@@ -7,8 +7,6 @@ against the config file's folder, so a config and its prompts travel together.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -97,8 +95,9 @@ class GenerationConfig:
 
     def fingerprint(self) -> str:
         """Hash of everything that changes the data (the output folder does not)."""
-        fixed = {k: v for k, v in self.to_dict().items() if k != "out"}
-        return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
+        from ..checkpoints import run_hash
+
+        return run_hash(self, ignore=("out",))
 
 
 SECTIONS = {"llm": LLMConfig, "nli": NLIConfig, "augment": AugmentConfig, "distill": DistillConfig,

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import HierarcapsError
+from .backends import model_version
 from .config import NLIConfig
 
 Chain = tuple[str, ...]
@@ -44,8 +45,6 @@ class TransformersNLI:
 
     def __init__(self, config: NLIConfig) -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from .backends import model_version
 
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(config.model)

@@ -70,8 +70,9 @@ def export_run(runner: Runner) -> Path:
                                  metadata={"hierarcaps.provenance": json.dumps(provenance)})
     distill_summary = json.loads((runner.out / FOLDERS["distill"] / "summary.json").read_text())
     stats = {
-        "captions": sum(len(runner.read_shard("captions", s)) for s in range(runner.n_shards)),
-        "stages": {stage: _stage_summary(runner.read_stage(stage), stage_seconds(runner, stage))
+        "captions": json.loads((runner.out / FOLDERS["captions"] / "manifest.json").read_text())["captions"],
+        "stages": {stage: _stage_summary(built if stage == "build" else runner.read_stage(stage),
+                                         stage_seconds(runner, stage))
                    for stage in ("seed", "filter", "augment", "build")},
         "distill": {k: v for k, v in distill_summary.items() if k != "config"},
         "export": {**_stage_summary(final, 0.0), "hierarchies": len(records)},

@@ -15,6 +15,7 @@ equal an uninterrupted run's, with nothing lost or duplicated.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import time
@@ -80,7 +81,7 @@ class Runner:
     def __init__(self, config: GenerationConfig, *, progress: bool = True) -> None:
         self.config, self.progress, self.out = config, progress, Path(config.out)
         self.models = Models(config, self.out / FOLDERS["distill"] / "model")
-        self.timings: dict[str, float] = {}
+        self._versions: dict[str, str] = {}
 
     # -- files -------------------------------------------------------------------------------------------
     def _claim_folder(self) -> None:
@@ -102,14 +103,16 @@ class Runner:
         return self.shard_path(stage, shard).with_suffix(".done").exists()
 
     def model_versions(self) -> dict[str, str]:
+        """Versions of the run's models; each folder is hashed once per run (weights can be gigabytes)."""
         from .backends import model_version
 
-        versions = {"llm": f"{self.config.llm.backend}:{model_version(self.config.llm.model)}",
-                    "nli": model_version(self.config.nli.model)}
+        if not self._versions:
+            self._versions = {"llm": f"{self.config.llm.backend}:{model_version(self.config.llm.model)}",
+                              "nli": model_version(self.config.nli.model)}
         student = self.out / FOLDERS["distill"] / "model"
-        if student.exists():
-            versions["student"] = model_version(str(student))
-        return versions
+        if "student" not in self._versions and student.exists():
+            self._versions["student"] = model_version(str(student))
+        return self._versions
 
     def _write_shard(self, stage: str, shard: int, rows: list[Row], seconds: float) -> None:
         import pyarrow as pa
@@ -147,10 +150,9 @@ class Runner:
         rows = read_captions(self.config.input)[:self.config.limit]
         if not rows:
             raise DataError("no captions in the input", file=self.config.input)
-        ids = [r["id"] for r in rows]
-        if len(set(ids)) != len(ids):
-            duplicate = next(i for i in ids if ids.count(i) > 1)
-            raise DataError(f"duplicated caption id {duplicate!r}", file=self.config.input, field="id")
+        repeated = [i for i, n in collections.Counter(r["id"] for r in rows).items() if n > 1]
+        if repeated:
+            raise DataError(f"duplicated caption id {repeated[0]!r}", file=self.config.input, field="id")
         size = self.config.shard_size
         self.n_shards = -(-len(rows) // size)
         for shard in range(self.n_shards):
@@ -163,13 +165,10 @@ class Runner:
         from tqdm.auto import tqdm
 
         todo = [s for s in range(self.n_shards) if not self.is_done(stage, s)]
-        started = time.perf_counter()
         for shard in tqdm(todo, desc=f"Stage {stage}", unit="shard", disable=not self.progress):
             begun = time.perf_counter()
             rows = transform(self.read_shard(source, shard), self.shard_seed(stage, shard))
             self._write_shard(stage, shard, rows, time.perf_counter() - begun)
-        if todo:
-            self.timings[stage] = time.perf_counter() - started
 
     def accepted_chains(self, *stages: str) -> list[tuple[str, ...]]:
         """Accepted chains of these stages, de-duplicated (case-insensitively), in shard order."""
@@ -216,12 +215,10 @@ class Runner:
     def stage_distill(self) -> None:
         from .distill import Distiller
 
-        started = time.perf_counter()
-        chains = self.accepted_chains("filter", "augment")
         folder = self.out / FOLDERS["distill"]
         if not (folder / "model").exists():
+            chains = self.accepted_chains("filter", "augment")
             Distiller(self.config.distill, chains, folder, self.config.seed, self.progress).run()
-            self.timings["distill"] = time.perf_counter() - started
 
     def stage_export(self) -> None:
         from .report import export_run

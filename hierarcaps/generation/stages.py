@@ -19,7 +19,7 @@ import numpy as np
 
 from .backends import Completion, LLMBackend, Sampling, make_backend
 from .config import GenerationConfig
-from .nli import NLIScorer, TransformersNLI, judge_chains, select_negatives
+from .nli import NLIScorer, TransformersNLI, judge_chains, select_negatives, structural_reason
 
 Row = dict[str, Any]
 FIELDS = ["tier_1", "tier_2", "tier_3"]
@@ -120,8 +120,6 @@ def augment_batch(rows: list[Row], models: Models, prompts: dict[str, str], pool
 def build_batch(rows: list[Row], models: Models, seed: int) -> list[Row]:
     """The student writes each caption's positive chain, then sampled candidates for each negative tier;
     NLI keeps the first candidate that fits under positive tier k and contradicts positive tier k+1."""
-    from .nli import structural_reason
-
     student, nli = models.student, models.config.nli
     positives = student.generalize([r["caption"] for r in rows], seed)
     reasons = [None if p is None else structural_reason(p, nli.generic_not_longer) for p in positives]
