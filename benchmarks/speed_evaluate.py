@@ -1,11 +1,13 @@
 """How fast is `hierarcaps evaluate` against the compute floor? (random-weight ViT-B/32, same cost as the real one)
 
 Prints: the floor (the model's own batched fp32 forward passes over the distinct inputs), the whole
-`hierarcaps evaluate` run from a cold embedding cache, a cached re-run, metric time from cached embeddings,
+`hierarcaps evaluate` run from a cold embedding cache (each measured right after a floor, ``--repeats`` times,
+medians reported), a cached re-run, metric time from cached embeddings,
 img/s, text/s and peak memory. With --upstream it also times the per-item loop (one image and one row of 4
 captions per forward pass) that the reference implementation uses.
 
-    python benchmarks/speed_evaluate.py --image-dir ../shared/hierarcaps/images [--upstream] [--json out.json]
+    python benchmarks/speed_evaluate.py --image-dir ../shared/hierarcaps/images [--repeats 3] [--upstream]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -84,32 +86,56 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--text-batch-size", type=int, default=256)
     parser.add_argument("--workers", type=int, help="image decoding processes (default: the harness's)")
+    parser.add_argument("--repeats", type=int, default=1, help="floor + cold run pairs; medians are reported")
+    parser.add_argument("--plain-allocator", action="store_true",
+                        help="measure the floor (and --upstream) with glibc's default allocator settings")
     parser.add_argument("--upstream", action="store_true", help="also time the per-item loop (about 4 minutes)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
 
     from hierarcaps.data import load_official
     from hierarcaps.models.random_models import save_random_hf_clip
+    from hierarcaps.models.torch_utils import keep_freed_memory
+
+    if not args.plain_allocator:
+        keep_freed_memory()      # the floor's forward passes get the same allocator setting as `hierarcaps evaluate`
 
     records = load_official("test")
     image_dir = Path(args.image_dir)
     texts = sorted({t for r in records for t in r.positive} | {""})
     work = Path(tempfile.mkdtemp(prefix="hc-speed-"))
     model_dir = save_random_hf_clip(work / "random-vit-b-32", "ViT-B-32")
-    env = {**os.environ, "HIERARCAPS_CACHE": str(work / "cache"), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     figures: dict[str, float] = {"distinct_texts": len(texts), "images": len(records)}
 
-    figures.update(floor(model_dir, [image_dir / r.image_file for r in records], texts,
-                         args.batch_size, args.text_batch_size))
-    common = ["evaluate", "--model", str(model_dir), "--image-dir", str(image_dir), "--out", str(work / "results"),
-              "--batch-size", str(args.batch_size), "--text-batch-size", str(args.text_batch_size), "--quiet",
-              *(["--workers", str(args.workers)] if args.workers is not None else [])]
-    figures["evaluate_cold_s"], figures["evaluate_cold_peak_mb"] = run_cli(common, env)
-    cold_timings = json.loads(next((work / "results").rglob("*.json")).read_text())["timings"]
-    figures["evaluate_cached_s"], _ = run_cli(common, env)
-    cached_timings = json.loads(next((work / "results").rglob("*.json")).read_text())["timings"]
-    figures["ratio_to_floor"] = figures["evaluate_cold_s"] / figures["floor_s"]
-    figures["images_per_s_cold"] = len(records) / figures["forward_images_s"]
+    def evaluate_args(out: Path) -> list[str]:
+        return ["evaluate", "--model", str(model_dir), "--image-dir", str(image_dir), "--out", str(out),
+                "--batch-size", str(args.batch_size), "--text-batch-size", str(args.text_batch_size), "--quiet",
+                *(["--workers", str(args.workers)] if args.workers is not None else [])]
+
+    def harness_timings(out: Path) -> dict[str, float]:
+        return json.loads(next(out.rglob("*.json")).read_text())["timings"]
+
+    pairs, cold_timings = [], []
+    for repeat in range(args.repeats):    # floor and cold run side by side: this CPU's speed drifts over minutes
+        floor_figures = floor(model_dir, [image_dir / r.image_file for r in records], texts,
+                              args.batch_size, args.text_batch_size)
+        out = work / f"results-{repeat}"
+        cold_s, cold_peak_mb = run_cli(evaluate_args(out), {**env, "HIERARCAPS_CACHE": str(work / f"cache-{repeat}")})
+        pairs.append({**floor_figures, "evaluate_cold_s": cold_s, "evaluate_cold_peak_mb": cold_peak_mb,
+                      "ratio_to_floor": cold_s / floor_figures["floor_s"]})
+        cold_timings.append(harness_timings(out))
+        floor_s, harness = floor_figures["floor_s"], cold_timings[-1]
+        print(f"repeat {repeat + 1}: floor {floor_s:.1f} s (images {floor_figures['forward_images_s']:.1f} + texts "
+              f"{floor_figures['forward_texts_s']:.1f}), cold evaluate {cold_s:.1f} s (images "
+              f"{harness['embed_images_s']:.1f}, texts {harness['embed_texts_s']:.1f}), ratio {cold_s / floor_s:.3f}",
+              flush=True)
+    figures.update({name: float(np.median([pair[name] for pair in pairs])) for name in pairs[0]})
+    figures["ratios"] = [round(pair["ratio_to_floor"], 4) for pair in pairs]
+    env["HIERARCAPS_CACHE"] = str(work / "cache-0")
+    figures["evaluate_cached_s"], _ = run_cli(evaluate_args(work / "results-0"), env)
+    cached_timings = harness_timings(work / "results-0")
+    figures["images_per_s_floor"] = len(records) / figures["forward_images_s"]
 
     from hierarcaps.benchmarks.harness import EvalOptions, embed_benchmark
     from hierarcaps.metrics.bootstrap import summarise_all
@@ -117,7 +143,7 @@ def main() -> None:
     from hierarcaps.models import load_encoder
 
     os.environ["HIERARCAPS_CACHE"] = env["HIERARCAPS_CACHE"]
-    embedded = embed_benchmark(load_encoder(str(model_dir)), records,
+    embedded = embed_benchmark(load_encoder(str(model_dir), lazy=True), records,
                                EvalOptions(image_dir=str(image_dir), progress=False))
     metric_times = []
     for _ in range(3):

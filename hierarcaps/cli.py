@@ -159,8 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .models.torch_utils import keep_freed_memory
+
     _register_optional_commands()
     args = build_parser().parse_args(argv)
+    keep_freed_memory()
     try:
         return args.handler(args)
     except HierarcapsError as exc:

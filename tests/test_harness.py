@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from hierarcaps.benchmarks.harness import EvalOptions, embed_benchmark, evaluate, save_result
 from hierarcaps.data import load_official, write_csv
@@ -67,6 +68,83 @@ def test_harness_matches_the_per_item_loop(which: str, tiny_hf: Path, tiny_open_
     assert result["model"]["parameters"] > 0 and result["model"]["dim"] == 32
     assert set(result["baselines"]) == {"random", "length_chars", "length_words"}
     assert {"i2t_R@1", "t2i_R@10", "text_query/recall", "recall_tier4"} <= set(result["metrics"])
+
+
+def small_pixels(image) -> object:
+    """A cheap, exact image transform for schedule tests: 8 x 8 RGB as floats."""
+    import torch
+
+    return torch.from_numpy(np.asarray(image.resize((8, 8)), dtype=np.float32)).permute(2, 0, 1)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_every_decoding_schedule_gives_the_same_batches_in_order(workers: int, test_image_dir: Path) -> None:
+    import torch
+
+    from hierarcaps.models.decoding import ImageBatches
+
+    paths = [test_image_dir / r.image_file for r in load_official("test")[:7]]
+    expected = torch.stack([small_pixels(Image.open(p).convert("RGB")) for p in paths])
+    for device, chunk_images in (("cpu", 4), ("cpu", 1024), ("cuda", 4)):    # chunked, one chunk, streamed
+        batches = ImageBatches(paths, small_pixels, batch_size=2, workers=workers, device=device,
+                               chunk_images=chunk_images)
+        got = list(batches)
+        assert [len(b) for b in got] == [2, 2, 2, 1] and len(batches) == 4
+        assert torch.equal(torch.cat(got), expected), (device, chunk_images)
+
+
+def test_a_lazy_hf_folder_decodes_images_before_its_weights_load(tiny_hf: Path, test_image_dir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from hierarcaps.models import lazy
+
+    events: list[str] = []
+
+    class Recorded(lazy.ImageBatches):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            events.append("decoding started")
+
+    monkeypatch.setattr(lazy, "ImageBatches", Recorded)
+    encoder = load_encoder(str(tiny_hf), device="cpu", lazy=True)
+    load_weights = encoder._factory
+
+    def recorded_load():
+        events.append("weights loading")
+        return load_weights()
+
+    encoder._factory = recorded_load
+    paths = [test_image_dir / r.image_file for r in load_official("test")[:10]]
+    early = encoder.encode_image(paths, batch_size=4, workers=1)
+    assert events == ["decoding started", "weights loading"]
+    eager = load_encoder(str(tiny_hf), device="cpu").encode_image(paths, batch_size=4, workers=0)
+    np.testing.assert_array_equal(early, eager)       # the weight-free transform is the checkpoint's own
+
+
+FREED_MEMORY_PROBE = """
+import resource, sys
+import numpy as np
+from hierarcaps.models.torch_utils import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+def fill_and_free():
+    blocks = [np.ones(n * 250_000, dtype=np.float32) for n in range(1, 31)]   # 1 to 30 MB, like activations
+    del blocks
+fill_and_free()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+fill_and_free()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the allocator setting is glibc's")
+def test_freed_memory_is_reused_without_page_faults() -> None:
+    def faults(mode: str) -> int:
+        run = subprocess.run([sys.executable, "-c", FREED_MEMORY_PROBE, mode], capture_output=True, text=True,
+                             check=True)
+        return int(run.stdout)
+
+    assert faults("default") > 5_000           # handed back to the OS and faulted in again, page by page
+    assert faults("keep") < 100
 
 
 def test_cache_hits_on_rerun_and_misses_when_the_model_changes(tiny_hf: Path, subset: Path, test_image_dir: Path,

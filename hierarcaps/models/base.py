@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..metrics.hierarchy import DEFAULT_ROOT_TEXT, radii
+from .decoding import ImageBatches
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:
@@ -33,12 +34,13 @@ class Encoder:
         """(n, d) float32 unit vectors, in the order given."""
         return normalise(self._embed_texts(list(texts), batch_size=batch_size, progress=progress))
 
-    def encode_image(self, paths: Sequence[str | os.PathLike[str]], *, batch_size: int = 64, workers: int = 1,
-                     progress: bool = False) -> np.ndarray:
-        """(n, d) float32 unit vectors for image files, in the order given."""
+    def encode_image(self, images: Sequence[str | os.PathLike[str]] | ImageBatches, *, batch_size: int = 64,
+                     workers: int = 1, progress: bool = False) -> np.ndarray:
+        """(n, d) float32 unit vectors for image files (or decoding already under way), in the order given."""
         if not self.has_images:
             raise TypeError(f"{self.name} is a text-only model")
-        return normalise(self._embed_images(list(paths), batch_size=batch_size, workers=workers, progress=progress))
+        images = images if isinstance(images, ImageBatches) else list(images)
+        return normalise(self._embed_images(images, batch_size=batch_size, workers=workers, progress=progress))
 
     def root(self) -> np.ndarray:
         return self.encode_text([self.root_text])[0]
@@ -53,7 +55,8 @@ class Encoder:
     def _embed_texts(self, texts: list[str], *, batch_size: int, progress: bool) -> np.ndarray:
         raise NotImplementedError
 
-    def _embed_images(self, paths: list[Any], *, batch_size: int, workers: int, progress: bool) -> np.ndarray:
+    def _embed_images(self, images: list[Any] | ImageBatches, *, batch_size: int, workers: int,
+                      progress: bool) -> np.ndarray:
         raise NotImplementedError
 
     def fingerprint(self) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,30 @@ def features(output: Any) -> Any:
     return output if torch.is_tensor(output) else output.pooler_output
 
 
+def load_processor(source: str, revision: str | None = None) -> Any:
+    """The checkpoint's own processor (tokenizer + image processor), or an error saying what is missing."""
+    from transformers import AutoProcessor
+
+    try:
+        processor = AutoProcessor.from_pretrained(source, revision=revision)
+    except (OSError, ValueError, TypeError) as exc:
+        raise ModelSpecError(f"{source!r} has no usable processor (tokenizer + image processor): {exc}. "
+                             "Save one next to the weights with processor.save_pretrained(DIR)") from None
+    if not hasattr(processor, "image_processor") or not hasattr(processor, "tokenizer"):
+        raise ModelSpecError(f"{source!r}: the processor lacks a tokenizer or an image processor")
+    return processor
+
+
+def pixel_values(image_processor: Any, image: Any) -> Any:
+    """One image through the checkpoint's image processor: a (3, H, W) tensor."""
+    return image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+def folder_image_transform(source: str) -> Callable[[Any], Any]:
+    """A checkpoint folder's image transform without its weights: decoding can start before the model loads."""
+    return functools.partial(pixel_values, load_processor(source).image_processor)
+
+
 class HFDualEncoder(TorchEncoder):
     """A transformers image-text model loaded with ``AutoModel`` and ``AutoProcessor`` from a hub id or folder."""
 
@@ -23,7 +49,7 @@ class HFDualEncoder(TorchEncoder):
     spec_prefix = "hf:"
 
     def __init__(self, source: str, *, device: str | None = None, revision: str | None = None) -> None:
-        from transformers import AutoModel, AutoProcessor
+        from transformers import AutoModel
 
         self.device = pick_device(device)
         try:
@@ -33,13 +59,7 @@ class HFDualEncoder(TorchEncoder):
         if not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
             raise ModelSpecError(f"{source!r} ({type(model).__name__}) is not a dual encoder "
                                  "(no get_text_features/get_image_features)")
-        try:
-            self.processor = AutoProcessor.from_pretrained(source, revision=revision)
-        except (OSError, ValueError, TypeError) as exc:
-            raise ModelSpecError(f"{source!r} has no usable processor (tokenizer + image processor): {exc}. "
-                                 "Save one next to the weights with processor.save_pretrained(DIR)") from None
-        if not hasattr(self.processor, "image_processor") or not hasattr(self.processor, "tokenizer"):
-            raise ModelSpecError(f"{source!r}: the processor lacks a tokenizer or an image processor")
+        self.processor = load_processor(source, revision)
         self.model = model.eval().to(self.device)
         self.name = source
         self.revision = revision or getattr(model.config, "_commit_hash", None)
@@ -50,7 +70,7 @@ class HFDualEncoder(TorchEncoder):
         return features(self.model.get_text_features(**{k: v.to(self.device) for k, v in tokens.items()}))
 
     def image_transform(self, image: Any) -> Any:
-        return self.processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+        return pixel_values(self.processor.image_processor, image)
 
     def image_features(self, pixels: Any) -> Any:
         return features(self.model.get_image_features(pixel_values=pixels))

@@ -8,7 +8,7 @@ in a small JSON next to the cache after the first real load.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import numpy as np
 from .._io import write_bytes_atomic
 from ..data.fetch import cache_dir
 from .base import Encoder
+from .decoding import ImageBatches
 
 
 def folder_fingerprint(folder: Path) -> str:
@@ -36,9 +37,11 @@ class LazyEncoder(Encoder):
     """Stands in for the encoder a factory builds; builds it on the first call that needs the weights."""
 
     def __init__(self, folder: Path, factory: Callable[[], Encoder], *, name: str, has_images: bool,
-                 adapter: str) -> None:
+                 adapter: str, device: str | None = None,
+                 image_transform: Callable[[], Callable[[Any], Any]] | None = None) -> None:
         self.folder, self._factory, self._loaded = folder, factory, None
         self.name, self.has_images, self.adapter = name, has_images, adapter
+        self.device, self.image_transform = device, image_transform   # builds the transform
         self._fingerprint = folder_fingerprint(folder)
 
     @property
@@ -57,8 +60,15 @@ class LazyEncoder(Encoder):
     def encode_text(self, texts, **kwargs: Any) -> np.ndarray:  # type: ignore[override]
         return self.loaded.encode_text(texts, **kwargs)
 
-    def encode_image(self, paths, **kwargs: Any) -> np.ndarray:  # type: ignore[override]
-        return self.loaded.encode_image(paths, **kwargs)
+    def encode_image(self, images: Sequence[Any] | ImageBatches, *, batch_size: int = 64, workers: int = 1,
+                     progress: bool = False) -> np.ndarray:
+        """With a weight-free image transform, the images decode while the weights load."""
+        if self._loaded is None and self.image_transform is not None and not isinstance(images, ImageBatches):
+            from .torch_utils import pick_device
+
+            images = ImageBatches(list(images), self.image_transform(), batch_size=batch_size, workers=workers,
+                                  device=pick_device(self.device))
+        return self.loaded.encode_image(images, batch_size=batch_size, workers=workers, progress=progress)
 
     def distance_to_root(self, text_emb: np.ndarray, root: np.ndarray) -> np.ndarray:
         return self.loaded.distance_to_root(text_emb, root) if self._loaded else super().distance_to_root(

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -73,6 +74,16 @@ FOLDER_ADAPTERS: dict[str, tuple[str, Callable[[str, str | None], Encoder], bool
 }
 
 
+def _hf_image_transform(source: str) -> Callable[[object], object]:
+    from .hf_clip import folder_image_transform
+
+    return folder_image_transform(source)
+
+
+# image transforms that load without the weights, so decoding can start before the model loads
+EARLY_IMAGE_TRANSFORMS: dict[str, Callable[[str], Callable[[object], object]]] = {"hf": _hf_image_transform}
+
+
 def folder_adapter(folder: Path) -> tuple[str, Callable[[str, str | None], Encoder], bool]:
     """(adapter name, factory, has images) for a local model folder, from the files it holds."""
     if (folder / CHECKPOINT_FILE).exists():
@@ -102,8 +113,10 @@ def load_folder(folder: Path, device: str | None, *, lazy: bool = False, name: s
     if lazy:
         from .lazy import LazyEncoder
 
+        early_transform = EARLY_IMAGE_TRANSFORMS.get(adapter)
         return LazyEncoder(folder, lambda: factory(str(folder), device), name=name, has_images=has_images,
-                           adapter=adapter)
+                           adapter=adapter, device=device,
+                           image_transform=functools.partial(early_transform, str(folder)) if early_transform else None)
     encoder = factory(str(folder), device)
     encoder.name = name
     return encoder

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..models.base import Encoder
+from ..models.decoding import ImageBatches
 from .memory import Memory
 
 
@@ -62,8 +63,9 @@ class RecoEncoder(Encoder):
     def _embed_texts(self, texts: list[str], *, batch_size: int, progress: bool) -> np.ndarray:
         return self._refine(self.base.encode_text(texts, batch_size=batch_size, progress=progress), "text")
 
-    def _embed_images(self, paths: list[Any], *, batch_size: int, workers: int, progress: bool) -> np.ndarray:
-        vectors = self.base.encode_image(paths, batch_size=batch_size, workers=workers, progress=progress)
+    def _embed_images(self, images: list[Any] | ImageBatches, *, batch_size: int, workers: int,
+                      progress: bool) -> np.ndarray:
+        vectors = self.base.encode_image(images, batch_size=batch_size, workers=workers, progress=progress)
         return self._refine(vectors, "image")
 
     def fingerprint(self) -> str:
