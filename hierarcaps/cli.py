@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 a reported problem (one line on stderr), 2 bad usage, 1
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -172,6 +173,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hierarcaps {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def run() -> int:
+    """The process entry point (the ``hierarcaps`` command and ``python -m hierarcaps``)."""
+    code = main()
+    # the process ends here: shutdown then skips walking the torch/transformers object graph (about 1 s)
+    gc.freeze()
+    return code
 
 
 def _register_optional_commands() -> None:
