@@ -160,11 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .models.torch_utils import keep_freed_memory
-
     _register_optional_commands()
     args = build_parser().parse_args(argv)
-    keep_freed_memory()
     try:
         return args.handler(args)
     except HierarcapsError as exc:
@@ -176,7 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> int:
-    """The process entry point (the ``hierarcaps`` command and ``python -m hierarcaps``)."""
+    """The process entry point (the ``hierarcaps`` command and ``python -m hierarcaps``): it owns the process,
+    so process-wide settings live here, not in ``main``."""
+    from .models.torch_utils import keep_freed_memory
+
+    keep_freed_memory()
     code = main()
     # the process ends here: shutdown then skips walking the torch/transformers object graph (about 1 s)
     gc.freeze()

@@ -65,11 +65,11 @@ class ImageBatches:
         """Begin decoding ``chunk``: on CPU every batch of it is handed to the workers at once."""
         from torch.utils.data import DataLoader, Subset
 
-        batches = math.ceil(len(chunk) / self.batch_size)
-        prefetch = 2 if self.overlap else max(1, math.ceil(batches / max(self.workers, 1)))
+        prefetch = None
+        if self.workers:
+            prefetch = 2 if self.overlap else math.ceil(len(chunk) / self.batch_size / self.workers)
         loader = DataLoader(Subset(self.files, chunk), batch_size=self.batch_size, num_workers=self.workers,
-                            prefetch_factor=prefetch if self.workers else None,
-                            worker_init_fn=_single_threaded_worker)
+                            prefetch_factor=prefetch, worker_init_fn=_single_threaded_worker)
         return iter(loader)
 
     def __iter__(self) -> Iterator[Any]:

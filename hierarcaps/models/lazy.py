@@ -38,10 +38,10 @@ class LazyEncoder(Encoder):
 
     def __init__(self, folder: Path, factory: Callable[[], Encoder], *, name: str, has_images: bool,
                  adapter: str, device: str | None = None,
-                 image_transform: Callable[[], Callable[[Any], Any]] | None = None) -> None:
+                 load_image_transform: Callable[[], Callable[[Any], Any]] | None = None) -> None:
         self.folder, self._factory, self._loaded = folder, factory, None
         self.name, self.has_images, self.adapter = name, has_images, adapter
-        self.device, self.image_transform = device, image_transform   # builds the transform
+        self.device, self.load_image_transform = device, load_image_transform
         self._fingerprint = folder_fingerprint(folder)
 
     @property
@@ -63,11 +63,11 @@ class LazyEncoder(Encoder):
     def encode_image(self, images: Sequence[Any] | ImageBatches, *, batch_size: int = 64, workers: int = 1,
                      progress: bool = False) -> np.ndarray:
         """With a weight-free image transform, the images decode while the weights load."""
-        if self._loaded is None and self.image_transform is not None and not isinstance(images, ImageBatches):
+        if self._loaded is None and self.load_image_transform and not isinstance(images, ImageBatches):
             from .torch_utils import pick_device
 
-            images = ImageBatches(list(images), self.image_transform(), batch_size=batch_size, workers=workers,
-                                  device=pick_device(self.device))
+            images = ImageBatches(list(images), self.load_image_transform(), batch_size=batch_size,
+                                  workers=workers, device=pick_device(self.device))
         return self.loaded.encode_image(images, batch_size=batch_size, workers=workers, progress=progress)
 
     def distance_to_root(self, text_emb: np.ndarray, root: np.ndarray) -> np.ndarray:

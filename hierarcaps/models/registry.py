@@ -116,7 +116,8 @@ def load_folder(folder: Path, device: str | None, *, lazy: bool = False, name: s
         early_transform = EARLY_IMAGE_TRANSFORMS.get(adapter)
         return LazyEncoder(folder, lambda: factory(str(folder), device), name=name, has_images=has_images,
                            adapter=adapter, device=device,
-                           image_transform=functools.partial(early_transform, str(folder)) if early_transform else None)
+                           load_image_transform=functools.partial(early_transform, str(folder)) if early_transform
+                           else None)
     encoder = factory(str(folder), device)
     encoder.name = name
     return encoder
