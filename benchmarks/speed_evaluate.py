@@ -40,43 +40,76 @@ def run_cli(args: list[str], env: dict[str, str]) -> tuple[float, float]:
     return wall, max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
 
 
-def floor(model_dir: Path, image_paths: list[Path], texts: list[str], batch: int, text_batch: int) -> dict[str, float]:
-    """The model's own batched forward passes, with preprocessing timed apart."""
+def floor(model_dir: Path, image_paths: list[Path], texts: list[str], batch: int, text_batch: int,
+          device: str) -> dict[str, float]:
+    """The model's own batched forward passes (pixels and tokens already on the device), preprocessing timed apart."""
     import torch
     from transformers import CLIPModel, CLIPProcessor
 
     from hierarcaps.data.images import open_image
-    from hierarcaps.models.torch_utils import length_sorted_batches
+    from hierarcaps.models.torch_utils import autocast, length_sorted_batches
 
-    model = CLIPModel.from_pretrained(model_dir).eval()
+    model = CLIPModel.from_pretrained(model_dir).eval().to(device)
     processor = CLIPProcessor.from_pretrained(model_dir)
     pixels, preprocess_s = timed(lambda: torch.stack([
         processor.image_processor(images=open_image(p), return_tensors="pt")["pixel_values"][0] for p in image_paths]))
-    tokens = [processor.tokenizer([texts[i] for i in b], padding=True, truncation=True, return_tensors="pt")
+    pixels = pixels.to(device)
+    tokens = [processor.tokenizer([texts[i] for i in b], padding=True, truncation=True, return_tensors="pt").to(device)
               for b in length_sorted_batches(texts, text_batch)]
-    with torch.inference_mode():
-        _, image_s = timed(lambda: [model.get_image_features(pixel_values=pixels[i:i + batch])
-                                    for i in range(0, len(pixels), batch)])
-        _, text_s = timed(lambda: [model.get_text_features(**t) for t in tokens])
+
+    def forward_all(forward, inputs) -> None:
+        with torch.inference_mode(), autocast(device):
+            for item in inputs:
+                forward(item)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    image_batches = [pixels[i:i + batch] for i in range(0, len(pixels), batch)]
+    if device.startswith("cuda"):      # kernels and cuBLAS handles are made on first use: keep that out of the floor
+        forward_all(lambda p: model.get_image_features(pixel_values=p), image_batches[:2])
+        forward_all(lambda t: model.get_text_features(**t), tokens[:2])
+    _, image_s = timed(lambda: forward_all(lambda p: model.get_image_features(pixel_values=p), image_batches))
+    _, text_s = timed(lambda: forward_all(lambda t: model.get_text_features(**t), tokens))
     return {"preprocess_images_s": preprocess_s, "forward_images_s": image_s, "forward_texts_s": text_s,
             "floor_s": image_s + text_s}
 
 
-def upstream_loop(model_dir: Path, records, image_dir: Path) -> float:
+def warm_throughput(model_dir: Path, image_paths: list[Path], texts: list[str], batch: int, text_batch: int,
+                    workers: int, device: str, copies: int) -> dict[str, float]:
+    """The harness's own embedding path in a process where the model is loaded and warm (no start-up costs):
+    decoding workers, transfer and forward, over the images once and ``copies`` times (steady state)."""
+    from hierarcaps.models import load_encoder
+
+    encoder = load_encoder(str(model_dir), device=device)
+    encoder.encode_image(image_paths[:batch], batch_size=batch, workers=workers)
+    encoder.encode_text(texts[:text_batch], batch_size=text_batch)
+    _, once_s = timed(lambda: encoder.encode_image(image_paths, batch_size=batch, workers=workers))
+    _, many_s = timed(lambda: encoder.encode_image(image_paths * copies, batch_size=batch, workers=workers))
+    _, text_s = timed(lambda: encoder.encode_text(texts, batch_size=text_batch))
+    return {"warm_images_per_s": len(image_paths) / once_s,
+            f"warm_images_per_s_x{copies}": len(image_paths) * copies / many_s,
+            "warm_texts_per_s": len(texts) / text_s}
+
+
+def upstream_loop(model_dir: Path, records, image_dir: Path, device: str) -> float:
     """The reference implementation's shape: per image one forward, per row one forward of its 4 texts."""
     import torch
     from PIL import Image
     from transformers import CLIPModel, CLIPProcessor
 
-    model = CLIPModel.from_pretrained(model_dir).eval()
+    from hierarcaps.models.hf_clip import features
+    from hierarcaps.models.torch_utils import autocast
+
+    model = CLIPModel.from_pretrained(model_dir).eval().to(device)
     processor = CLIPProcessor.from_pretrained(model_dir)
     start = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device):
         for r in records:
-            model.get_image_features(**processor(images=Image.open(image_dir / r.image_file), return_tensors="pt"))
+            pixels = processor(images=Image.open(image_dir / r.image_file), return_tensors="pt").to(device)
+            features(model.get_image_features(**pixels)).cpu()
         for r in records:
-            model.get_text_features(**processor(text=list(r.positive), padding=True, truncation=True,
-                                                return_tensors="pt"))
+            tokens = processor(text=list(r.positive), padding=True, truncation=True, return_tensors="pt").to(device)
+            features(model.get_text_features(**tokens)).cpu()
     return time.perf_counter() - start
 
 
@@ -90,6 +123,7 @@ def main() -> None:
     parser.add_argument("--plain-allocator", action="store_true",
                         help="measure the floor (and --upstream) with glibc's default allocator settings")
     parser.add_argument("--upstream", action="store_true", help="also time the per-item loop (about 4 minutes)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (GPU runs use the harness's bf16 autocast)")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
 
@@ -111,6 +145,7 @@ def main() -> None:
     def evaluate_args(out: Path) -> list[str]:
         return ["evaluate", "--model", str(model_dir), "--image-dir", str(image_dir), "--out", str(out),
                 "--batch-size", str(args.batch_size), "--text-batch-size", str(args.text_batch_size), "--quiet",
+                "--device", args.device,
                 *(["--workers", str(args.workers)] if args.workers is not None else [])]
 
     def harness_timings(out: Path) -> dict[str, float]:
@@ -119,7 +154,7 @@ def main() -> None:
     pairs, cold_timings = [], []
     for repeat in range(args.repeats):    # floor and cold run side by side: this CPU's speed drifts over minutes
         floor_figures = floor(model_dir, [image_dir / r.image_file for r in records], texts,
-                              args.batch_size, args.text_batch_size)
+                              args.batch_size, args.text_batch_size, args.device)
         out = work / f"results-{repeat}"
         cold_s, cold_peak_mb = run_cli(evaluate_args(out), {**env, "HIERARCAPS_CACHE": str(work / f"cache-{repeat}")})
         pairs.append({**floor_figures, "evaluate_cold_s": cold_s, "evaluate_cold_peak_mb": cold_peak_mb,
@@ -136,6 +171,8 @@ def main() -> None:
     figures["evaluate_cached_s"], _ = run_cli(evaluate_args(work / "results-0"), env)
     cached_timings = harness_timings(work / "results-0")
     figures["images_per_s_floor"] = len(records) / figures["forward_images_s"]
+    figures["images_per_s_evaluate"] = float(np.median([t["images_per_s"] for t in cold_timings]))
+    figures["texts_per_s_evaluate"] = float(np.median([t["texts_per_s"] for t in cold_timings]))
 
     from hierarcaps.benchmarks.harness import EvalOptions, embed_benchmark
     from hierarcaps.metrics.bootstrap import summarise_all
@@ -143,7 +180,7 @@ def main() -> None:
     from hierarcaps.models import load_encoder
 
     os.environ["HIERARCAPS_CACHE"] = env["HIERARCAPS_CACHE"]
-    embedded = embed_benchmark(load_encoder(str(model_dir), lazy=True), records,
+    embedded = embed_benchmark(load_encoder(str(model_dir), device=args.device, lazy=True), records,
                                EvalOptions(image_dir=str(image_dir), progress=False))
     metric_times = []
     for _ in range(3):
@@ -152,8 +189,13 @@ def main() -> None:
     figures["metrics_from_cache_s"] = min(metric_times)
     figures["harness_timings_cold"] = cold_timings
     figures["harness_timings_cached"] = cached_timings
+    if args.device != "cpu":      # on CPU the floor already is the warm figure
+        from hierarcaps.benchmarks.harness import default_workers
+
+        figures.update(warm_throughput(model_dir, [image_dir / r.image_file for r in records], texts, args.batch_size,
+                                       args.text_batch_size, args.workers or default_workers(), args.device, 5))
     if args.upstream:
-        figures["upstream_loop_s"] = upstream_loop(model_dir, records, image_dir)
+        figures["upstream_loop_s"] = upstream_loop(model_dir, records, image_dir, args.device)
         figures["speedup_vs_upstream"] = figures["upstream_loop_s"] / figures["evaluate_cold_s"]
 
     import torch

@@ -159,6 +159,24 @@ def test_cache_hits_on_rerun_and_misses_when_the_model_changes(tiny_hf: Path, su
     assert changed["model"]["fingerprint"] != first["model"]["fingerprint"]
 
 
+def test_embeddings_computed_with_other_numerics_are_not_reused(tiny_hf: Path, subset: Path, test_image_dir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """bf16-autocast GPU vectors must never stand in for an exact fp32 run, nor the other way round."""
+    from hierarcaps.models.lazy import LazyEncoder
+
+    fp32 = evaluate(str(tiny_hf), options(subset, test_image_dir))
+    monkeypatch.setattr(LazyEncoder, "numerics", lambda self: "bf16-autocast")
+    other = evaluate(str(tiny_hf), options(subset, test_image_dir))
+    assert fp32["timings"]["embedding_cache_hits"] == 0 and other["timings"]["embedding_cache_hits"] == 0
+
+
+def test_the_device_is_known_without_importing_torch_where_no_gpu_driver_is_present() -> None:
+    code = ("import sys; from hierarcaps.models import torch_utils as t; t.GPU_DRIVER_FILES = ('/nonexistent',); "
+            "print(t.pick_device_lightly(), t.pick_device_lightly('cuda:1'), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["cpu", "cuda:1", "False"]
+
+
 def test_minilm_on_the_real_test_set_matches_per_row_encoding() -> None:
     result = evaluate("minilm", EvalOptions(resamples=100, progress=False))
     assert result["dataset"]["rows"] == 1000 and result["model"]["modalities"] == ["text"]

@@ -117,7 +117,7 @@ class Trainer:
         from ..models.cache import EmbeddingCache, cache_key, checksum_strings
 
         texts = sorted({t for r in [*self.train_rows, *self.val_rows] for t in (*r.positive, *r.negative)})
-        key = cache_key(self.base_fingerprint, self.encoder.preprocessing(), "text", checksum_strings(texts))
+        key = cache_key(self.base_fingerprint, self.encoder.embedding_recipe(), "text", checksum_strings(texts))
         vectors = EmbeddingCache().get_or_compute(key, lambda: self.encoder.encode_text(
             texts, progress=self.config.progress))
         return torch.from_numpy(vectors).to(self.encoder.device), {t: i for i, t in enumerate(texts)}

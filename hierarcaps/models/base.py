@@ -67,6 +67,14 @@ class Encoder:
         """What turns raw inputs into tensors (tokenizer, image transform): part of the cache key."""
         return {}
 
+    def numerics(self) -> str:
+        """The arithmetic that computes the embeddings: exact fp32, or e.g. bf16 autocast on a GPU."""
+        return "fp32"
+
+    def embedding_recipe(self) -> dict[str, Any]:
+        """Everything besides the weights that decides the vectors: the cache key's model part."""
+        return {**self.preprocessing(), "numerics": self.numerics()}
+
     def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "revision": self.revision, "fingerprint": self.fingerprint(),
                 "parameters": self.parameter_count(), "dim": int(self.root().shape[0]),

@@ -53,6 +53,7 @@ class ImageBatches:
         self.files = ImageFiles(paths, transform)
         self.batch_size, self.workers = batch_size, workers
         self.overlap = device != "cpu"
+        self.pin_memory = device.startswith("cuda")     # pinned batches copy to the GPU asynchronously
         per_chunk = len(self.files) if self.overlap else max(1, chunk_images // batch_size) * batch_size
         self.chunks = [range(start, min(start + per_chunk, len(self.files)))
                        for start in range(0, len(self.files), max(per_chunk, 1))]
@@ -69,7 +70,8 @@ class ImageBatches:
         if self.workers:
             prefetch = 2 if self.overlap else math.ceil(len(chunk) / self.batch_size / self.workers)
         loader = DataLoader(Subset(self.files, chunk), batch_size=self.batch_size, num_workers=self.workers,
-                            prefetch_factor=prefetch, worker_init_fn=_single_threaded_worker)
+                            prefetch_factor=prefetch, worker_init_fn=_single_threaded_worker,
+                            pin_memory=self.pin_memory)
         return iter(loader)
 
     def __iter__(self) -> Iterator[Any]:

@@ -8,6 +8,7 @@ in a small JSON next to the cache after the first real load.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,15 @@ class LazyEncoder(Encoder):
         self.name, self.has_images, self.adapter = name, has_images, adapter
         self.device, self.load_image_transform = device, load_image_transform
         self._fingerprint = folder_fingerprint(folder)
+        self.load_seconds = 0.0      # spent loading the model and its image transform, whenever that happened
 
     @property
     def loaded(self) -> Encoder:
         if self._loaded is None:
+            start = time.perf_counter()
             self._loaded = self._factory()
             self._loaded.name = self.name
+            self.load_seconds += time.perf_counter() - start
         return self._loaded
 
     def fingerprint(self) -> str:
@@ -57,6 +61,11 @@ class LazyEncoder(Encoder):
     def preprocessing(self) -> dict[str, Any]:
         return {"adapter": self.adapter}      # tokenizer and transform configs are files of the folder
 
+    def numerics(self) -> str:
+        from .torch_utils import numerics, pick_device_lightly
+
+        return numerics(pick_device_lightly(self.device))
+
     def encode_text(self, texts, **kwargs: Any) -> np.ndarray:  # type: ignore[override]
         return self.loaded.encode_text(texts, **kwargs)
 
@@ -64,10 +73,13 @@ class LazyEncoder(Encoder):
                      progress: bool = False) -> np.ndarray:
         """With a weight-free image transform, the images decode while the weights load."""
         if self._loaded is None and self.load_image_transform and not isinstance(images, ImageBatches):
-            from .torch_utils import pick_device
+            from .torch_utils import pick_device_lightly
 
-            images = ImageBatches(list(images), self.load_image_transform(), batch_size=batch_size,
-                                  workers=workers, device=pick_device(self.device))
+            start = time.perf_counter()
+            transform = self.load_image_transform()
+            self.load_seconds += time.perf_counter() - start
+            images = ImageBatches(list(images), transform, batch_size=batch_size,
+                                  workers=workers, device=pick_device_lightly(self.device))
         return self.loaded.encode_image(images, batch_size=batch_size, workers=workers, progress=progress)
 
     def distance_to_root(self, text_emb: np.ndarray, root: np.ndarray) -> np.ndarray:

@@ -31,18 +31,33 @@ def keep_freed_memory() -> bool:
 
 
 def pick_device(device: str | None = None) -> str:
-    import torch
-
     if device:
         return device
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+GPU_DRIVER_FILES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")
+
+
+def pick_device_lightly(device: str | None = None) -> str:
+    """``pick_device`` that imports torch only where a GPU driver is present: a cached CPU re-run stays light."""
+    if device or any(Path(marker).exists() for marker in GPU_DRIVER_FILES):
+        return pick_device(device)
+    return "cpu"
+
+
+def numerics(device: str) -> str:
+    """How embeddings are computed on ``device`` (part of the cache key): bf16 autocast on GPU, else fp32."""
+    return "bf16-autocast" if device.startswith("cuda") else "fp32"
 
 
 def autocast(device: str) -> contextlib.AbstractContextManager:
     """bf16 autocast on GPU; exact fp32 on CPU (no quantisation there)."""
     import torch
 
-    if device.startswith("cuda"):
+    if numerics(device) == "bf16-autocast":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
@@ -72,24 +87,27 @@ def length_sorted_batches(texts: Sequence[str], batch_size: int) -> Iterator[lis
 
 def embed_text_batches(texts: list[str], batch_size: int, progress: bool, desc: str,
                        embed: Callable[[list[str]], Any]) -> np.ndarray:
-    """Run ``embed`` over length-sorted batches and return rows in the original order."""
+    """Run ``embed`` over length-sorted batches and return rows in the original order.
+
+    Vectors stay on the model's device until the end: a GPU never waits for a per-batch copy back.
+    """
     import torch
     from tqdm.auto import tqdm
 
-    out: np.ndarray | None = None
-    batches = list(length_sorted_batches(texts, batch_size))
+    chunks, order = [], []
     with torch.inference_mode():
-        for batch in tqdm(batches, desc=desc, disable=not progress, unit="batch"):
-            vectors = embed([texts[i] for i in batch]).float().cpu().numpy()
-            if out is None:
-                out = np.empty((len(texts), vectors.shape[1]), dtype=np.float32)
-            out[batch] = vectors
-    assert out is not None
+        for batch in tqdm(list(length_sorted_batches(texts, batch_size)), desc=desc, disable=not progress,
+                          unit="batch"):
+            chunks.append(embed([texts[i] for i in batch]).float())
+            order.extend(batch)
+    vectors = torch.cat(chunks).cpu().numpy()
+    out = np.empty_like(vectors)
+    out[order] = vectors
     return out
 
 
 def embed_image_batches(batches: ImageBatches, progress: bool, embed: Callable[[Any], Any]) -> np.ndarray:
-    """Run ``embed`` over the pixel batches as they come out of decoding."""
+    """Run ``embed`` over the pixel batches as they come out of decoding (vectors copied back once, at the end)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -99,13 +117,13 @@ def embed_image_batches(batches: ImageBatches, progress: bool, embed: Callable[[
     try:
         with torch.inference_mode():
             for pixels in tqdm(batches, desc="Embedding images", disable=not progress, unit="batch"):
-                chunks.append(embed(pixels).float().cpu().numpy())
+                chunks.append(embed(pixels).float())
     except DataError as exc:
         # a worker's error arrives wrapped in its traceback: keep the one line that names the file
         raise DataError(str(exc).strip().splitlines()[-1].removeprefix("hierarcaps.errors.DataError: ")) from None
     finally:
         batches.close()
-    return np.concatenate(chunks)
+    return torch.cat(chunks).cpu().numpy()
 
 
 class TorchEncoder(Encoder):
@@ -149,11 +167,14 @@ class TorchEncoder(Encoder):
                       progress: bool) -> np.ndarray:
         def embed(pixels: Any) -> Any:
             with autocast(self.device):
-                return self.image_features(pixels.to(self.device))
+                return self.image_features(pixels.to(self.device, non_blocking=True))
         if not isinstance(images, ImageBatches):
             images = ImageBatches(images, self.image_transform, batch_size=batch_size, workers=workers,
                                   device=self.device)
         return embed_image_batches(images, progress, embed)
+
+    def numerics(self) -> str:
+        return numerics(self.device)
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:

@@ -68,6 +68,9 @@ class RecoEncoder(Encoder):
         vectors = self.base.encode_image(images, batch_size=batch_size, workers=workers, progress=progress)
         return self._refine(vectors, "image")
 
+    def numerics(self) -> str:
+        return self.base.numerics()
+
     def fingerprint(self) -> str:
         digest = hashlib.sha256(self.base.fingerprint().encode())
         digest.update(json.dumps(sorted(self.modules)).encode())
