@@ -164,10 +164,10 @@ def test_embeddings_computed_with_other_numerics_are_not_reused(tiny_hf: Path, s
     """bf16-autocast GPU vectors must never stand in for an exact fp32 run, nor the other way round."""
     from hierarcaps.models.lazy import LazyEncoder
 
-    fp32 = evaluate(str(tiny_hf), options(subset, test_image_dir))
-    monkeypatch.setattr(LazyEncoder, "numerics", lambda self: "bf16-autocast")
+    first = evaluate(str(tiny_hf), options(subset, test_image_dir))
+    monkeypatch.setattr(LazyEncoder, "numerics", lambda self: "other arithmetic")
     other = evaluate(str(tiny_hf), options(subset, test_image_dir))
-    assert fp32["timings"]["embedding_cache_hits"] == 0 and other["timings"]["embedding_cache_hits"] == 0
+    assert first["timings"]["embedding_cache_hits"] == 0 and other["timings"]["embedding_cache_hits"] == 0
 
 
 def test_the_device_is_known_without_importing_torch_where_no_gpu_driver_is_present() -> None:
@@ -175,6 +175,15 @@ def test_the_device_is_known_without_importing_torch_where_no_gpu_driver_is_pres
             "print(t.pick_device_lightly(), t.pick_device_lightly('cuda:1'), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["cpu", "cuda:1", "False"]
+
+
+def test_peak_memory_is_this_process_not_the_one_that_started_it() -> None:
+    ballast = bytearray(600 * 2**20)
+    ballast[::4096] = b"x" * len(ballast[::4096])      # touch every page: this process now holds > 600 MB
+    code = "from hierarcaps.benchmarks.harness import peak_memory; print(peak_memory()['peak_memory_mb'])"
+    child_peak = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                      check=True).stdout)
+    assert 10 < child_peak < 300, child_peak
 
 
 def test_minilm_on_the_real_test_set_matches_per_row_encoding() -> None:

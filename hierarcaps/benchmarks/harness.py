@@ -143,11 +143,21 @@ def environment(options: EvalOptions) -> dict[str, Any]:
     return env
 
 
+def resident_peak_mb() -> float:
+    """This process's peak resident memory. Linux's VmHWM, because ``ru_maxrss`` carries over the peak of
+    whatever process started this one (a notebook or script that runs the CLI would be counted)."""
+    try:
+        status = Path("/proc/self/status").read_text()
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return next(int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:"))
+
+
 def peak_memory() -> dict[str, float]:
     """Peak resident memory of this process, and of the GPU's allocator where the run used one."""
     import sys
 
-    peaks = {"peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    peaks = {"peak_memory_mb": resident_peak_mb()}
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():
         peaks["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated() / 2**20
