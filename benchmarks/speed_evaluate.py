@@ -37,17 +37,22 @@ def run_cli(args: list[str], env: dict[str, str]) -> float:
     return time.perf_counter() - start
 
 
+def load_clip(model_dir: Path, device: str):
+    """The random CLIP through transformers' own classes, as a plain script would load it."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    return CLIPModel.from_pretrained(model_dir).eval().to(device), CLIPProcessor.from_pretrained(model_dir)
+
+
 def floor(model_dir: Path, image_paths: list[Path], texts: list[str], batch: int, text_batch: int,
           device: str) -> dict[str, float]:
     """The model's own batched forward passes (pixels and tokens already on the device), preprocessing timed apart."""
     import torch
-    from transformers import CLIPModel, CLIPProcessor
 
     from hierarcaps.data.images import open_image
     from hierarcaps.models.torch_utils import autocast, length_sorted_batches
 
-    model = CLIPModel.from_pretrained(model_dir).eval().to(device)
-    processor = CLIPProcessor.from_pretrained(model_dir)
+    model, processor = load_clip(model_dir, device)
     pixels, preprocess_s = timed(lambda: torch.stack([
         processor.image_processor(images=open_image(p), return_tensors="pt")["pixel_values"][0] for p in image_paths]))
     pixels = pixels.to(device)
@@ -92,13 +97,11 @@ def upstream_loop(model_dir: Path, records, image_dir: Path, device: str) -> flo
     """The reference implementation's shape: per image one forward, per row one forward of its 4 texts."""
     import torch
     from PIL import Image
-    from transformers import CLIPModel, CLIPProcessor
 
     from hierarcaps.models.hf_clip import features
     from hierarcaps.models.torch_utils import autocast
 
-    model = CLIPModel.from_pretrained(model_dir).eval().to(device)
-    processor = CLIPProcessor.from_pretrained(model_dir)
+    model, processor = load_clip(model_dir, device)
     start = time.perf_counter()
     with torch.inference_mode(), autocast(device):
         for r in records:

@@ -24,7 +24,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     p.add_argument("--text-batch-size", type=int, default=256)
-    p.add_argument("--workers", type=int, help="image decoding processes (default: one per core, at most 8)")
+    p.add_argument("--workers", type=int, help="image decoding processes (default: one per core, at most 16)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--no-cache", action="store_true", help="recompute embeddings instead of reading the cache")
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import resource
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,11 +81,6 @@ def benchmark_records(options: EvalOptions) -> list[Hierarchy]:
     return load_official(options.split)
 
 
-def lazy_load_seconds(encoder: Encoder) -> float:
-    """Seconds a lazily loaded encoder has spent loading its model so far (0 for one loaded up front)."""
-    return getattr(encoder, "load_seconds", 0.0)
-
-
 def embed_benchmark(encoder: Encoder, records: Sequence[Hierarchy], options: EvalOptions) -> Embedded:
     """Embed each distinct image, the root and each distinct tier text of ``records`` (cache first).
 
@@ -96,12 +92,12 @@ def embed_benchmark(encoder: Encoder, records: Sequence[Hierarchy], options: Eva
     texts = np.array([r.positive for r in records], dtype=object)
     distinct, inverse = np.unique(texts.astype(str), return_inverse=True)
     timings: dict[str, float] = {}
-    loaded_before = lazy_load_seconds(encoder)
+    loaded_before = encoder.load_seconds
 
     image_emb = row_image = None
     image_files: list[str] = []
     if encoder.has_images and not options.text_only:
-        start, loading = time.perf_counter(), lazy_load_seconds(encoder)
+        start, loading = time.perf_counter(), encoder.load_seconds
         store = ImageStore(options.image_dir, download=options.download)
         paths = store.resolve(records, progress=options.progress)
         image_files = list(dict.fromkeys(r.image_file for r in records))
@@ -112,15 +108,15 @@ def embed_benchmark(encoder: Encoder, records: Sequence[Hierarchy], options: Eva
         key = cache_key(fingerprint, recipe, "image", checksum_strings(signature))
         image_emb = cache.get_or_compute(key, lambda: encoder.encode_image(
             ordered, batch_size=options.image_batch_size, workers=options.workers, progress=options.progress))
-        timings["embed_images_s"] = time.perf_counter() - start - (lazy_load_seconds(encoder) - loading)
+        timings["embed_images_s"] = time.perf_counter() - start - (encoder.load_seconds - loading)
 
-    start, loading = time.perf_counter(), lazy_load_seconds(encoder)
+    start, loading = time.perf_counter(), encoder.load_seconds
     inputs = [encoder.root_text, *distinct.tolist()]
     key = cache_key(fingerprint, recipe, "text", checksum_strings(inputs))
     text_vectors = cache.get_or_compute(key, lambda: encoder.encode_text(
         inputs, batch_size=options.text_batch_size, progress=options.progress))
-    timings["embed_texts_s"] = time.perf_counter() - start - (lazy_load_seconds(encoder) - loading)
-    timings["load_model_s"] = lazy_load_seconds(encoder) - loaded_before
+    timings["embed_texts_s"] = time.perf_counter() - start - (encoder.load_seconds - loading)
+    timings["load_model_s"] = encoder.load_seconds - loaded_before
     root, distinct_emb = text_vectors[0], text_vectors[1:]
 
     text_emb = distinct_emb[inverse.reshape(texts.shape)]
@@ -132,13 +128,14 @@ def embed_benchmark(encoder: Encoder, records: Sequence[Hierarchy], options: Eva
 def environment(options: EvalOptions) -> dict[str, Any]:
     """Where the embeddings were computed; torch is not imported just to say so (a cached run never loads it)."""
     import importlib.metadata
-    import sys
+
+    from ..models.torch_utils import pick_device
 
     torch = sys.modules.get("torch")
     env: dict[str, Any] = {"python": platform.python_version(), "machine": platform.machine(),
                            "cpus": os.cpu_count(), "torch": importlib.metadata.version("torch")}
     if torch is not None:
-        env["device"] = options.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        env["device"] = pick_device(options.device)
         env["threads"] = torch.get_num_threads()
     return env
 
@@ -155,8 +152,6 @@ def resident_peak_mb() -> float:
 
 def peak_memory() -> dict[str, float]:
     """Peak resident memory of this process, and of the GPU's allocator where the run used one."""
-    import sys
-
     peaks = {"peak_memory_mb": resident_peak_mb()}
     torch = sys.modules.get("torch")
     if torch is not None and torch.cuda.is_initialized():

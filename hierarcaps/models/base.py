@@ -29,6 +29,8 @@ class Encoder:
     revision: str | None = None
     has_images: bool = False
     root_text: str = DEFAULT_ROOT_TEXT
+    # seconds spent loading weights on first use (lazy encoders); reported apart from embedding time
+    load_seconds: float = 0.0
 
     def encode_text(self, texts: Sequence[str], *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
         """(n, d) float32 unit vectors, in the order given."""

@@ -7,9 +7,10 @@ in a small JSON next to the cache after the first real load.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,15 +45,19 @@ class LazyEncoder(Encoder):
         self.name, self.has_images, self.adapter = name, has_images, adapter
         self.device, self.load_image_transform = device, load_image_transform
         self._fingerprint = folder_fingerprint(folder)
-        self.load_seconds = 0.0      # spent loading the model and its image transform, whenever that happened
+
+    @contextlib.contextmanager
+    def _counting_load_time(self) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.load_seconds += time.perf_counter() - start
 
     @property
     def loaded(self) -> Encoder:
         if self._loaded is None:
-            start = time.perf_counter()
-            self._loaded = self._factory()
+            with self._counting_load_time():
+                self._loaded = self._factory()
             self._loaded.name = self.name
-            self.load_seconds += time.perf_counter() - start
         return self._loaded
 
     def fingerprint(self) -> str:
@@ -75,9 +80,8 @@ class LazyEncoder(Encoder):
         if self._loaded is None and self.load_image_transform and not isinstance(images, ImageBatches):
             from .torch_utils import pick_device_lightly
 
-            start = time.perf_counter()
-            transform = self.load_image_transform()
-            self.load_seconds += time.perf_counter() - start
+            with self._counting_load_time():
+                transform = self.load_image_transform()
             images = ImageBatches(list(images), transform, batch_size=batch_size,
                                   workers=workers, device=pick_device_lightly(self.device))
         return self.loaded.encode_image(images, batch_size=batch_size, workers=workers, progress=progress)

@@ -71,6 +71,10 @@ class RecoEncoder(Encoder):
     def numerics(self) -> str:
         return self.base.numerics()
 
+    @property
+    def load_seconds(self) -> float:  # type: ignore[override]
+        return self.base.load_seconds
+
     def fingerprint(self) -> str:
         digest = hashlib.sha256(self.base.fingerprint().encode())
         digest.update(json.dumps(sorted(self.modules)).encode())
