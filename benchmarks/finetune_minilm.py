@@ -1,12 +1,15 @@
 """RE fine-tuning of the packaged all-MiniLM-L6-v2 on the offline training split, scored before and after.
 
-1. A learning-rate sweep of short runs, judged on held-out training rows only (images never trained on):
-   the lr with the lowest held-out RE objective wins. The test set is not looked at.
-2. A full run with that lr for the step budget.
-3. `hierarcaps evaluate` of the base and the fine-tuned model on the 1K test set (text metrics, CIs,
-   caption-length baselines). Writes benchmarks/results/finetune_minilm.{json,md}.
+1. A learning-rate sweep of short runs, judged on held-out d_corr of training images only (images never
+   trained on; the RE loss can be negative and does not fall as d_corr rises, so it is not the criterion).
+   The test set is not looked at.
+2. A final run with that lr; its held-out d_corr is logged along the way (the d_corr-vs-step plot).
+3. Ablations at the final run's lr and step budget: child pairing, no pullback, no hard term, entailment cones.
+4. `evaluate` of the base, the final run and every ablation on the 1K test set (text metrics, 95% CIs),
+   next to the fair caption-length baselines (ties count as half).
+Writes benchmarks/results/finetune_minilm.{json,md,png}.
 
-    python benchmarks/finetune_minilm.py --steps 1200 --sweep-steps 150
+    python benchmarks/finetune_minilm.py --steps 300 --sweep-steps 100
 """
 
 from __future__ import annotations
@@ -16,22 +19,41 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-LRS = (1e-5, 5e-5, 2e-4)
+LRS = (1e-6, 3e-6, 1e-5, 3e-5)
 ROWS = ("d_corr", "text_query/precision", "text_query/recall", "text_query/order_aware_recall",
         "text_query/recall_tier1", "text_query/recall_tier2", "text_query/recall_tier3")
+ABLATIONS = {
+    "child pairing (p_k with n_k+1)": {"negative_pairing": "child"},
+    "no pullback (weight 0)": {"pullback_weight": 0.0},
+    "no hard term": {"hard_weight": 0.0},
+    "entailment cones instead of RE": {"objective": "cone"},
+}
 
 
-def run(config_kwargs: dict) -> dict:
+def train(config_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """One run; its held-out d_corr curve and where its model folder is."""
     from hierarcaps.finetune.trainer import FinetuneConfig, Trainer
 
     trainer = Trainer(FinetuneConfig(**config_kwargs))
     final = trainer.train()
     info = json.loads((final / "hierarcaps_model.json").read_text())
-    last = next(e for e in reversed(trainer.log) if "val_loss" in e)
-    return {"lr": config_kwargs["lr"], "steps": trainer.step, "model": str(final),
-            "val_loss": last["val_loss"], "val_d_corr": last["val_d_corr"],
-            "val_d_corr_start": trainer.log[0]["val_d_corr"], "throughput": info["throughput"]}
+    curve = [(e["step"], e["val_d_corr"]) for e in trainer.log if "val_d_corr" in e]
+    return {"lr": config_kwargs["lr"], "steps": trainer.step, "model": str(final), "curve": curve,
+            "val_d_corr": curve[-1][1], "val_d_corr_start": curve[0][1], "throughput": info["throughput"]}
+
+
+def held_out_length_baselines(config_kwargs: dict[str, Any]) -> dict[str, float]:
+    """Fair caption-length d_corr on the same held-out rows the runs are judged on."""
+    import numpy as np
+
+    from hierarcaps.finetune.data import split_held_out, training_records
+    from hierarcaps.metrics.baselines import length_baselines
+
+    _, held = split_held_out(training_records(config_kwargs["train"]), 0.05, config_kwargs["seed"])
+    texts = np.array([r.positive for r in held[:config_kwargs["val_rows"]]], dtype=object)
+    return {name: m["d_corr"]["value"] for name, m in length_baselines(texts, resamples=10).items()}
 
 
 def fmt(entry: dict | None) -> str:
@@ -40,10 +62,31 @@ def fmt(entry: dict | None) -> str:
     return f"{entry['value']:.4f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]"
 
 
+def plot(sweep: list[dict], final: dict, held_baselines: dict[str, float], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for n, run in enumerate(sweep):
+        ax.plot(*zip(*run["curve"]), "--", color=f"C{n}", alpha=0.6, label=f"sweep lr {run['lr']:g}")
+    ax.plot(*zip(*final["curve"]), "o-", color="k", label=f"final lr {final['lr']:g}")
+    for (name, value), style in zip(held_baselines.items(), (":", "-.")):
+        ax.axhline(value, color="grey", linestyle=style, label=f"{name.replace('_', ' ')} (fair)")
+    ax.set_xlabel("step (batch 8)")
+    ax.set_ylabel("held-out d_corr")
+    ax.set_title("RE fine-tuning of all-MiniLM-L6-v2: held-out d_corr (training images only)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=1200)
-    parser.add_argument("--sweep-steps", type=int, default=150)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--sweep-steps", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--runs", default="runs/minilm-re")
     parser.add_argument("--results", default="benchmarks/results")
@@ -51,45 +94,63 @@ def main() -> None:
 
     from hierarcaps.benchmarks.harness import EvalOptions, evaluate
 
-    common = dict(model="minilm", train="offline", batch_size=args.batch_size, warmup_steps=20, val_rows=256,
-                  checkpoint_every=100, seed=0)
+    common = dict(model="minilm", train="offline", batch_size=args.batch_size, warmup_steps=10, val_rows=256,
+                  checkpoint_every=100, seed=0, progress=False)
     started = time.perf_counter()
     sweep = []
     for lr in LRS:
-        result = run({**common, "lr": lr, "max_steps": args.sweep_steps, "val_every": args.sweep_steps,
-                      "out": f"{args.runs}/sweep-lr{lr:g}"})
-        print(json.dumps(result), flush=True)
+        result = train({**common, "lr": lr, "max_steps": args.sweep_steps, "val_every": max(1, args.sweep_steps // 4),
+                        "out": f"{args.runs}/sweep-lr{lr:g}"})
+        print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
         sweep.append(result)
-    best = min(sweep, key=lambda r: r["val_loss"])
-    final = run({**common, "lr": best["lr"], "max_steps": args.steps, "val_every": max(1, args.steps // 6),
-                 "out": f"{args.runs}/final"})
-    print(json.dumps(final), flush=True)
+    best = max(sweep, key=lambda r: (r["val_d_corr"], -r["lr"]))   # ties go to the smaller lr
+    final_kwargs = {**common, "lr": best["lr"], "max_steps": args.steps, "val_every": max(1, args.steps // 10)}
+    final = train({**final_kwargs, "out": f"{args.runs}/final"})
+    print(json.dumps({k: v for k, v in final.items() if k != "curve"}), flush=True)
+    ablations = {}
+    for label, change in ABLATIONS.items():
+        slug = "-".join(f"{k}{v}" for k, v in change.items())
+        ablations[label] = train({**final_kwargs, **change, "out": f"{args.runs}/ablation-{slug}"})
+        print(label, json.dumps({k: v for k, v in ablations[label].items() if k != "curve"}), flush=True)
 
     options = EvalOptions(progress=False)
-    before, after = evaluate("minilm", options), evaluate(final["model"], options)
+    before = evaluate("minilm", options)
+    scored = {"RE (final)": evaluate(final["model"], options)["metrics"],
+              **{label: evaluate(run["model"], options)["metrics"] for label, run in ablations.items()}}
     baselines = before["baselines"]
+    held_baselines = held_out_length_baselines(common)
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    plot(sweep, final, held_baselines, out / "finetune_minilm.png")
+    after = scored["RE (final)"]
     lines = [
         "# RE fine-tuning of all-MiniLM-L6-v2 (offline training split, CPU)", "",
         f"Command: `python benchmarks/finetune_minilm.py --steps {args.steps} --sweep-steps {args.sweep_steps}`",
-        f"(batch {args.batch_size}, AdamW, 20 warm-up steps, loss weights 10/1/1, seed 0).", "",
-        "## Learning-rate sweep (held-out training rows only; lowest held-out loss wins)", "",
-        "| lr | steps | held-out loss | held-out d_corr (start -> end) |", "|---|---|---|---|",
-        *(f"| {r['lr']:g} | {r['steps']} | {r['val_loss']:.4f} | {r['val_d_corr_start']:.4f} -> {r['val_d_corr']:.4f} |"
-          for r in sweep), "",
-        f"Chosen lr: {best['lr']:g}. Final run: {final['steps']} steps, "
-        f"{final['throughput']['items_per_s']:.2f} items/s ({final['throughput']['train_seconds'] / 60:.1f} min).", "",
+        f"(batch {args.batch_size}, AdamW, 10 warm-up steps, loss weights pullback/RE/hard 10/1/1, negatives paired "
+        "with their sibling tier as the reference trainer does, seed 0).", "",
+        "## Learning-rate sweep (held-out training images only; highest held-out d_corr wins)", "",
+        f"Fair caption-length d_corr on the same held-out rows: characters {held_baselines['length_chars']:.4f}, "
+        f"words {held_baselines['length_words']:.4f}.", "",
+        "| lr | steps | held-out d_corr (start -> end) |", "|---|---|---|",
+        *(f"| {r['lr']:g} | {r['steps']} | {r['val_d_corr_start']:.4f} -> {r['val_d_corr']:.4f} |" for r in sweep), "",
+        f"Chosen lr: {best['lr']:g}. Final run: {final['steps']} steps, held-out d_corr "
+        f"{final['val_d_corr_start']:.4f} -> {final['val_d_corr']:.4f}, "
+        f"{final['throughput']['items_per_s']:.2f} items/s ({final['throughput']['train_seconds'] / 60:.1f} min). "
+        "Held-out d_corr per step: `finetune_minilm.png`.", "",
         "## 1K test set (text-only model: text-query variant; 95% bootstrap CIs)", "",
-        "| metric | before | after RE | length (chars) | length (words) |", "|---|---|---|---|---|",
-        *(f"| {m} | {fmt(before['metrics'].get(m))} | {fmt(after['metrics'].get(m))} | "
-          f"{fmt(baselines['length_chars'].get(m))} | {fmt(baselines['length_words'].get(m))} |" for m in ROWS),
+        "| metric | before | after RE | length (chars, fair) | length (words, fair) |", "|---|---|---|---|---|",
+        *(f"| {m} | {fmt(before['metrics'].get(m))} | {fmt(after.get(m))} | "
+          f"{fmt(baselines['length_chars'].get(m))} | {fmt(baselines['length_words'].get(m))} |" for m in ROWS), "",
+        f"## Ablations (lr {best['lr']:g}, {args.steps} steps each; 1K test set, 95% CIs)", "",
+        "| run | held-out d_corr | " + " | ".join(ROWS) + " |", "|---|---|" + "---|" * len(ROWS),
+        *(f"| {label} | {(ablations.get(label) or final)['val_d_corr']:.4f} | "
+          + " | ".join(fmt(metrics.get(m)) for m in ROWS) + " |" for label, metrics in scored.items()),
         "", f"Total wall time: {(time.perf_counter() - started) / 60:.1f} min.",
     ]
-    out = Path(args.results)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "finetune_minilm.md").write_text("\n".join(lines) + "\n")
     (out / "finetune_minilm.json").write_text(json.dumps(
-        {"sweep": sweep, "final": final, "before": before["metrics"], "after": after["metrics"],
-         "baselines": baselines}, indent=1) + "\n")
+        {"sweep": sweep, "final": final, "ablations": ablations, "held_out_length_baselines": held_baselines,
+         "before": before["metrics"], "scored": scored, "baselines": baselines}, indent=1) + "\n")
     print("\n".join(lines))
 
 

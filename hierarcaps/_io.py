@@ -13,6 +13,12 @@ from typing import IO
 from .errors import HierarcapsError
 
 
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; rename it over ``target`` only on success."""
@@ -24,6 +30,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         raise HierarcapsError(f"cannot write to {target.parent}: {exc.strerror or exc}") from exc
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, 0o666 & ~current_umask())     # mkstemp makes 0600; the target gets what open() would give
     try:
         yield tmp_path
         os.replace(tmp_path, target)

@@ -35,7 +35,8 @@ def valid(tmp_path: Path) -> Path:
     records = load_official("test")
     return write_submission(tmp_path / "sub", records, unit(rng, 1)[0], unit(rng, 4000), unit(rng, 1000),
                             {"model": {"name": "random-16", "revision": "r1", "parameters": 1, "licence": "mit",
-                                       "link": "https://example.org", "training_data": "none"}})
+                                       "link": "https://example.org", "training_data": "none"},
+                             "test_set_not_used_for_training_or_tuning": True})
 
 
 def problems(path: Path) -> list[str]:
@@ -152,7 +153,7 @@ def test_pickles_are_refused_in_every_disguise(valid: Path) -> None:
         arrays = {k: data[k] for k in data.files}
     arrays["text"] = np.array([object()] * 4000, dtype=object)
     np.savez(valid / "embeddings.npz", **arrays)
-    assert any("unreadable without unpickling" in p for p in problems(valid))
+    assert any("text: dtype object" in p for p in problems(valid))           # refused from its header
 
 
 def test_files_over_the_size_limit(valid: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,7 +215,7 @@ def test_add_is_idempotent_deterministic_and_guards_revisions(valid: Path, tmp_p
         edit_arrays(valid, root=-data["root"])
     with pytest.raises(HierarcapsError, match="bump the revision"):
         board.add(valid, lb)
-    assert board.add(valid, lb, replace=True)[1] == "replaced"
+    assert board.add(valid, lb, replace="random-16/r1")[1] == "replaced"
 
 
 def test_build_is_byte_stable_and_check_finds_stale_pages_and_duplicates(valid: Path, tmp_path: Path) -> None:
@@ -240,6 +241,9 @@ def test_round_trip_from_the_harness_gives_the_harness_metrics(tmp_path: Path, t
     options = EvalOptions(image_dir=str(test_image_dir), progress=False, workers=0)
     direct = evaluate(model, options)
     folder = export_submission(model, options, tmp_path / "sub")
+    assert json.loads((folder / "submission.json").read_text())["model"]["name"] == "tiny"   # never the path
+    assert any("test_set_not_used" in p for p in problems(folder))       # the attestation is the submitter's
+    edit_meta(folder, test_set_not_used_for_training_or_tuning=True)
     assert (folder / "text_ids.txt").read_text().splitlines() == text_ids(load_official("test"))
     assert (folder / "image_ids.txt").read_text().splitlines() == image_ids(load_official("test"))
     entry, _ = board.add(folder, tmp_path / "lb")
@@ -271,7 +275,8 @@ def test_the_page_renders_every_entry_and_sorts_in_a_real_browser(valid: Path, t
     for i in range(2):
         other = write_submission(tmp_path / f"s{i}", records, unit(rng, 1)[0], unit(rng, 4000), unit(rng, 1000),
                                  {"model": {"name": f"other-{i}", "revision": "r1", "parameters": 10 ** (i + 2),
-                                            "licence": "mit", "link": "", "training_data": "none"}})
+                                            "licence": "mit", "link": "", "training_data": "none"},
+                                  "test_set_not_used_for_training_or_tuning": True})
         board.add(other, lb)
     board.build(lb)
     page = (lb / "index.html").as_uri()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli import command
+from .losses import NEGATIVE_PAIRINGS
 from .trainer import FinetuneConfig
 
 
@@ -15,6 +16,9 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
                    help="'offline' (expanded rows of non-test images) or the official training file, path or URL")
     p.add_argument("--out", default=d.out, help="run folder: checkpoints/, model/, log.json, loss_curves.png")
     p.add_argument("--objective", choices=["re", "cone"], default=d.objective, help="RE (default) or entailment cones")
+    p.add_argument("--negative-pairing", choices=NEGATIVE_PAIRINGS, default=d.negative_pairing,
+                   help="sibling: positive tier k with negative tier k, as the reference trainer; child: with "
+                        "negative tier k+1 (an ablation that lowers d_corr)")
     p.add_argument("--pullback-weight", type=float, default=d.pullback_weight)
     p.add_argument("--main-weight", type=float, default=d.main_weight, help="weight of the RE (or cone) term")
     p.add_argument("--hard-weight", type=float, default=d.hard_weight)

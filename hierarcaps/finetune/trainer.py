@@ -27,7 +27,7 @@ from ..models.registry import CHECKPOINT_FILE, load_encoder
 from ..models.torch_utils import TorchEncoder, autocast
 from ..training_log import plot_curves
 from .data import OFFLINE, micro_batches, split_held_out, training_records
-from .losses import OBJECTIVES, LossWeights
+from .losses import NEGATIVE_PAIRINGS, OBJECTIVES, LossWeights
 
 
 @dataclasses.dataclass
@@ -38,6 +38,7 @@ class FinetuneConfig:
     train: str = OFFLINE
     out: str = "runs/finetune"
     objective: str = "re"
+    negative_pairing: str = "sibling"
     pullback_weight: float = 10.0
     main_weight: float = 1.0
     hard_weight: float = 1.0
@@ -84,8 +85,8 @@ class Trainer:
                                   "use a transformers CLIP-family model, open_clip, or a mean-pooling text model")
         self.encoder = encoder
         self.base_name, self.base_fingerprint = encoder.name, encoder.fingerprint()
-        self.frozen, self.frozen_index = self._frozen_embeddings()
         self.trainable = [(n, p) for n, p in encoder.model.named_parameters() if id(p) in trainable]
+        self.starting_weights = [p.detach().clone() for _, p in self.trainable]
         for p in encoder.model.parameters():
             p.requires_grad_(id(p) in trainable)
         self.optimizer = torch.optim.AdamW([p for _, p in self.trainable], lr=config.lr,
@@ -95,6 +96,9 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
         self.objective = OBJECTIVES[config.objective]
+        if config.negative_pairing not in NEGATIVE_PAIRINGS:
+            raise HierarcapsError(f"negative pairing must be one of {', '.join(NEGATIVE_PAIRINGS)}, "
+                                  f"not {config.negative_pairing!r}")
         self.weights = LossWeights(config.pullback_weight, config.main_weight, config.hard_weight)
         self.step = 0
         self.log: list[dict[str, Any]] = []
@@ -105,22 +109,6 @@ class Trainer:
         if self.config.max_steps is not None:
             return self.config.max_steps
         return max(1, math.floor(per_epoch * self.config.epochs))
-
-    def _frozen_embeddings(self) -> tuple[Any, dict[str, int]]:
-        """The starting model's embedding of every training text, for the pullback term.
-
-        Computed once, before any step, in fixed batches and kept in the embedding cache: a resumed run
-        reads exactly the values an uninterrupted one used, and no frozen copy of the model is kept.
-        """
-        import torch
-
-        from ..models.cache import EmbeddingCache, cache_key, checksum_strings
-
-        texts = sorted({t for r in [*self.train_rows, *self.val_rows] for t in (*r.positive, *r.negative)})
-        key = cache_key(self.base_fingerprint, self.encoder.embedding_recipe(), "text", checksum_strings(texts))
-        vectors = EmbeddingCache().get_or_compute(key, lambda: self.encoder.encode_text(
-            texts, progress=self.config.progress))
-        return torch.from_numpy(vectors).to(self.encoder.device), {t: i for i, t in enumerate(texts)}
 
     # -- the objective on one batch ------------------------------------------------------------------
     def embed_rows(self, rows: list[Any]) -> tuple[Any, Any, Any]:
@@ -135,14 +123,36 @@ class Trainer:
         chains = emb[1:].reshape(2, len(rows), k, -1)
         return emb[0], chains[0], chains[1]
 
-    def loss_terms(self, rows: list[Any], root: Any, pos: Any, neg: Any) -> dict[str, Any]:
-        k = len(rows[0].positive)
-        texts = [t for r in rows for t in r.positive] + [t for r in rows for t in r.negative]
-        orig = self.frozen[[self.frozen_index[t] for t in texts]].reshape(2, len(rows), k, -1)
-        return self.objective(pos, neg, root, orig[0], orig[1], self.weights)
+    def _swap_starting_weights(self) -> None:
+        """Exchange the trained parameters' values with the starting model's (a pointer swap, no copy)."""
+        for i, (_, p) in enumerate(self.trainable):
+            p.data, self.starting_weights[i] = self.starting_weights[i], p.data
+
+    def starting_embeddings(self, rows: list[Any]) -> tuple[Any, Any]:
+        """The starting model's embedding of this batch's chains, for the pullback term.
+
+        Computed per batch on exactly the live forward's inputs, as the reference trainer does, so a short
+        run embeds only what it trains on and a resumed run sees the values an uninterrupted one saw.
+        """
+        import torch
+
+        self._swap_starting_weights()
+        try:
+            with torch.no_grad():
+                _, pos, neg = self.embed_rows(rows)
+        finally:
+            self._swap_starting_weights()
+        return pos, neg
+
+    def batch_terms(self, rows: list[Any]) -> tuple[dict[str, Any], Any]:
+        """The objective's terms on one batch, and the positive chains' radii (B, K)."""
+        pos_orig, neg_orig = self.starting_embeddings(rows)
+        root, pos, neg = self.embed_rows(rows)
+        terms = self.objective(pos, neg, root, pos_orig, neg_orig, self.weights, self.config.negative_pairing)
+        return terms, (pos - root).norm(dim=-1)
 
     def batch_loss(self, rows: list[Any]) -> dict[str, Any]:
-        return self.loss_terms(rows, *self.embed_rows(rows))
+        return self.batch_terms(rows)[0]
 
     # -- checkpoints -----------------------------------------------------------------------------------
     def save_checkpoint(self) -> Path:
@@ -171,7 +181,10 @@ class Trainer:
 
     # -- validation --------------------------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
-        """Held-out loss and d_corr (Kendall tau of radius vs tier) on rows whose images training never saw."""
+        """Held-out loss and d_corr (Kendall tau of radius vs tier) on rows whose images training never saw.
+
+        Select models on d_corr: the RE loss can be negative and does not fall as d_corr rises.
+        """
         import torch
 
         from ..metrics.hierarchy import kendall_tau_rows
@@ -182,9 +195,9 @@ class Trainer:
         with torch.no_grad():
             for start in range(0, len(self.val_rows), self.config.batch_size):
                 rows = self.val_rows[start:start + self.config.batch_size]
-                root, pos, neg = self.embed_rows(rows)
-                losses.append(float(self.loss_terms(rows, root, pos, neg)["loss"]) * len(rows))
-                radii.append((pos - root).norm(dim=-1).cpu().numpy())
+                terms, row_radii = self.batch_terms(rows)
+                losses.append(float(terms["loss"]) * len(rows))
+                radii.append(row_radii.cpu().numpy())
         return {"val_loss": sum(losses) / len(self.val_rows),
                 "val_d_corr": float(kendall_tau_rows(np.concatenate(radii)).mean())}
 

@@ -8,14 +8,16 @@ entries, so a submissions pull request shows exactly what changed.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import __version__
-from .._io import atomic_open
-from ..benchmarks.harness import slug
+from .._io import atomic_open, current_umask
 from ..data.official import load_official
 from ..data.records import content_checksum
 from ..errors import HierarcapsError
@@ -23,9 +25,14 @@ from ..metrics.baselines import all_baselines
 from ..metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, LEVEL
 from ..metrics.hierarchy import DEFAULT_STEPS, PROTOCOL
 from ..metrics.scoring import EmbeddedBenchmark, score
-from .validate import Submission, validate
+from . import names
+from .submission import SUBMISSION_FILE
+from .validate import Report, Submission, check_model, read_meta, validate
 
 RESULT_FILE = "result.json"
+STAGING = ".staging"
+MAX_RESULT_BYTES = 4 * 2**20
+"""A stored result.json (the board reads every one at each build)."""
 ENTRY_KEYS = ("model", "protocol", "dataset", "metrics", "embeddings_sha256", "package")
 
 
@@ -57,39 +64,88 @@ def score_submission(sub: Submission) -> dict[str, Any]:
 
 
 def entry_folder(board: Path, meta: dict[str, Any]) -> Path:
-    return board / "entries" / slug(meta["model"]["name"]) / slug(meta["model"]["revision"])
+    return names.entry_folder(board, meta["model"]["name"], meta["model"]["revision"])
 
 
 def dumps(document: Any) -> str:
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
-def add(path: str | Path, board: str | Path = "leaderboard", *, replace: bool = False) -> tuple[Path, str]:
-    """Validate, score and store a submission. Returns (entry folder, 'added' | 'unchanged' | 'replaced')."""
+def add(path: str | Path, board: str | Path = "leaderboard", *, replace: str | None = None) -> tuple[Path, str]:
+    """Validate, score and store a submission. Returns (entry folder, 'added' | 'unchanged' | 'replaced').
+
+    The entry is staged beside the board and renamed into place, so a killed ``add`` leaves no half entry.
+    Another result under the same model and revision, or the same embeddings under another entry, is refused
+    unless ``replace`` names that entry (``<model>/<revision>`` as its folder is named); it is then removed.
+    """
+    board = Path(board)
     sub, report = validate(path)
     if sub is None:
         raise HierarcapsError(f"{path}: invalid submission ({len(report.problems)} problem(s)): "
                               + "; ".join(report.problems[:5]))
-    folder = entry_folder(Path(board), sub.meta)
+    folder = entry_folder(board, sub.meta)
     result = dumps(score_submission(sub))
-    existing = folder / RESULT_FILE
-    status = "added"
-    if existing.exists():
-        if existing.read_text() == result:
-            return folder, "unchanged"
-        if not replace:
-            raise HierarcapsError(f"{folder} already holds another result for this model and revision; "
-                                  "bump the revision or pass --replace")
-        status = "replaced"
-    with atomic_open(folder / RESULT_FILE) as handle:
-        handle.write(result)
-    with atomic_open(folder / "submission.json") as handle:
-        handle.write(dumps(sub.meta))
-    return folder, status
+    old = _replaced_entry(board, replace) if replace else None
+    complete = (folder / RESULT_FILE).is_file() and (folder / SUBMISSION_FILE).is_file()
+    if complete and (folder / RESULT_FILE).read_text() == result:
+        return folder, "unchanged"
+    clashes = [f for f in _entries_with_embeddings(board, sub.embeddings_sha256) if f != folder]
+    if complete:            # an incomplete folder (an older add killed half-way) is simply rewritten
+        clashes.insert(0, folder)
+    for clash in clashes:
+        if clash != old:
+            what = "another result for this model and revision" if clash == folder else "the same embeddings"
+            raise HierarcapsError(f"{clash} already holds {what}; bump the revision, or pass "
+                                  f"--replace {clash.parent.name}/{clash.name} to replace that entry")
+    _store(board, folder, {RESULT_FILE: result, SUBMISSION_FILE: dumps(sub.meta)}, old)
+    return folder, "replaced" if old else "added"
+
+
+def _replaced_entry(board: Path, name: str) -> Path:
+    model, _, revision = name.strip("/").partition("/")
+    folder = board / "entries" / names.slug(model) / names.slug(revision)
+    if not revision or not (folder / RESULT_FILE).is_file():
+        raise HierarcapsError(f"--replace {name}: no entry {folder} (name it as <model>/<revision> folders)")
+    return folder
+
+
+def _entries_with_embeddings(board: Path, digest: str) -> list[Path]:
+    return [folder for folder, result in load_entries(board) if result.get("embeddings_sha256") == digest]
+
+
+def _store(board: Path, folder: Path, files: dict[str, str], old: Path | None) -> None:
+    """Write the entry's files into a staging folder, then move it into place (removing ``old`` if given)."""
+    staging = board / STAGING
+    staging.mkdir(parents=True, exist_ok=True)
+    unit = Path(tempfile.mkdtemp(prefix="entry-", dir=staging))
+    try:
+        for name, text in files.items():
+            (unit / name).write_text(text, encoding="utf-8")
+            os.chmod(unit / name, 0o666 & ~current_umask())
+        os.chmod(unit, 0o777 & ~current_umask())
+        for retired in (old, folder):
+            if retired is not None and retired.exists():
+                shutil.rmtree(retired)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(unit, folder)
+        if old is not None and old.parent.exists() and not any(old.parent.iterdir()):
+            old.parent.rmdir()
+    finally:
+        shutil.rmtree(unit, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def load_entries(board: Path) -> list[tuple[Path, dict[str, Any]]]:
-    return [(p.parent, json.loads(p.read_text())) for p in sorted((board / "entries").glob(f"*/*/{RESULT_FILE}"))]
+    """Every readable entry (folders with both files and a JSON object result); ``check`` reports the rest."""
+    entries = []
+    for path in sorted((board / "entries").glob(f"*/*/{RESULT_FILE}")):
+        try:
+            result = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError, RecursionError):
+            continue
+        if isinstance(result, dict) and (path.parent / SUBMISSION_FILE).is_file():
+            entries.append((path.parent, result))
+    return entries
 
 
 def reference_rows() -> dict[str, dict[str, Any]]:
@@ -119,26 +175,20 @@ def build(board: str | Path = "leaderboard") -> list[Path]:
 
 
 def check(board: str | Path = "leaderboard") -> list[str]:
-    """Problems with a board folder, one line each: malformed or misplaced entries, duplicates, stale pages."""
+    """Problems with a board folder, one line each: malformed, incomplete or misplaced entries, duplicates,
+    stale pages."""
     board = Path(board)
     problems: list[str] = []
     seen_names: dict[tuple[str, str], Path] = {}
     seen_embeddings: dict[str, Path] = {}
-    for folder in sorted(p for p in (board / "entries").glob("*/*") if p.is_dir()):
-        result_path = folder / RESULT_FILE
-        try:
-            result = json.loads(result_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            problems.append(f"{result_path}: unreadable ({exc})")
+    entries = board / "entries"
+    stray = [p for p in (entries.iterdir() if entries.is_dir() else []) if not p.is_dir()]
+    stray += [p for p in entries.glob("*/*") if not p.is_dir()]
+    problems += [f"{p}: not an entry folder (entries/<model>/<revision>/)" for p in sorted(stray)]
+    for folder in sorted(p for p in entries.glob("*/*") if p.is_dir()):
+        result = _entry_result(board, folder, problems)
+        if result is None:
             continue
-        missing = [k for k in ENTRY_KEYS if k not in result]
-        if missing:
-            problems.append(f"{result_path}: missing {', '.join(missing)}")
-            continue
-        if result["protocol"].get("name") != PROTOCOL:
-            problems.append(f"{result_path}: protocol {result['protocol'].get('name')!r}, expected {PROTOCOL!r}")
-        if folder != entry_folder(board, result):
-            problems.append(f"{folder}: should be {entry_folder(board, result)} for its model and revision")
         key = (result["model"]["name"], result["model"]["revision"])
         if key in seen_names:
             problems.append(f"{folder}: duplicates {seen_names[key]} (same model and revision)")
@@ -154,3 +204,34 @@ def check(board: str | Path = "leaderboard") -> list[str]:
         if not page.exists() or page.read_text() != text:
             problems.append(f"{page}: out of date with the entries (run `hierarcaps leaderboard build`)")
     return problems
+
+
+def _entry_result(board: Path, folder: Path, problems: list[str]) -> dict[str, Any] | None:
+    """The entry's result if it is complete, well-formed and where its name puts it; else problems noted."""
+    missing_files = [name for name in (RESULT_FILE, SUBMISSION_FILE) if not (folder / name).is_file()]
+    if missing_files:
+        problems.append(f"{folder}: missing {', '.join(missing_files)}")
+        return None
+    report = Report()
+    result = read_meta(folder / RESULT_FILE, report, limit=MAX_RESULT_BYTES)
+    missing = [k for k in ENTRY_KEYS if k not in result]
+    if report.problems or missing:
+        problems += [f"{folder}/{p}" for p in report.problems] or \
+            [f"{folder / RESULT_FILE}: missing {', '.join(missing)}"]
+        return None
+    if not isinstance(result["model"], dict) or not isinstance(result["protocol"], dict) \
+            or not all(isinstance(result["model"].get(k), str) for k in ("name", "revision")):
+        problems.append(f"{folder / RESULT_FILE}: model and protocol must be objects with a name and revision")
+        return None
+    check_model(result["model"], report)
+    problems += [f"{folder / RESULT_FILE}: {p.removeprefix(SUBMISSION_FILE + ': ')}" for p in report.problems]
+    if result["protocol"].get("name") != PROTOCOL:
+        problems.append(f"{folder / RESULT_FILE}: protocol {result['protocol'].get('name')!r}, expected {PROTOCOL!r}")
+    try:
+        expected = entry_folder(board, result)
+    except ValueError as exc:
+        problems.append(f"{folder}: {exc}")
+        return None
+    if folder != expected:
+        problems.append(f"{folder}: should be {expected} for its model and revision")
+    return None if report.problems else result

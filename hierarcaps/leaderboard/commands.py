@@ -20,7 +20,9 @@ def _args(p: argparse.ArgumentParser) -> None:
     add = sub.add_parser("add", help="validate, score and store a submission on the board")
     add.add_argument("path")
     add.add_argument("--board", default=DEFAULT_BOARD)
-    add.add_argument("--replace", action="store_true", help="replace other embeddings of the same model/revision")
+    add.add_argument("--replace", metavar="MODEL/REVISION",
+                     help="the entry this submission replaces (same model and revision, or the same embeddings "
+                          "under another name), named by its folders under entries/")
     for name, help_text in (("build", "render README.md and index.html from the entries"),
                             ("check", "validate the whole board folder (for submission pull requests)")):
         action = sub.add_parser(name, help=help_text)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from .names import MAX_PARAMETERS, link_problem, markdown_cell
+
 COLUMNS = (
     ("precision", "P"), ("recall", "R"), ("d_corr", "τ_d"), ("order_aware_recall", "R_o"), ("f1", "F1"),
     ("i2t_R@1", "I→T R@1"), ("t2i_R@1", "T→I R@1"), ("text_query/precision", "TQ P"), ("text_query/recall", "TQ R"),
@@ -15,16 +17,13 @@ REFERENCE_LABELS = {"random": "random embeddings (d=512)", "length_chars": "capt
 
 
 def rows(entries: list[dict[str, Any]], references: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per entry (best τ_d first, then name) followed by the reference rows."""
-    def key(e: dict[str, Any]) -> tuple[float, str]:
-        return (-e["metrics"].get("d_corr", {}).get("value", -2.0), e["model"]["name"])
-
+    """Entries and reference baselines ranked together (best τ_d first, then name; references marked), so a
+    reader sees at once which models beat caption length."""
     out = [{"name": e["model"]["name"], "revision": e["model"]["revision"], "parameters": e["model"]["parameters"],
-            "link": e["model"].get("link", ""), "metrics": e["metrics"], "reference": False}
-           for e in sorted(entries, key=key)]
+            "link": e["model"].get("link", ""), "metrics": e["metrics"], "reference": False} for e in entries]
     out += [{"name": REFERENCE_LABELS[name], "revision": "", "parameters": None, "link": "", "metrics": metrics,
              "reference": True} for name, metrics in references.items()]
-    return out
+    return sorted(out, key=lambda r: (-r["metrics"].get("d_corr", {}).get("value", -2.0), r["name"]))
 
 
 def _cell(metric: dict[str, Any] | None) -> str:
@@ -34,24 +33,36 @@ def _cell(metric: dict[str, Any] | None) -> str:
     return f"{metric['value']:.4f} [{low:.3f}, {high:.3f}]"
 
 
-def _params(count: int | None) -> str:
-    return "–" if not count else f"{count / 1e6:.1f}M"
+def _params(count: Any) -> str:
+    return f"{count / 1e6:.1f}M" if _known_count(count) else "–"
+
+
+def _known_count(count: Any) -> bool:
+    return isinstance(count, int) and not isinstance(count, bool) and 0 < count < MAX_PARAMETERS
+
+
+def _safe_link(row: dict[str, Any]) -> str:
+    """The entry's link if it is an http(s) URL; references and anything else get none."""
+    link = row["link"]
+    return link if not row["reference"] and isinstance(link, str) and link and link_problem(link) is None else ""
 
 
 def markdown(table: list[dict[str, Any]]) -> str:
     header = ["model", "revision", "params", *(label for _, label in COLUMNS)]
     lines = ["# HierarCaps leaderboard", "",
              "Scored by `hierarcaps` from submitted embeddings (protocol hierarcaps-v1, 1K test set). "
-             "Values: mean [95% bootstrap CI]. Reference rows are computed by the same code.", "",
+             "Values: mean [95% bootstrap CI]. Reference rows (marked) are computed by the same code and ranked "
+             "with the entries: a model above caption length knows more than caption length.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table:
-        name = f"*{row['name']}*" if row["reference"] else (f"[{row['name']}]({row['link']})" if row["link"]
-                                                           else row["name"])
-        cells = [name, row["revision"], _params(row["parameters"]),
+        name, link = markdown_cell(row["name"]), _safe_link(row)
+        name = f"*{name} (reference)*" if row["reference"] else (f"[{name}](<{link}>)" if link else name)
+        cells = [name, markdown_cell(row["revision"]), _params(row["parameters"]),
                  *(_cell(row["metrics"].get(m)) for m, _ in COLUMNS)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "τ_d: Kendall's tau between distance to the root and tier; caption length alone reaches the "
-              "reference values above. TQ: the tier-4 caption as the query (text-only models).", ""]
+              "reference values (ties count as half, never broken in tier order). TQ: the tier-4 caption as the "
+              "query (text-only models).", ""]
     return "\n".join(lines)
 
 
@@ -93,8 +104,7 @@ def _tier_chart(table: list[dict[str, Any]]) -> str:
 SCRIPT = """
 function sortBy(column, descending) {
   const body = document.querySelector('#board tbody');
-  const rows = Array.from(body.querySelectorAll('tr.entry'));
-  const refs = Array.from(body.querySelectorAll('tr.reference'));
+  const rows = Array.from(body.querySelectorAll('tr'));
   const value = row => {
     const cell = row.children[column];
     const v = cell.dataset.value;
@@ -105,7 +115,7 @@ function sortBy(column, descending) {
     const order = x < y ? -1 : x > y ? 1 : 0;
     return descending ? -order : order;
   });
-  rows.concat(refs).forEach(row => body.appendChild(row));
+  rows.forEach(row => body.appendChild(row));
   document.querySelectorAll('#board th').forEach((th, i) => {
     th.dataset.sorted = i === column ? (descending ? 'desc' : 'asc') : '';
   });
@@ -141,10 +151,11 @@ def page(table: list[dict[str, Any]]) -> str:
     body = []
     for row in table:
         name = html.escape(row["name"])
-        if row["link"] and not row["reference"]:
-            name = f'<a href="{html.escape(row["link"])}">{name}</a>'
+        if _safe_link(row):
+            name = f'<a href="{html.escape(_safe_link(row))}" rel="nofollow noopener">{name}</a>'
+        count = row["parameters"] if _known_count(row["parameters"]) else ""
         cells = [f"<td>{name}</td>", f"<td>{html.escape(row['revision'])}</td>",
-                 f'<td data-value="{row["parameters"] or ""}">{_params(row["parameters"])}</td>']
+                 f'<td data-value="{count}">{_params(row["parameters"])}</td>']
         for metric, _ in COLUMNS:
             m = row["metrics"].get(metric)
             if m is None:
@@ -159,7 +170,8 @@ def page(table: list[dict[str, Any]]) -> str:
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>HierarCaps leaderboard</title>'
         f"<style>{STYLE}</style></head><body>\n<h1>HierarCaps leaderboard</h1>\n"
         "<p>Scored from submitted embeddings with the hierarcaps metric code (protocol hierarcaps-v1, 1K test "
-        "set). Mean and 95% bootstrap CI; click a column to sort. Grey rows are reference baselines.</p>\n"
+        "set). Mean and 95% bootstrap CI; click a column to sort. Grey rows are reference baselines, ranked with "
+        "the entries: a model above caption length knows more than caption length.</p>\n"
         f'<table id="board"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(body) + "\n</tbody></table>\n"
         "<h2>Recall per tier</h2>\n<p>Image queries; * marks text-only models, scored with caption queries "
         f"(their tier 4 is the query itself).</p>\n{_tier_chart(table)}\n<script>{SCRIPT}</script>\n</body></html>\n"

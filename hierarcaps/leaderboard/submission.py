@@ -43,11 +43,19 @@ def image_ids(records: list[Hierarchy]) -> list[str]:
     return list(dict.fromkeys(Path(r.image_file or r.id).stem for r in records))
 
 
+TEMPLATE_MODEL = {"name": "<model name>", "revision": "<revision>", "parameters": 0, "licence": "<licence>",
+                  "link": "<https:// link to the model, or empty>", "training_data": "<what it was trained on>"}
+EARLIER_TEMPLATE = {"name": "my-model", "link": "https://example.org/my-model", "training_data": "describe it"}
+PLACEHOLDERS = {key: {value, EARLIER_TEMPLATE.get(key, value)} for key, value in TEMPLATE_MODEL.items()
+                if isinstance(value, str)}
+"""Template values (this one's and earlier ones') that an entry may not keep."""
+
+
 def example_submission(records: list[Hierarchy], **model: Any) -> dict[str, Any]:
+    """The template's submission.json: placeholders to replace, and the attestation left for the submitter."""
     return {
-        "model": {"name": "my-model", "revision": "v1", "parameters": 0, "licence": "apache-2.0",
-                  "link": "https://example.org/my-model", "training_data": "describe it", **model},
-        "test_set_not_used_for_training_or_tuning": True,
+        "model": {**TEMPLATE_MODEL, **model},
+        "test_set_not_used_for_training_or_tuning": None,
         "protocol": PROTOCOL,
         "dataset_checksum": content_checksum(records),
         "text_radii": False,

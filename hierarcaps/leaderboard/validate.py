@@ -8,7 +8,6 @@ zero vectors, unit length (vectors off by more than 1e-3 are normalised and repo
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from collections import Counter
 from pathlib import Path
@@ -16,14 +15,21 @@ from typing import Any
 
 import numpy as np
 
+from .._io import sha256_file
 from ..data.official import load_official
 from ..data.records import content_checksum
 from ..metrics.hierarchy import PROTOCOL
 from .archive import MAX_FILE_BYTES, ArchiveRefused, opened
-from .submission import EMBEDDING_FILES, ID_FILES, SCHEMA, SUBMISSION_FILE, image_ids, text_ids
+from .names import MAX_PARAMETERS, MAX_TEXT_CHARS, link_problem, name_problem
+from .readers import UnreadableEmbeddings, read_npz, read_parquet, read_safetensors
+from .submission import EMBEDDING_FILES, ID_FILES, PLACEHOLDERS, SCHEMA, SUBMISSION_FILE, image_ids, text_ids
 
 PICKLE_SUFFIXES = {".pkl", ".pickle", ".pt", ".pth", ".bin", ".joblib", ".ckpt", ".npy"}
 UNIT_TOLERANCE = 1e-3
+MAX_META_BYTES = 64 * 2**10
+"""submission.json."""
+MAX_ID_FILE_BYTES = 2**20
+"""text_ids.txt, image_ids.txt."""
 
 
 @dataclasses.dataclass
@@ -73,33 +79,83 @@ def check_files(folder: Path, report: Report) -> None:
             report.problem(rel, "pickle-capable file refused (use .npz, .safetensors or .parquet)")
 
 
-def check_meta(folder: Path, report: Report) -> dict[str, Any]:
-    path = folder / SUBMISSION_FILE
+def read_meta(path: Path, report: Report, limit: int | None = None) -> dict[str, Any]:
+    """A JSON object file (submission.json, a stored result) as a dict, or {} with the reason reported (size,
+    encoding, JSON, nesting, huge numbers)."""
+    limit = MAX_META_BYTES if limit is None else limit
     if not path.is_file():
-        report.problem(SUBMISSION_FILE, "missing")
+        report.problem(path.name, "missing")
+        return {}
+    if path.stat().st_size > limit:
+        report.problem(path.name, f"{path.stat().st_size} bytes, over the limit of {limit}")
         return {}
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        report.problem(SUBMISSION_FILE, f"not valid JSON ({exc})")
+        meta = json.loads(path.read_bytes().decode("utf-8-sig"))
+    except UnicodeDecodeError:
+        report.problem(path.name, "not UTF-8")
+        return {}
+    except RecursionError:
+        report.problem(path.name, "nested too deeply")
+        return {}
+    except ValueError as exc:   # JSON syntax, or an integer too long to convert
+        report.problem(path.name, f"not valid JSON ({one_line(exc)})")
         return {}
     if not isinstance(meta, dict):
-        report.problem(SUBMISSION_FILE, "top level must be an object")
+        report.problem(path.name, "top level must be an object")
+        return {}
+    return meta
+
+
+def check_meta(folder: Path, report: Report) -> dict[str, Any]:
+    meta = read_meta(folder / SUBMISSION_FILE, report)
+    if not meta:
         return {}
     _check_schema(meta, SCHEMA, SUBMISSION_FILE, report)
+    if isinstance(meta.get("model"), dict):
+        check_model(meta["model"], report)
     if meta.get("test_set_not_used_for_training_or_tuning") is not True:
         report.problem(f"{SUBMISSION_FILE}: test_set_not_used_for_training_or_tuning",
                        "must be true: entries must not have trained or tuned on the HierarCaps test set")
     if "protocol" in meta and meta["protocol"] != PROTOCOL:
-        report.problem(f"{SUBMISSION_FILE}: protocol", f"{meta['protocol']!r}; this board scores {PROTOCOL!r}")
+        report.problem(f"{SUBMISSION_FILE}: protocol", f"{short(meta['protocol'])}; this board scores {PROTOCOL!r}")
     expected = content_checksum(load_official("test"))
     if "dataset_checksum" in meta and meta["dataset_checksum"] != expected:
-        report.problem(f"{SUBMISSION_FILE}: dataset_checksum", f"{meta['dataset_checksum']!r} is not the test set's "
-                       f"{expected!r}")
+        report.problem(f"{SUBMISSION_FILE}: dataset_checksum", f"{short(meta['dataset_checksum'])} is not the test "
+                       f"set's {expected!r}")
     modalities = meta.get("modalities", ["text", "image"])
     if modalities not in (["text"], ["text", "image"]):
         report.problem(f"{SUBMISSION_FILE}: modalities", 'must be ["text"] or ["text", "image"]')
     return meta
+
+
+def check_model(model: dict[str, Any], report: Report) -> None:
+    """Names that make safe folders, an http(s) link, a bounded parameter count, no template placeholders."""
+    where = f"{SUBMISSION_FILE}: model"
+    for key in ("name", "revision"):
+        if isinstance(model.get(key), str) and (problem := name_problem(model[key])):
+            report.problem(f"{where}: {key}", problem)
+    for key in ("licence", "link", "training_data"):
+        if isinstance(model.get(key), str) and len(model[key]) > MAX_TEXT_CHARS:
+            report.problem(f"{where}: {key}", f"over the limit of {MAX_TEXT_CHARS} characters")
+    if isinstance(model.get("link"), str) and (problem := link_problem(model["link"])):
+        report.problem(f"{where}: link", problem)
+    parameters = model.get("parameters")
+    if isinstance(parameters, int) and not isinstance(parameters, bool) and not 0 <= parameters < MAX_PARAMETERS:
+        report.problem(f"{where}: parameters", f"must be 0 (unknown) up to {MAX_PARAMETERS:.0e}")
+    for key, value in model.items():
+        if isinstance(value, str) and value in PLACEHOLDERS.get(key, ()):
+            report.problem(f"{where}: {key}", f"still the template's placeholder {value!r}; fill it in")
+
+
+def short(value: Any) -> str:
+    """A submitted value for an error line: repr, cut to 80 characters."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line, at most 200 characters."""
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def _check_schema(value: Any, schema: Any, where: str, report: Report) -> None:
@@ -121,62 +177,42 @@ def _read_ids(folder: Path, name: str, report: Report) -> list[str] | None:
     if not path.is_file():
         report.problem(name, "missing (it gives the row order of the arrays)")
         return None
+    if path.stat().st_size > MAX_ID_FILE_BYTES:
+        report.problem(name, f"{path.stat().st_size} bytes, over the limit of {MAX_ID_FILE_BYTES}")
+        return None
     try:
-        return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except UnicodeDecodeError:
         report.problem(name, "not UTF-8")
         return None
 
 
 def load_arrays(folder: Path, report: Report) -> tuple[dict[str, np.ndarray], dict[str, list[str]], str] | None:
-    """Arrays and the ids of their rows, from whichever embedding file is present."""
+    """Arrays and the ids of their rows, from whichever embedding file is present (sizes checked first)."""
     present = [name for name in EMBEDDING_FILES if (folder / name).is_file()]
     if len(present) != 1:
         report.problem("embeddings", f"expected exactly one of {', '.join(EMBEDDING_FILES)}, found {present or 'none'}")
         return None
     path = folder / present[0]
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    records = load_official("test")
+    expected = {"text": len(text_ids(records)), "image": len(image_ids(records))}
     try:
         if path.suffix == ".parquet":
-            return (*_parquet_arrays(path, report), digest)
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {key: data[key] for key in data.files}
+            arrays, ids = read_parquet(path, expected)
         else:
-            from safetensors.numpy import load_file
-
-            arrays = load_file(path)
+            arrays = (read_npz if path.suffix == ".npz" else read_safetensors)(path, expected)
+            ids = {kind: _read_ids(folder, name, report) for kind, name in zip(("text", "image"), ID_FILES)
+                   if kind in arrays}
+    except UnreadableEmbeddings as exc:
+        report.problem(path.name, str(exc))
+        return None
     except ValueError as exc:
         report.problem(path.name, f"unreadable without unpickling ({exc})")
         return None
     except Exception as exc:  # a corrupt file of any kind is one reported problem
-        report.problem(path.name, f"unreadable ({type(exc).__name__}: {exc})")
+        report.problem(path.name, f"unreadable ({type(exc).__name__}: {one_line(exc)})")
         return None
-    ids = {kind: _read_ids(folder, name, report) for kind, name in zip(("text", "image"), ID_FILES)
-           if kind in arrays}
-    return arrays, {k: v for k, v in ids.items() if v is not None}, digest
-
-
-def _parquet_arrays(path: Path, report: Report) -> tuple[dict[str, np.ndarray], dict[str, list[str]]]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path).to_pydict()
-    for column in ("kind", "id", "embedding"):
-        if column not in table:
-            report.problem(f"{path.name}: {column}", "missing column")
-            return {}, {}
-    arrays: dict[str, np.ndarray] = {}
-    ids: dict[str, list[str]] = {}
-    for kind in ("root", "text", "image"):
-        rows = [i for i, k in enumerate(table["kind"]) if k == kind]
-        if rows:
-            arrays[kind] = np.array([table["embedding"][i] for i in rows], dtype=np.float32)
-            ids[kind] = [str(table["id"][i]) for i in rows]
-        if kind == "text" and "radius" in table and rows:
-            arrays["text_radii"] = np.array([table["radius"][i] for i in rows], dtype=np.float64)
-    if "root" in arrays:
-        arrays["root"] = arrays["root"][0]
-    return arrays, ids
+    return arrays, {k: v for k, v in ids.items() if v is not None}, sha256_file(path)
 
 
 def _aligned(name: str, array: np.ndarray, given: list[str] | None, official: list[str],

@@ -1,7 +1,8 @@
 """Reference points shown next to every model: random embeddings and caption length as the radius.
 
 Caption length alone orders tiers well (generic captions are short): a model's d_corr means something
-only above these numbers.
+only above these numbers. Lengths tie often ("animal" / "goat"); a tied pair counts as half concordant,
+half discordant (Kendall's tau-a, the mean over random tie-breaks), never in tier order.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, summarise_all
-from .hierarchy import kendall_tau_rows
+from .hierarchy import kendall_tau_a_rows
 from .scoring import EmbeddedBenchmark, score
 
 
@@ -26,8 +27,8 @@ def length_radii(texts: np.ndarray, unit: str) -> np.ndarray:
 
 def length_baselines(texts: np.ndarray, *, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
                      ) -> dict[str, dict[str, dict[str, Any]]]:
-    """d_corr of caption length (characters, words) as the radius."""
-    return {f"length_{unit}": summarise_all({"d_corr": kendall_tau_rows(length_radii(texts, unit))},
+    """d_corr of caption length (characters, words) as the radius, ties counted as half."""
+    return {f"length_{unit}": summarise_all({"d_corr": kendall_tau_a_rows(length_radii(texts, unit))},
                                             resamples=resamples, seed=seed)
             for unit in ("chars", "words")}
 

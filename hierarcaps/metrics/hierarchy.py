@@ -39,6 +39,18 @@ def kendall_tau_rows(row_radii: np.ndarray) -> np.ndarray:
     return signs.sum(axis=1) / len(i)
 
 
+def kendall_tau_a_rows(row_values: np.ndarray) -> np.ndarray:
+    """Per row: Kendall's tau-a between the values and the tier index, a tied pair counting 0.
+
+    A tie counts as half concordant, half discordant: the mean of ``kendall_tau_rows`` over every way of
+    breaking the ties. Fair for integer radii such as caption lengths, where a stable sort would break ties
+    in tier order and leak the answer.
+    """
+    k = row_values.shape[1]
+    i, j = np.triu_indices(k, 1)
+    return np.sign(row_values[:, j] - row_values[:, i]).sum(axis=1) / len(i)
+
+
 def string_ids(texts: np.ndarray) -> np.ndarray:
     """Integer id per distinct string, same shape as ``texts``: predictions are compared by string."""
     _, inverse = np.unique(np.asarray(texts, dtype=object).astype(str), return_inverse=True)

@@ -102,8 +102,9 @@ def folder_adapter(folder: Path) -> tuple[str, Callable[[str, str | None], Encod
 
 
 def folder_name(folder: Path) -> str:
+    """A local model's name: its checkpoint's, else the folder's own name (never a path: results and boards show it)."""
     checkpoint = folder / CHECKPOINT_FILE
-    return json.loads(checkpoint.read_text()).get("name", folder.name) if checkpoint.exists() else str(folder)
+    return json.loads(checkpoint.read_text()).get("name", folder.name) if checkpoint.exists() else folder.resolve().name
 
 
 def load_folder(folder: Path, device: str | None, *, lazy: bool = False, name: str | None = None) -> Encoder:
