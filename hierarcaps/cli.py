@@ -67,7 +67,7 @@ def _validate(args: argparse.Namespace) -> int:
 
     records, problems = parse_file(args.file, n_tiers=args.tiers or None)
     messages = [str(p) for p in problems]
-    if args.images and not problems:
+    if args.images:
         messages.extend(_image_problems(records, args))
     for message in messages:
         print(message)
@@ -76,19 +76,9 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _image_problems(records, args: argparse.Namespace) -> list[str]:
-    from .data.images import ImageStore, open_image
+    from .data.images import ImageStore
 
-    try:
-        paths = ImageStore(args.image_dir, download=args.download).resolve(records)
-    except HierarcapsError as exc:
-        return [str(exc)]
-    problems = []
-    for path in paths.values():
-        try:
-            open_image(path)
-        except HierarcapsError as exc:
-            problems.append(str(exc))
-    return problems
+    return ImageStore(args.image_dir, download=args.download).audit(records, file=args.file)
 
 
 def _download_args(p: argparse.ArgumentParser) -> None:

@@ -28,16 +28,44 @@ FORMATS: dict[str, tuple[str, ...]] = {
 REQUIRED: dict[str, tuple[str, ...]] = {"test": ("id", "captions"), "pairs": ("positive", "negative")}
 
 
+MAX_TEXT_BYTES = 2**30
+"""A hierarchy file's text, decompressed (the official training file is about 1% of it)."""
+MAX_FIELD_CHARS = 2**20
+"""One CSV cell; a longer one is reported with its row."""
+
+
 def _read_text(path: Path) -> str:
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        raw = gzip.decompress(raw)
+    """The file's text (UTF-8, with or without a byte-order mark), decompressed within ``MAX_TEXT_BYTES``."""
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as handle:
+        try:
+            raw = handle.read(MAX_TEXT_BYTES + 1)
+        except (OSError, EOFError) as exc:
+            raise DataError(f"unreadable ({exc})", file=str(path)) from None
+    if len(raw) > MAX_TEXT_BYTES:
+        raise DataError(f"more than {MAX_TEXT_BYTES} bytes of text", file=str(path))
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise DataError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at line {line})",
                         file=str(path), row=line - 1) from None
+
+
+def _csv_rows(text: str, file: str) -> list[list[str]]:
+    """Rows of CSV text (CRLF or LF); a cell over ``MAX_FIELD_CHARS`` or broken quoting names its line."""
+    limit = csv.field_size_limit()
+    csv.field_size_limit(MAX_FIELD_CHARS)
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows: list[list[str]] = []
+    try:
+        rows.extend(reader)
+    except csv.Error as exc:
+        over = "larger than field limit" in str(exc)
+        raise DataError(f"a cell over {MAX_FIELD_CHARS} characters" if over else f"malformed CSV ({exc})",
+                        file=file, row=max(len(rows), 0)) from None
+    finally:
+        csv.field_size_limit(limit)
+    return rows
 
 
 def detect_format(header: Sequence[str], file: str) -> str:
@@ -54,7 +82,7 @@ def parse_csv(path: str | os.PathLike[str], *, split: str = "", source: str | No
     """Records of an official CSV file and every problem found in it (rows are 1-based data rows)."""
     path = Path(path)
     file = str(path)
-    rows = list(csv.reader(io.StringIO(_read_text(path), newline="")))
+    rows = _csv_rows(_read_text(path), file)
     if not rows:
         raise DataError("empty file (no header)", file=file)
     header, body = rows[0], rows[1:]

@@ -178,7 +178,8 @@ def export(out_dir: str | os.PathLike[str], *, configs: Sequence[str] = ("test",
     store = ImageStore(image_dir, download=download)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        _remove_leftovers(out_dir)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
     except OSError as exc:
         raise HierarcapsError(f"cannot write to {out_dir.parent}: {exc.strerror or exc}") from exc
     try:
@@ -214,6 +215,12 @@ def _write_parquet(dataset: Any, path: Path) -> None:
     finally:
         if was_enabled:
             ds_logging.enable_progress_bar()
+
+
+def _remove_leftovers(out_dir: Path) -> None:
+    """Staging and swapped-out folders of an earlier export to ``out_dir`` that was killed before cleaning up."""
+    for leftover in [*out_dir.parent.glob(f".{out_dir.name}.staging-*"), out_dir.with_name(f".{out_dir.name}.old")]:
+        shutil.rmtree(leftover, ignore_errors=True)
 
 
 def _replace_dir(new: Path, target: Path) -> None:

@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .._io import sha256_file
-from ..errors import DataError, ImagesUnavailableError
+from ..errors import DataError, HierarcapsError, ImagesUnavailableError
 from .fetch import ChecksumMismatch, cache_dir, download
 from .official import test_image_sha256
 from .records import Hierarchy
@@ -90,6 +90,30 @@ class ImageStore:
                 f"pass --image-dir or set ${IMAGE_DIR_ENV}, or run `hierarcaps download` with network access"
                 + reason)
         return found
+
+    def audit(self, records: Iterable[Hierarchy], *, file: str | None = None, progress: bool = True) -> list[str]:
+        """Every image problem of ``records``, one line each (missing, failed download, wrong bytes, undecodable),
+        located by the first row that names the image; nothing is raised."""
+        from tqdm.auto import tqdm
+
+        rows: dict[str, tuple[int, str | None]] = {}
+        for row, record in enumerate(records, start=1):
+            if record.image_file:
+                rows.setdefault(record.image_file, (row, record.image_url))
+        problems = []
+        for name, (row, url) in tqdm(rows.items(), desc="Checking images", disable=not progress, unit="img"):
+            try:
+                path = self._local(name)
+                if path is None:
+                    source = self._url(name, url) if self.allow_download else None
+                    if source is None:
+                        raise ImagesUnavailableError("missing (pass --image-dir, or --download with network access)")
+                    path = self._fetch(name, source)
+                self._verify(path)
+                open_image(path)
+            except (HierarcapsError, OSError) as exc:
+                problems.append(str(DataError(f"{name}: {exc}", file=file, row=row, field="image_url")))
+        return problems
 
     def _download_all(self, missing: dict[str, str | None], *, progress: bool
                       ) -> tuple[dict[str, Path], dict[str, Exception]]:

@@ -58,6 +58,9 @@ class Hierarchy:
         found: list[tuple[str, str]] = []
         if not str(self.id).strip():
             found.append(("id", "empty id"))
+        if self.image_file is not None and (self.image_file in ("", ".", "..") or "/" in self.image_file
+                                            or "\\" in self.image_file or "\0" in self.image_file):
+            found.append(("image_url", f"gives no plain image file name ({self.image_file[:80]!r})"))
         chains = [("positive", self.positive)]
         if self.negative is not None:
             chains.append(("negative", self.negative))

@@ -229,7 +229,7 @@ def _entry_result(board: Path, folder: Path, problems: list[str]) -> dict[str, A
         problems.append(f"{folder / RESULT_FILE}: protocol {result['protocol'].get('name')!r}, expected {PROTOCOL!r}")
     try:
         expected = entry_folder(board, result)
-    except ValueError as exc:
+    except HierarcapsError as exc:
         problems.append(f"{folder}: {exc}")
         return None
     if folder != expected:

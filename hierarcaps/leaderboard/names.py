@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from ..errors import HierarcapsError
+
 MAX_NAME_CHARS = 100
 """A model name or revision, and the folder made of it."""
 MAX_TEXT_CHARS = 2000
@@ -45,11 +47,11 @@ def entry_folder(board: Path, name: str, revision: str) -> Path:
     """``<board>/entries/<slug(name)>/<slug(revision)>``, refused if it would lie anywhere else."""
     parts = (slug(name), slug(revision))
     if not all(parts) or any(p in (".", "..") for p in parts):
-        raise ValueError(f"model name {name!r} / revision {revision!r} give no safe folder name")
+        raise HierarcapsError(f"model name {name[:80]!r} / revision {revision[:80]!r} give no safe folder name")
     entries = (board / "entries").resolve()
     folder = (entries / parts[0] / parts[1]).resolve()
     if folder.parent.parent != entries:
-        raise ValueError(f"entry folder {folder} is not inside {entries}")
+        raise HierarcapsError(f"entry folder {folder} is not inside {entries}")
     return board / "entries" / parts[0] / parts[1]
 
 
