@@ -12,6 +12,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from . import __version__
+from .cli_options import image_options, image_store
 from .errors import HierarcapsError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -26,11 +27,6 @@ def command(name: str, help_text: str, configure: Callable[[argparse.ArgumentPar
     return wrap
 
 
-def _image_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image-dir", help="folder holding the images (default: $HIERARCAPS_IMAGE_DIR)")
-    parser.add_argument("--download", action="store_true", help="download missing images into the cache")
-
-
 # -- data ---------------------------------------------------------------------------------------------
 
 def _export_args(p: argparse.ArgumentParser) -> None:
@@ -38,10 +34,11 @@ def _export_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", dest="configs", action="append", choices=["test", "test_expanded", "train"],
                    help="config to export (repeatable; default: test and test_expanded, plus train with --train)")
     p.add_argument("--train", help="path or URL of the official training file (positive,negative[,image_url])")
-    p.add_argument("--images", choices=["auto", "require", "skip"], default="auto",
-                   help="embed test images: if available (auto), or fail without them (require), or not (skip)")
+    p.add_argument("--images", choices=["auto", "require", "skip"], default="require",
+                   help="embed the test images: all of them or fail (require), if available (auto), or none (skip; "
+                        "the dataset card says so)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing non-empty folder")
-    _image_options(p)
+    image_options(p)
 
 
 @command("export", "write HierarCaps as parquet + dataset card for datasets.load_dataset", _export_args)
@@ -49,8 +46,11 @@ def _export(args: argparse.Namespace) -> int:
     from .data.hf import export
 
     out = export(args.out_dir, configs=args.configs or ("test", "test_expanded"), train=args.train,
-                 image_dir=args.image_dir, images=args.images, download=args.download, overwrite=args.overwrite)
-    print(f"wrote {out} (load with datasets.load_dataset({str(out)!r}, 'test'))")
+                 image_dir=args.image_dir, images=args.images, download=args.download, overwrite=args.overwrite,
+                 image_source=args.image_source)
+    card = (out / "README.md").read_text()
+    images = "no images" if "No images are embedded" in card else "the test images embedded"
+    print(f"wrote {out} with {images} (load with datasets.load_dataset({str(out)!r}, 'test'))")
     return 0
 
 
@@ -58,7 +58,7 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="hierarchy file: CSV (official formats), CSV.gz or parquet, or a URL")
     p.add_argument("--tiers", type=int, default=4, help="expected tiers per chain (default 4; 0: any)")
     p.add_argument("--images", action="store_true", help="also check that every image resolves and decodes")
-    _image_options(p)
+    image_options(p)
 
 
 @command("validate", "check a hierarchy file and list every problem", _validate_args)
@@ -76,9 +76,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _image_problems(records, args: argparse.Namespace) -> list[str]:
-    from .data.images import ImageStore
-
-    return ImageStore(args.image_dir, download=args.download).audit(records, file=args.file)
+    return image_store(args).audit(records, file=args.file)
 
 
 def _download_args(p: argparse.ArgumentParser) -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import http.server
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -87,6 +90,76 @@ def test_download_with_wrong_bytes_is_rejected_and_not_kept(mirror: tuple[str, P
     assert not (isolated_cache / "images" / record.image_file).exists()
 
 
+def upstream_layout(served: Path, images: Path, records: list, *, full_size: bool = False) -> str:
+    """Lay the served folder out like the upstream repository's raw files; returns the path prefix."""
+    from PIL import Image
+
+    from hierarcaps.data.images import THUMBNAIL_FOLDER
+    from hierarcaps.data.official import manifest
+
+    prefix = f"/TAU-VAILab/hierarcaps/{manifest()['upstream']['commit']}/"
+    folder = served / prefix.strip("/") / THUMBNAIL_FOLDER
+    folder.mkdir(parents=True)
+    for record in records:
+        if full_size:     # the COCO original: other pixels, other bytes
+            Image.open(images / record.image_file).resize((640, 480)).save(folder / record.image_file)
+        else:
+            shutil.copy(images / record.image_file, folder / record.image_file)
+    return prefix
+
+
+def test_default_download_source_is_the_protocol_thumbnails(mirror: tuple[str, Path], test_image_dir: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            isolated_cache: Path) -> None:
+    from hierarcaps.data import images as images_module
+
+    url, served = mirror
+    records = load_official("test")[:4]
+    prefix = upstream_layout(served, test_image_dir, records)
+    monkeypatch.setattr(images_module, "thumbnail_base",
+                        lambda: url + prefix + images_module.THUMBNAIL_FOLDER)
+    paths = ImageStore(download=True).resolve(records, progress=False)
+    assert all((test_image_dir / name).read_bytes() == path.read_bytes() for name, path in paths.items())
+
+
+def test_the_full_size_originals_never_pass_for_the_protocol_images(mirror: tuple[str, Path],
+                                                                    test_image_dir: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch,
+                                                                    isolated_cache: Path) -> None:
+    from hierarcaps.data import images as images_module
+    from hierarcaps.data.records import Hierarchy
+
+    url, served = mirror
+    records = load_official("test")[:2]
+    prefix = upstream_layout(served, test_image_dir, records, full_size=True)
+    monkeypatch.setattr(images_module, "thumbnail_base", lambda: url + prefix + images_module.THUMBNAIL_FOLDER)
+    with pytest.raises(ChecksumMismatch):
+        ImageStore(download=True).resolve(records, progress=False)
+    # the COCO source takes them, into its own cache, and names its own recipe
+    coco = [Hierarchy(**{**r.to_dict(), "image_url": url + prefix + images_module.THUMBNAIL_FOLDER + r.image_file})
+            for r in records]
+    paths = ImageStore(download=True, source="coco").resolve(coco, progress=False)
+    assert all(p.parent == isolated_cache / "images-coco" for p in paths.values())
+    assert not (isolated_cache / "images").exists() or not any((isolated_cache / "images").iterdir())
+    assert images_module.image_recipe("coco") != images_module.image_recipe("thumbnails")
+
+
+def test_unreachable_sources_fail_at_once_with_the_fix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import time
+
+    from hierarcaps.data import images as images_module
+
+    with socket.socket() as probe:                       # a port nobody listens on: connection refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(images_module, "thumbnail_base", lambda: f"http://127.0.0.1:{port}/")
+    started = time.perf_counter()
+    with pytest.raises(ImagesUnavailableError, match=r"connection refused.*--image-dir"):
+        ImageStore(tmp_path, download=True).resolve(load_official("test"), progress=False)
+    assert time.perf_counter() - started < 10                 # not 1,000 images x 3 retries with back-off
+
+
 def test_local_file_with_checksum_mismatch_is_named(tmp_path: Path, test_image_dir: Path) -> None:
     record = load_official("test")[0]
     shutil.copy(test_image_dir / load_official("test")[1].image_file, tmp_path / record.image_file)
@@ -121,6 +194,29 @@ def test_export_loads_with_datasets_including_images(tmp_path: Path, test_image_
     assert expanded[10]["negative"] == list(load_official("test_expanded")[10].negative)
     card = (out / "README.md").read_text()
     assert "config_name: test_expanded" in card and "ba22b8914db10973e38d2c03f08bb4dce7ba118e" in card
+    assert "thumbnails" in card and "No images are embedded" not in card and "@inproceedings" in card
+    check_card_metadata(out / "README.md", {"test": 1000, "test_expanded": 23479})
+    # a user with plain `datasets` (this package never imported), streaming too
+    script = (f"import sys, datasets\n"
+              f"rows = datasets.load_dataset({str(out)!r}, 'test', split='test', streaming=True)\n"
+              f"first = next(iter(rows))\n"
+              f"assert first['image'].size == (256, 256) and len(first['positive']) == 4, first\n"
+              f"assert not any(m.startswith('hierarcaps') for m in sys.modules)\n"
+              f"print(datasets.load_dataset({str(out)!r}, 'test_expanded', split='test').num_rows)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                          env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
+    assert done.returncode == 0 and done.stdout.strip() == "23479", done.stderr[-2000:]
+
+
+def check_card_metadata(card_path: Path, rows: dict[str, int]) -> None:
+    """The card parses with huggingface_hub and carries what the Hub's dataset cards ask for."""
+    from huggingface_hub import DatasetCard
+
+    data = DatasetCard.load(card_path).data.to_dict()
+    for key in ("license", "license_name", "license_link", "size_categories", "source_datasets",
+                "annotations_creators", "task_categories", "tags", "configs", "dataset_info", "pretty_name"):
+        assert data.get(key), key
+    assert {i["config_name"]: i["splits"][0]["num_examples"] for i in data["dataset_info"]} == rows
 
 
 def test_export_with_a_train_file_adds_the_config_and_refuses_leaks(tmp_path: Path) -> None:
@@ -132,6 +228,8 @@ def test_export_with_a_train_file_adds_the_config_and_refuses_leaks(tmp_path: Pa
     train = write_csv(offline_train_split()[:50], tmp_path / "train.csv")
     out = export(tmp_path / "hc", configs=("test",), train=train, images="skip")
     assert datasets.load_dataset(str(out), "train")["train"].num_rows == 50
+    assert "No images are embedded" in (out / "README.md").read_text()        # the card says what is missing
+    check_card_metadata(out / "README.md", {"test": 1000, "train": 50})
     test_images = {r.image_file for r in load_official("test")}
     leaky_rows = [r for r in load_official("test_expanded") if r.image_file in test_images][:5]
     leaky = write_csv(leaky_rows, tmp_path / "leaky.csv")
@@ -157,6 +255,16 @@ def test_export_into_non_empty_folder_needs_overwrite(tmp_path: Path) -> None:
         export(tmp_path / "hc", configs=("test",), images="skip")
     export(tmp_path / "hc", configs=("test",), images="skip", overwrite=True)
     assert not (tmp_path / "hc" / "keep").exists() and (tmp_path / "hc" / "README.md").exists()
+
+
+def test_export_and_load_refuse_to_go_on_silently_without_images(tmp_path: Path) -> None:
+    import hierarcaps
+    from hierarcaps.data.hf import export
+
+    with pytest.raises(ImagesUnavailableError, match="missing"):
+        export(tmp_path / "hc", configs=("test",))                           # the default requires them
+    with pytest.raises(HierarcapsError, match="does not exist"):
+        hierarcaps.load("test", image_dir=tmp_path / "no-such-folder")
 
 
 def test_load_returns_datasets_objects(test_image_dir: Path) -> None:

@@ -7,7 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from ..cli import _image_options, command
+from ..cli import command
+from ..cli_options import image_options
 from ..errors import HierarcapsError
 
 
@@ -29,7 +30,7 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute embeddings instead of reading the cache")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--export-submission", metavar="DIR", help="also write a leaderboard submission of this model")
-    _image_options(p)
+    image_options(p)
 
 
 @command("evaluate", "score a model on HierarCaps (hierarchy + retrieval metrics, CIs, baselines)", _evaluate_args)
@@ -40,6 +41,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.steps != 50:
         print(f"note: --steps {args.steps} is not the hierarcaps-v1 protocol; the result records it", file=sys.stderr)
     options = EvalOptions(split=args.split, data=args.data, image_dir=args.image_dir, download=args.download,
+                          image_source=args.image_source,
                           text_only=args.text_only, text_batch_size=args.text_batch_size,
                           image_batch_size=args.batch_size, steps=args.steps,
                           resamples=args.resamples, seed=args.seed, cache=not args.no_cache, device=args.device,
@@ -64,7 +66,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _plots(model: str, options, folder: Path) -> list[Path]:
     """Re-read the cached embeddings and draw the run's pictures."""
-    from ..data.images import ImageStore
     from ..metrics.scoring import per_unit_metrics
     from ..models.registry import load_encoder
     from .harness import benchmark_records, embed_benchmark
@@ -77,7 +78,7 @@ def _plots(model: str, options, folder: Path) -> list[Path]:
     out = [radius_by_tier(embedded.bench, folder / "radius_by_tier.png", encoder.name)]
     if embedded.image_files:
         _, chains = per_unit_metrics(embedded.bench, steps=options.steps)
-        paths = ImageStore(options.image_dir, download=options.download).resolve(records, progress=False)
+        paths = options.image_store().resolve(records, progress=False)
         out.append(predicted_chains(embedded.bench, chains["image"], [paths[f] for f in embedded.image_files],
                                     folder / "predicted_chains.png"))
     return out

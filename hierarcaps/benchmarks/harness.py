@@ -25,7 +25,7 @@ import numpy as np
 from .. import __version__
 from .._io import atomic_open
 from ..data.csvio import read_hierarchies
-from ..data.images import ImageStore
+from ..data.images import DEFAULT_IMAGE_SOURCE, ImageStore, image_recipe
 from ..data.official import load_official
 from ..data.records import Hierarchy, content_checksum
 from ..metrics.baselines import all_baselines
@@ -51,6 +51,7 @@ class EvalOptions:
     data: str | None = None
     image_dir: str | None = None
     download: bool = False
+    image_source: str = DEFAULT_IMAGE_SOURCE
     text_only: bool = False
     text_batch_size: int = 256
     image_batch_size: int = 64
@@ -62,6 +63,9 @@ class EvalOptions:
     cache_dir: str | None = None
     device: str | None = None
     progress: bool = True
+
+    def image_store(self) -> ImageStore:
+        return ImageStore(self.image_dir, download=self.download, source=self.image_source)
 
 
 @dataclasses.dataclass
@@ -98,7 +102,7 @@ def embed_benchmark(encoder: Encoder, records: Sequence[Hierarchy], options: Eva
     image_files: list[str] = []
     if encoder.has_images and not options.text_only:
         start, loading = time.perf_counter(), encoder.load_seconds
-        store = ImageStore(options.image_dir, download=options.download)
+        store = options.image_store()
         paths = store.resolve(records, progress=options.progress)
         image_files = list(dict.fromkeys(r.image_file for r in records))
         index = {name: i for i, name in enumerate(image_files)}
@@ -196,7 +200,8 @@ def evaluate(model: str | Encoder, options: EvalOptions | None = None) -> dict[s
         "protocol": {"name": PROTOCOL, "steps": options.steps, "root_text": encoder.root_text,
                      "bootstrap": {"resamples": options.resamples, "seed": options.seed, "level": LEVEL}},
         "dataset": {"split": options.data or options.split, "rows": len(records),
-                    "images": len(embedded.image_files), "checksum": content_checksum(records)},
+                    "images": len(embedded.image_files), "checksum": content_checksum(records),
+                    **({"image_recipe": image_recipe(options.image_source)} if embedded.image_files else {})},
         "package": {"name": "hierarcaps", "version": __version__},
         "environment": environment(options),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -211,12 +216,15 @@ def slug(text: str) -> str:
 
 
 def result_path(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
-    """``<out>/<model slug>-<weights hash>/<split>.<protocol>.json``: one file per model, weights and split."""
+    """``<out>/<model slug>-<weights hash>/<split>.<protocol>[.<image recipe>].json``: one file per model, weights,
+    split and (when not the protocol's thumbnails) image recipe, so results on other pixels never overwrite."""
     model = result["model"]
     fingerprint = model["fingerprint"].split(":")[-1][:10]
     split = slug(Path(result["dataset"]["split"]).name)
     folder = f"{slug(Path(model['name']).name)}-{fingerprint}"
-    return Path(out_dir) / folder / f"{split}.{result['protocol']['name']}.json"
+    recipe = result["dataset"].get("image_recipe", image_recipe(DEFAULT_IMAGE_SOURCE))
+    suffix = "" if recipe == image_recipe(DEFAULT_IMAGE_SOURCE) else f".{slug(recipe)}"
+    return Path(out_dir) / folder / f"{split}.{result['protocol']['name']}{suffix}.json"
 
 
 def save_result(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:

@@ -1,8 +1,12 @@
-"""Finding the images of hierarchies: a local folder, the download cache, or the canonical URLs.
+"""Finding the images of hierarchies: a local folder, the download cache, or the canonical source.
 
-Resolution order for each file name: ``image_dir`` (option or $HIERARCAPS_IMAGE_DIR), then the cache
-(``<cache>/images``), then a download from the record's URL (or ``$HIERARCAPS_IMAGE_MIRROR`` + file name)
-into the cache. Files with a shipped SHA-256 (the test images) are verified wherever they come from.
+Two image sources exist, and they never mix (separate caches; results name theirs):
+- ``thumbnails`` (default): the protocol's pixels, the 256x256 letterboxed test images that the reference
+  evaluation scores, downloaded from the upstream repository at the pinned commit and verified against the
+  shipped SHA-256s.
+- ``coco``: the full-size COCO originals from each row's ``image_url``; other pixels, so other numbers.
+Resolution order for each file name: ``image_dir`` (option or $HIERARCAPS_IMAGE_DIR), then the source's cache,
+then a download from ``$HIERARCAPS_IMAGE_MIRROR/<file>`` when set, else from the source, into the cache.
 """
 
 from __future__ import annotations
@@ -14,26 +18,46 @@ from pathlib import Path
 
 from .._io import sha256_file
 from ..errors import DataError, HierarcapsError, ImagesUnavailableError
-from .fetch import ChecksumMismatch, cache_dir, download
-from .official import test_image_sha256
+from .fetch import ChecksumMismatch, SourceUnreachable, cache_dir, download
+from .official import manifest, test_image_sha256
 from .records import Hierarchy
 
 IMAGE_DIR_ENV = "HIERARCAPS_IMAGE_DIR"
 MIRROR_ENV = "HIERARCAPS_IMAGE_MIRROR"
+IMAGE_SOURCES = {
+    "thumbnails": "the protocol's 256x256 test images (upstream assets/test_imgs at the pinned commit, "
+                  "SHA-256 checked)",
+    "coco": "the full-size COCO originals of each row's image_url (not the protocol's pixels; results say so)",
+}
+DEFAULT_IMAGE_SOURCE = "thumbnails"
+THUMBNAIL_FOLDER = "assets/test_imgs/"
+
+
+def thumbnail_base() -> str:
+    """Where the protocol's test images live: the upstream repository's raw files at the pinned commit."""
+    return manifest()["upstream"]["raw_url"] + THUMBNAIL_FOLDER
+
+
+def image_recipe(source: str) -> str:
+    """The name results and caches give the pixels of ``source``."""
+    return "hierarcaps-thumbnails-256" if source == "thumbnails" else "coco-original"
 
 
 class ImageStore:
     """Maps image file names to verified local paths, downloading what is missing when allowed."""
 
     def __init__(self, image_dir: str | os.PathLike[str] | None = None, *, download: bool = True,
-                 mirror: str | None = None, workers: int = 8) -> None:
+                 mirror: str | None = None, workers: int = 16, source: str = DEFAULT_IMAGE_SOURCE) -> None:
+        if source not in IMAGE_SOURCES:
+            raise HierarcapsError(f"unknown image source {source!r}; choose from {', '.join(IMAGE_SOURCES)}")
         env_dir = os.environ.get(IMAGE_DIR_ENV)
         self.image_dir = Path(image_dir) if image_dir else (Path(env_dir) if env_dir else None)
-        self.cache = cache_dir() / "images"
+        self.source = source
+        self.cache = cache_dir() / ("images" if source == "thumbnails" else f"images-{source}")
         self.allow_download = download
         self.mirror = mirror or os.environ.get(MIRROR_ENV)
         self.workers = workers
-        self.checksums = test_image_sha256()
+        self.checksums = test_image_sha256() if source == "thumbnails" else {}
 
     def _local(self, name: str) -> Path | None:
         for folder in (self.image_dir, self.cache):
@@ -52,8 +76,11 @@ class ImageStore:
         return self.checksums.get(path.name) or sha256_file(path)
 
     def _url(self, name: str, url: str | None) -> str | None:
+        """Where to download ``name`` from: the mirror, else the source (only test images have thumbnails)."""
         if self.mirror:
             return self.mirror.rstrip("/") + "/" + name
+        if self.source == "thumbnails":
+            return thumbnail_base() + name if name in self.checksums else None
         return url
 
     def _fetch(self, name: str, url: str) -> Path:
@@ -85,6 +112,8 @@ class ImageStore:
         if missing:
             example = next(iter(missing))
             reason = f"; first download error: {next(iter(failures.values()))}" if failures else ""
+            if self.source == "thumbnails" and not self.mirror and any(n not in self.checksums for n in missing):
+                reason += "; only the 1,000 test images have protocol thumbnails (use --image-source coco)"
             raise ImagesUnavailableError(
                 f"{len(missing)} of {len(wanted)} images are missing (e.g. {example}); put them in a folder and "
                 f"pass --image-dir or set ${IMAGE_DIR_ENV}, or run `hierarcaps download` with network access"
@@ -117,16 +146,26 @@ class ImageStore:
 
     def _download_all(self, missing: dict[str, str | None], *, progress: bool
                       ) -> tuple[dict[str, Path], dict[str, Exception]]:
-        """Download in parallel; a checksum mismatch is fatal, other failures are returned."""
+        """Download in parallel with a progress bar (files already cached are never fetched again, so an
+        interrupted run resumes). A checksum mismatch is fatal; so is a failure that retrying cannot fix, which
+        stops the remaining downloads at once; other failures are returned."""
+        import threading
+
         from tqdm.auto import tqdm
 
         jobs = {name: self._url(name, url) for name, url in missing.items()}
         jobs = {name: url for name, url in jobs.items() if url}
+        stop = threading.Event()
 
-        def fetch(item: tuple[str, str]) -> tuple[str, Path | Exception]:
+        def fetch(item: tuple[str, str]) -> tuple[str, Path | Exception | None]:
             name, url = item
+            if stop.is_set():
+                return name, None
             try:
                 return name, self._fetch(name, url)
+            except SourceUnreachable as exc:
+                stop.set()
+                return name, exc
             except Exception as exc:  # collected and reported by the caller
                 return name, exc
 
@@ -138,8 +177,12 @@ class ImageStore:
                                       unit="img"):
                 if isinstance(outcome, Path):
                     done[name] = outcome
-                else:
+                elif outcome is not None:
                     failures[name] = outcome
+        fatal = [exc for exc in failures.values() if isinstance(exc, SourceUnreachable)]
+        if fatal:
+            raise ImagesUnavailableError(f"{fatal[0]}; put the images in a folder and pass --image-dir (or set "
+                                         f"${IMAGE_DIR_ENV}), or set ${MIRROR_ENV} to a server that has them")
         mismatches = [exc for exc in failures.values() if isinstance(exc, ChecksumMismatch)]
         if mismatches:
             raise ChecksumMismatch(f"{len(mismatches)} download(s) did not match the manifest; first: {mismatches[0]}")

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..cli import _image_options, command
+from ..cli import command
+from ..cli_options import image_options
 
 
 def _reco_args(p: argparse.ArgumentParser) -> None:
@@ -17,7 +18,7 @@ def _reco_args(p: argparse.ArgumentParser) -> None:
     memory.add_argument("--out", required=True)
     memory.add_argument("--index", choices=["flat", "ivf", "hnsw", "ivfpq"], help="default: by size")
     memory.add_argument("--shard-size", type=int, default=10_000)
-    _image_options(memory)
+    image_options(memory)
     stats = sub.add_parser("stats", help="memory statistics")
     stats.add_argument("memory")
     train = sub.add_parser("train", help="train the fusion modules on the memory's own pairs (self excluded)")
