@@ -26,4 +26,8 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'hierarcaps' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted([*_LAZY, "__version__"])
+
+
 __all__ = [*_LAZY, "__version__"]

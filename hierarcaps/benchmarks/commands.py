@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from ..cli import command
 from ..cli_options import image_options
-from ..errors import HierarcapsError
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
@@ -85,24 +83,26 @@ def _plots(model: str, options, folder: Path) -> list[Path]:
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("paths", nargs="+", help="result JSON files or folders holding them")
-    p.add_argument("--markdown", action="store_true", help="a markdown table instead of plain text")
+    from .table import REPORT_FORMATS
+
+    p.add_argument("paths", nargs="+", help="result JSON files or folders holding them (leaderboard entries too)")
+    p.add_argument("--format", dest="output", choices=REPORT_FORMATS, default="text",
+                   help="text table, markdown table, CSV (value and CI columns) or JSON")
+    p.add_argument("--markdown", action="store_const", dest="output", const="markdown",
+                   help="same as --format markdown")
+    p.add_argument("--out", help="write the report to this file instead of printing it")
 
 
-@command("report", "merge result JSON files into one table", _report_args)
+@command("report", "merge result JSON files into one table: CIs, main score, baselines", _report_args)
 def _report(args: argparse.Namespace) -> int:
-    from .table import merged_table
+    from .._io import atomic_open
+    from .table import read_results, report
 
-    files: list[Path] = []
-    for entry in map(Path, args.paths):
-        files.extend(sorted(entry.rglob("*.json")) if entry.is_dir() else [entry])
-    results = []
-    for file in files:
-        try:
-            results.append(json.loads(file.read_text()))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise HierarcapsError(f"{file}: not a readable result JSON ({exc})") from None
-    if not results:
-        raise HierarcapsError("no result JSON files found")
-    print(merged_table(results, markdown=args.markdown))
+    text = report(read_results(args.paths), args.output)
+    if args.out:
+        with atomic_open(args.out) as handle:
+            handle.write(text if text.endswith("\n") else text + "\n")
+        print(f"wrote {args.out}")
+    else:
+        print(text)
     return 0

@@ -30,6 +30,7 @@ from ..data.official import load_official
 from ..data.records import Hierarchy, content_checksum
 from ..metrics.baselines import all_baselines
 from ..metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, LEVEL, summarise_all
+from ..metrics.catalogue import main_score_of
 from ..metrics.hierarchy import DEFAULT_STEPS, PROTOCOL
 from ..metrics.scoring import EmbeddedBenchmark, per_unit_metrics
 from ..models.base import Encoder
@@ -166,12 +167,11 @@ def peak_memory() -> dict[str, float]:
 def evaluate(model: str | Encoder, options: EvalOptions | None = None) -> dict[str, Any]:
     """Score ``model`` (a spec string or an Encoder) and return the result document.
 
-    Sets the process to keep freed memory for reuse (see ``keep_freed_memory``): CPU forward passes run faster.
+    Process-wide settings are left to the caller: the ``hierarcaps`` command has glibc keep freed memory
+    (``keep_freed_memory``), which makes CPU forward passes faster; a library user may call it too.
     """
     from ..models.registry import load_encoder
-    from ..models.torch_utils import keep_freed_memory
 
-    keep_freed_memory()
     options = options or EvalOptions()
     started = time.perf_counter()
     encoder = load_encoder(model, device=options.device, lazy=True) if isinstance(model, str) else model
@@ -206,6 +206,7 @@ def evaluate(model: str | Encoder, options: EvalOptions | None = None) -> dict[s
         "environment": environment(options),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "timings": timings,
+        "main_score": main_score_of(PROTOCOL, metrics),
         "metrics": metrics,
         "baselines": baselines,
     }

@@ -1,12 +1,24 @@
-"""Plain-text tables of results: one model next to its baselines, and many runs merged."""
+"""Tables of results: one model next to its baselines, and many runs merged into a report.
+
+A report keeps what the package is for: every value with its 95% CI, the protocol's main score, and the
+reference baselines (random embeddings, caption length) of each split as marked rows beside the models.
+"""
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-HEADLINE = ("precision", "recall", "d_corr", "order_aware_recall", "f1", "i2t_R@1", "t2i_R@1",
-            "text_query/precision", "text_query/recall")
+from ..errors import HierarcapsError
+from ..metrics.catalogue import HEADLINE, METRICS, main_score
+
+BASELINE_LABELS = {"random": "random embeddings", "length_chars": "caption length (characters)",
+                   "length_words": "caption length (words)"}
+REPORT_FORMATS = ("text", "markdown", "csv", "json")
 
 
 def fmt(entry: dict[str, Any] | None, with_ci: bool = True) -> str:
@@ -32,12 +44,89 @@ def result_table(result: dict[str, Any]) -> str:
     return render_rows(header, rows)
 
 
-def merged_table(results: Sequence[dict[str, Any]], metrics: Sequence[str] = HEADLINE, markdown: bool = False) -> str:
-    """One row per run (model x split), the headline metrics as columns."""
-    header = ["model", "split", *metrics]
-    rows = [[r["model"]["name"], str(r["dataset"]["split"]), *(fmt(r["metrics"].get(m), False) for m in metrics)]
-            for r in results]
-    if markdown:
+def display_name(result: dict[str, Any]) -> str:
+    """The model's name (a path shows only its last part) and a short weights fingerprint."""
+    model = result["model"]
+    name = Path(str(model.get("name", "?"))).name if str(model.get("name", "")).startswith(("/", "~", ".")) \
+        else str(model.get("name", "?"))
+    fingerprint = str(model.get("fingerprint") or model.get("revision") or "").split(":")[-1][:8]
+    return f"{name} ({fingerprint})" if fingerprint else name
+
+
+def is_result(document: Any) -> bool:
+    return isinstance(document, dict) and isinstance(document.get("metrics"), dict) \
+        and isinstance(document.get("model"), dict) and isinstance(document.get("protocol"), dict)
+
+
+def read_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Result documents from files (each must be one) and folders (every result JSON below them)."""
+    results = []
+    for entry in map(Path, paths):
+        if entry.is_dir():
+            for file in sorted(entry.rglob("*.json")):
+                document = _load_json(file)
+                if is_result(document):
+                    results.append(document)
+            continue
+        document = _load_json(entry)
+        if not is_result(document):
+            raise HierarcapsError(f"{entry}: not a hierarcaps result (no model, protocol and metrics)")
+        results.append(document)
+    if not results:
+        raise HierarcapsError("no result JSON files found")
+    return results
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise HierarcapsError(f"{path}: not a readable result JSON ({' '.join(str(exc).split())[:120]})") from None
+
+
+def report_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per run and one per baseline of each split (from the first run that carries them)."""
+    rows, seen_splits = [], set()
+    for result in results:
+        split = str(result.get("dataset", {}).get("split", "?"))
+        protocol = str(result["protocol"].get("name", ""))
+        main = main_score(protocol).name
+        rows.append({"model": display_name(result), "split": split, "kind": "model", "main_score": main,
+                     "images": result.get("dataset", {}).get("image_recipe", ""), "metrics": result["metrics"]})
+        baselines = result.get("baselines")
+        if isinstance(baselines, dict) and split not in seen_splits:
+            seen_splits.add(split)
+            rows += [{"model": BASELINE_LABELS.get(name, name), "split": split, "kind": "baseline",
+                      "main_score": main, "images": "", "metrics": metrics} for name, metrics in baselines.items()]
+    return rows
+
+
+def report(results: Sequence[dict[str, Any]], output: str = "text", metrics: Sequence[str] = HEADLINE) -> str:
+    """The merged report in ``output`` format: text, markdown, csv (value and CI columns) or json."""
+    rows = report_rows(results)
+    if output == "json":
+        return json.dumps([{**r, "metrics": {m: r["metrics"][m] for m in metrics if m in r["metrics"]},
+                            "main_score_value": r["metrics"].get(r["main_score"])} for r in rows], indent=1)
+    if output == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(["model", "split", "kind", "images", "main_score", "main_score_value",
+                         *(f"{m}{part}" for m in metrics for part in ("", "_ci_low", "_ci_high"))])
+        for r in rows:
+            values = []
+            for m in metrics:
+                entry = r["metrics"].get(m)
+                values += ["", "", ""] if entry is None else [entry["value"], *entry["ci95"]]
+            main = r["metrics"].get(r["main_score"])
+            writer.writerow([r["model"], r["split"], r["kind"], r["images"], r["main_score"],
+                             "" if main is None else main["value"], *values])
+        return buffer.getvalue()
+    header = ["model", "split", f"main score ({METRICS[rows[0]['main_score']].label})",
+              *(METRICS[m].label if m in METRICS else m for m in metrics)]
+    table = [[r["model"] + (" [baseline]" if r["kind"] == "baseline" else ""), r["split"],
+              fmt(r["metrics"].get(r["main_score"])), *(fmt(r["metrics"].get(m)) for m in metrics)] for r in rows]
+    if output == "markdown":
+        escape = lambda text: str(text).replace("|", "\\|")  # noqa: E731
         return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                          *("| " + " | ".join(row) + " |" for row in rows)])
-    return render_rows(header, rows)
+                          *("| " + " | ".join(escape(c) for c in row) + " |" for row in table)])
+    return render_rows(header, table)

@@ -23,6 +23,7 @@ from ..data.records import content_checksum
 from ..errors import HierarcapsError
 from ..metrics.baselines import all_baselines
 from ..metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, LEVEL
+from ..metrics.catalogue import main_score_of
 from ..metrics.hierarchy import DEFAULT_STEPS, PROTOCOL
 from ..metrics.scoring import EmbeddedBenchmark, score
 from . import names
@@ -51,12 +52,14 @@ def score_submission(sub: Submission) -> dict[str, Any]:
     model = dict(sub.meta["model"])
     model["modalities"] = sub.meta.get("modalities", ["text", "image"])
     model["dim"] = int(sub.root.shape[0])
+    metrics = score(bench)
     return {
         "model": model,
         "protocol": {"name": PROTOCOL, "steps": DEFAULT_STEPS, "root_text": "",
                      "bootstrap": {"resamples": DEFAULT_RESAMPLES, "seed": DEFAULT_SEED, "level": LEVEL}},
         "dataset": {"split": "test", "rows": n, "checksum": content_checksum(records)},
-        "metrics": score(bench),
+        "main_score": main_score_of(PROTOCOL, metrics),
+        "metrics": metrics,
         "text_radii_declared": sub.text_radii is not None,
         "embeddings_sha256": sub.embeddings_sha256,
         "package": {"name": "hierarcaps", "version": __version__},

@@ -5,25 +5,28 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from ..metrics.catalogue import HEADLINE, METRICS, main_score
+from ..metrics.hierarchy import PROTOCOL
 from .names import MAX_PARAMETERS, link_problem, markdown_cell
 
-COLUMNS = (
-    ("precision", "P"), ("recall", "R"), ("d_corr", "τ_d"), ("order_aware_recall", "R_o"), ("f1", "F1"),
-    ("i2t_R@1", "I→T R@1"), ("t2i_R@1", "T→I R@1"), ("text_query/precision", "TQ P"), ("text_query/recall", "TQ R"),
-)
+COLUMNS = tuple((name, METRICS[name].label) for name in HEADLINE)
 TIERS = ("recall_tier1", "recall_tier2", "recall_tier3", "recall_tier4")
 REFERENCE_LABELS = {"random": "random embeddings (d=512)", "length_chars": "caption length (characters)",
                     "length_words": "caption length (words)"}
 
 
 def rows(entries: list[dict[str, Any]], references: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Entries and reference baselines ranked together (best τ_d first, then name; references marked), so a
-    reader sees at once which models beat caption length."""
+    """Entries and reference baselines ranked together (by the protocol's main score, then name; references
+    marked), so a reader sees at once which models beat caption length."""
     out = [{"name": e["model"]["name"], "revision": e["model"]["revision"], "parameters": e["model"]["parameters"],
             "link": e["model"].get("link", ""), "metrics": e["metrics"], "reference": False} for e in entries]
     out += [{"name": REFERENCE_LABELS[name], "revision": "", "parameters": None, "link": "", "metrics": metrics,
              "reference": True} for name, metrics in references.items()]
-    return sorted(out, key=lambda r: (-r["metrics"].get("d_corr", {}).get("value", -2.0), r["name"]))
+    sort = main_score(PROTOCOL)
+    direction = -1 if sort.higher_is_better else 1
+    missing = float("inf")              # rows without the main score go last
+    return sorted(out, key=lambda r: (direction * r["metrics"].get(sort.name, {}).get("value", direction * missing),
+                                      r["name"]))
 
 
 def _cell(metric: dict[str, Any] | None) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,13 @@ from .decoding import ImageBatches
 def normalise(vectors: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return (vectors / np.where(norms == 0, 1, norms)).astype(np.float32)
+
+
+def source_name(source: str) -> str:
+    """A model's name from where it was loaded: a local path gives its own folder or file name (results and
+    boards never show an absolute path); a hub id stays as given."""
+    path = Path(source).expanduser()
+    return path.resolve().name if path.is_absolute() or path.exists() or source.startswith(".") else source
 
 
 class Encoder:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelSpecError
+from .base import source_name
 from .torch_utils import TorchEncoder, pick_device
 
 
@@ -61,7 +62,7 @@ class HFDualEncoder(TorchEncoder):
                                  "(no get_text_features/get_image_features)")
         self.processor = load_processor(source, revision)
         self.model = model.eval().to(self.device)
-        self.name = source
+        self.name = source_name(source)
         self.revision = revision or getattr(model.config, "_commit_hash", None)
         self.padding: bool | str = "max_length" if "siglip" in model.config.model_type else True
 

@@ -96,6 +96,6 @@ class LazyEncoder(Encoder):
         if memo.exists():
             return json.loads(memo.read_text())
         info = {**self.loaded.metadata(), "name": self.name, "fingerprint": self._fingerprint,
-                "folder": str(self.folder)}
+                "folder": self.folder.name}
         write_bytes_atomic(memo, json.dumps(info).encode())
         return info

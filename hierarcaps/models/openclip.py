@@ -23,6 +23,38 @@ def parse_open_clip_spec(spec: str) -> tuple[str, str | None]:
     return name, pretrained or None
 
 
+def shipped_model_names() -> list[str]:
+    """open_clip's architecture names, read from its config folder without importing it (and torch)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSpecError("open_clip is not installed (pip install 'hierarcaps[eval]')")
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model_configs"
+    return sorted(p.stem for p in folder.glob("*.json"))
+
+
+def check_known_name(name: str, pretrained: str | None) -> None:
+    """Fail at once, with the closest names, on an architecture or weights tag open_clip does not know: the
+    architecture before open_clip (and torch) is even imported."""
+    import difflib
+
+    if name.startswith(("hf-hub:", "local-dir:")) or name.endswith(".json"):
+        return
+    models = shipped_model_names()
+    if name not in models:
+        close = difflib.get_close_matches(name, models, n=5, cutoff=0.5)
+        raise ModelSpecError(f"open_clip has no model {name!r}" + (f"; did you mean {', '.join(close)}?" if close
+                                                                   else " (`open_clip.list_models()` lists them)"))
+    import open_clip
+
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained and not Path(pretrained).exists() and pretrained not in tags:
+        close = difflib.get_close_matches(pretrained, tags, n=5, cutoff=0.3) or tags[:5]
+        raise ModelSpecError(f"open_clip model {name!r} has no pretrained weights {pretrained!r}"
+                             + (f"; did you mean {', '.join(close)}?" if close else ""))
+
+
 class OpenClipEncoder(TorchEncoder):
     """An open_clip model with the tokenizer and eval transform that travel with it."""
 
@@ -30,10 +62,11 @@ class OpenClipEncoder(TorchEncoder):
     spec_prefix = "open_clip:local-dir:"
 
     def __init__(self, spec: str, *, device: str | None = None, pretrained: str | None = None) -> None:
-        import open_clip
-
         name, tag = parse_open_clip_spec(spec)
         pretrained = pretrained or tag
+        check_known_name(name, pretrained)
+        import open_clip
+
         self.model_config: dict[str, Any] | None = None
         if name.endswith(".json"):
             config = Path(name)

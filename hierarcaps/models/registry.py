@@ -124,12 +124,29 @@ def load_folder(folder: Path, device: str | None, *, lazy: bool = False, name: s
     return encoder
 
 
+KNOWN_NAMES = ("minilm",)
+
+
+def check_prefix(spec: str) -> None:
+    """A spec that looks like ``prefix:...`` with an unknown prefix (or a misspelt name) fails with a suggestion."""
+    import difflib
+    import re
+
+    match = re.match(r"^([A-Za-z][A-Za-z0-9_-]*:)", spec)
+    if match and match.group(1) not in PREFIXES and not re.match(r"^[A-Za-z]:[\\/]", spec):
+        close = difflib.get_close_matches(match.group(1), list(PREFIXES), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known prefixes: {', '.join(PREFIXES)}"
+        raise ModelSpecError(f"model spec {spec!r}: unknown prefix {match.group(1)!r}{hint}")
+    if "/" not in spec and ":" not in spec and (close := difflib.get_close_matches(spec, KNOWN_NAMES, n=1)):
+        raise ModelSpecError(f"model spec {spec!r} does not resolve; did you mean {close[0]!r}?")
+
+
 def load_encoder(spec: str, *, device: str | None = None, lazy: bool = False) -> Encoder:
     """Load the model a spec names; unknown or unloadable specs raise ModelSpecError with the reason.
 
     ``lazy`` (used by the harness) defers loading local folders until something must be embedded.
     """
-    if spec == "minilm":
+    if spec == KNOWN_NAMES[0]:
         from .text import packaged_minilm_path
 
         return load_folder(Path(packaged_minilm_path()), device, lazy=lazy, name="all-MiniLM-L6-v2")
@@ -139,6 +156,7 @@ def load_encoder(spec: str, *, device: str | None = None, lazy: bool = False) ->
     path = Path(spec).expanduser()
     if path.is_dir():
         return load_folder(path, device, lazy=lazy)
+    check_prefix(spec)
     if path.suffix or spec.startswith((".", "/", "~")):
         raise ModelSpecError(f"model spec {spec!r}: no such folder")
     if "/" in spec:

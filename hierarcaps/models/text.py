@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ModelSpecError
+from .base import source_name
 from .torch_utils import TorchEncoder, autocast, pick_device
 
 MINILM_ALIAS = "minilm"
@@ -36,7 +37,7 @@ class SentenceTransformerEncoder(TorchEncoder):
         except (OSError, ValueError) as exc:
             raise ModelSpecError(f"cannot load sentence-transformers model {source!r}: {exc}") from None
         self.model.eval()
-        self.name = name or source
+        self.name = name or source_name(source)
         self.revision = None
 
     def _embed_texts(self, texts: list[str], *, batch_size: int, progress: bool) -> np.ndarray:
@@ -83,7 +84,7 @@ class MeanPoolEncoder(TorchEncoder):
         st_config = Path(source) / "sentence_bert_config.json"
         self.max_length = (json.loads(st_config.read_text())["max_seq_length"] if st_config.exists()
                            else self.tokenizer.model_max_length)
-        self.name = name or f"text:{Path(source).name if Path(source).exists() else source}"
+        self.name = name or f"text:{source_name(source)}"
         self.revision = getattr(self.model.config, "_commit_hash", None)
 
     def text_features(self, texts: list[str]) -> Any:
