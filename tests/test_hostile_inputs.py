@@ -284,6 +284,15 @@ def test_crafted_entries_render_safely_and_references_rank_among_entries(valid: 
     result["model"].update(link="https://example.org/ok", parameters=10**400)
     (folder / "result.json").write_text(json.dumps(result))
     assert any("parameters" in p for p in board.check(lb))
+    with pytest.raises(HierarcapsError, match="nothing rendered"):       # build refuses; it never crashes
+        board.build(lb)
+    result["model"]["parameters"] = 5
+    result["metrics"]["d_corr"] = {"value": "high", "ci95": None}
+    (folder / "result.json").write_text(json.dumps(result))
+    assert any("'d_corr' needs a finite value" in p for p in board.check(lb))
+    result["model"]["parameters"] = 10**400
+    result["metrics"].pop("d_corr")
+    (folder / "result.json").write_text(json.dumps(result))
     pages = board.rendered(lb)                                    # and the pages still render, safely
     assert "javascript:" not in pages["index.html"] and "<script>x" not in pages["index.html"]
     table = [line for line in pages["README.md"].splitlines() if line.startswith("| ")]

@@ -168,7 +168,12 @@ def rendered(board: Path) -> dict[str, str]:
 
 
 def build(board: str | Path = "leaderboard") -> list[Path]:
+    """Render README.md and index.html; refused, one line per problem, while any entry is malformed."""
     board = Path(board)
+    problems = entry_problems(board)
+    if problems:
+        raise HierarcapsError(f"{board}: {len(problems)} problem(s) with the entries, nothing rendered: "
+                              + "; ".join(problems[:5]))
     written = []
     for name, text in rendered(board).items():
         with atomic_open(board / name) as handle:
@@ -177,10 +182,39 @@ def build(board: str | Path = "leaderboard") -> list[Path]:
     return written
 
 
+def metrics_problem(metrics: Any) -> str | None:
+    """Why a stored metrics block cannot be rendered: each metric needs a finite value and a two-number CI."""
+    import math
+
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+    if not isinstance(metrics, dict):
+        return "must be an object"
+    for name, entry in metrics.items():
+        ci = entry.get("ci95") if isinstance(entry, dict) else None
+        if not (isinstance(entry, dict) and number(entry.get("value")) and isinstance(ci, list) and len(ci) == 2
+                and all(number(x) for x in ci)):
+            return f"{str(name)[:40]!r} needs a finite value and ci95 [low, high]"
+    return None
+
+
 def check(board: str | Path = "leaderboard") -> list[str]:
     """Problems with a board folder, one line each: malformed, incomplete or misplaced entries, duplicates,
     stale pages."""
     board = Path(board)
+    problems = entry_problems(board)
+    if problems:
+        return problems
+    for name, text in rendered(board).items():
+        page = board / name
+        if not page.exists() or page.read_text() != text:
+            problems.append(f"{page}: out of date with the entries (run `hierarcaps leaderboard build`)")
+    return problems
+
+
+def entry_problems(board: Path) -> list[str]:
+    """Malformed, incomplete, misplaced or duplicated entries, and stray files, one line each."""
     problems: list[str] = []
     seen_names: dict[tuple[str, str], Path] = {}
     seen_embeddings: dict[str, Path] = {}
@@ -200,12 +234,6 @@ def check(board: str | Path = "leaderboard") -> list[str]:
         if digest in seen_embeddings:
             problems.append(f"{folder}: the same embeddings as {seen_embeddings[digest]}")
         seen_embeddings[digest] = folder
-    if problems:
-        return problems
-    for name, text in rendered(board).items():
-        page = board / name
-        if not page.exists() or page.read_text() != text:
-            problems.append(f"{page}: out of date with the entries (run `hierarcaps leaderboard build`)")
     return problems
 
 
@@ -227,6 +255,8 @@ def _entry_result(board: Path, folder: Path, problems: list[str]) -> dict[str, A
         problems.append(f"{folder / RESULT_FILE}: model and protocol must be objects with a name and revision")
         return None
     check_model(result["model"], report)
+    if (problem := metrics_problem(result["metrics"])) is not None:
+        report.problem("metrics", problem)
     problems += [f"{folder / RESULT_FILE}: {p.removeprefix(SUBMISSION_FILE + ': ')}" for p in report.problems]
     if result["protocol"].get("name") != PROTOCOL:
         problems.append(f"{folder / RESULT_FILE}: protocol {result['protocol'].get('name')!r}, expected {PROTOCOL!r}")

@@ -21,8 +21,11 @@ def _reco_args(p: argparse.ArgumentParser) -> None:
     image_options(memory)
     stats = sub.add_parser("stats", help="memory statistics")
     stats.add_argument("memory")
-    train = sub.add_parser("train", help="train the fusion modules on the memory's own pairs (self excluded)")
+    train = sub.add_parser("train", help="train the fusion modules (each pair's own group excluded from its "
+                                          "neighbours)")
     train.add_argument("--memory", required=True)
+    train.add_argument("--train-pairs", help="pairs to train on instead of the memory's own: any memory source "
+                                             "(embedded with --base)")
     train.add_argument("--base", required=True, help="the frozen encoder spec the memory was built with")
     train.add_argument("--out", required=True)
     train.add_argument("--fusion", choices=["transformer", "mlp", "mean"], default="transformer")
@@ -58,7 +61,8 @@ def _reco(args: argparse.Namespace) -> int:
 
             if not args.model:
                 raise HierarcapsError("--model is needed to embed a collection")
-            items = load_items(args.source, image_dir=args.image_dir, download=args.download)
+            items = load_items(args.source, image_dir=args.image_dir, download=args.download,
+                               image_source=args.image_source)
             build_memory(args.out, items, load_encoder(args.model, lazy=True), shard_size=args.shard_size,
                          index=args.index)
         print(json.dumps(Memory(args.out).stats(), indent=2))
@@ -71,7 +75,14 @@ def _reco(args: argparse.Namespace) -> int:
                         cross_modal_search=args.cross_modal_search,
                         duplicate_threshold=args.duplicate_threshold, lr=args.lr, batch_size=args.batch_size,
                         steps=args.steps, temperature=args.temperature, seed=args.seed)
-    trainer = RecoTrainer(config, memory.vectors["image"], memory.vectors["text"], memory.ids)
+    if args.train_pairs:
+        from ..models.registry import load_encoder
+        from .sources import embedded_pairs
+
+        image, text, groups = embedded_pairs(args.train_pairs, load_encoder(args.base, lazy=True))
+    else:
+        image, text, groups = memory.vectors["image"], memory.vectors["text"], memory.groups
+    trainer = RecoTrainer(config, image, text, groups)
     out = trainer.train()
     print(f"saved {out}; score it with: hierarcaps evaluate --model reco:{out}")
     return 0

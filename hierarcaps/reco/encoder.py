@@ -1,7 +1,8 @@
 """A RECO model as an Encoder: the frozen base encoder, then retrieval and fusion on the chosen sides.
 
 Spec: ``reco:<folder>`` where the folder was written by the fusion trainer (reco.json + fusion.safetensors);
-``reco:<folder>#image`` or ``#text`` refines one side only.
+``reco:<folder>#image`` or ``#text`` refines one side only; ``reco:<folder>?memory=<other memory>`` swaps the
+memory at scoring time (built with the same base encoder), as in RECO's memory-swap experiment.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import ModelSpecError
 from ..models.base import Encoder
 from ..models.decoding import ImageBatches
 from .memory import Memory
@@ -40,15 +42,25 @@ class RecoEncoder(Encoder):
     """Frozen base encoder + memory + trained fusion modules."""
 
     def __init__(self, spec: str, *, device: str | None = None) -> None:
+        from urllib.parse import parse_qs
+
         from ..models.registry import load_encoder
         from .train import load_fusion
 
-        folder, _, only = spec.partition("#")
+        spec, _, only = spec.partition("#")
+        folder, _, query = spec.partition("?")
+        options = {key: values[-1] for key, values in parse_qs(query).items()}
+        unknown = set(options) - {"memory"}
+        if unknown or only not in ("", "image", "text"):
+            raise ModelSpecError(f"reco:{spec}: options are ?memory=FOLDER and #image or #text")
         self.folder = Path(folder)
         self.info, modules = load_fusion(self.folder)
         self.modules = {side: m for side, m in modules.items() if not only or side == only}
         self.base = load_encoder(self.info["base"], device=device, lazy=True)
-        self.memory = Memory(self.info["memory"])
+        self.memory = Memory(options.get("memory") or self.folder / self.info["memory"])
+        if self.memory.manifest.get("dim") != self.info["fusion"]["dim"]:
+            raise ModelSpecError(f"memory {self.memory.folder} has dimension {self.memory.manifest.get('dim')}; "
+                                 f"the fusion modules expect {self.info['fusion']['dim']}")
         self.has_images = self.base.has_images
         self.name = f"reco:{self.folder.name}" + (f"#{only}" if only else "")
         self.revision = self.info.get("run_hash")
@@ -82,7 +94,7 @@ class RecoEncoder(Encoder):
             path = self.folder / name
             if path.exists():
                 digest.update(path.read_bytes())
-        digest.update((self.memory.folder / "manifest.json").read_bytes())
+        digest.update(self.memory.content_hash().encode())
         return "reco:" + digest.hexdigest()[:32]
 
     def parameter_count(self) -> int | None:
@@ -91,4 +103,5 @@ class RecoEncoder(Encoder):
 
     def metadata(self) -> dict[str, Any]:
         return {**super().metadata(), "base": self.info["base"], "memory_items": len(self.memory),
+                "memory_content_hash": self.memory.content_hash(),
                 "refined_sides": sorted(self.modules)}

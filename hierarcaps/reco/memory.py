@@ -5,12 +5,14 @@ Folder layout::
     manifest.json            dim, count, index type, encoder identity, sources
     image.npy, text.npy      (count, dim) float32 unit rows, opened memory-mapped
     image.faiss, text.faiss  indexes over them
-    meta.parquet             id, caption, source, image (path or URL) per row
+    meta.parquet             id, group, caption, source, image (path or URL) per row
     shards/                  per-shard embeddings + DONE markers while building (resumable)
 
 Search is uni-modal with cross-modal fusion by default (an image query finds memory images and returns
-their paired texts); cross-modal search and uni-modal fusion are there for ablations. A query's own pair
-and near-duplicates above a similarity threshold are excluded, so an item never retrieves itself.
+their paired texts); cross-modal search and uni-modal fusion are there for ablations. Every memory row of
+the query's own group (its image: the other captions of the same picture are the answer) and near-duplicates
+above a similarity threshold are excluded, so an item never retrieves itself or a sibling of itself.
+The manifest records a content hash of the vectors, so a rebuilt memory is a different memory to any cache.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ class MemoryItem:
     caption: str
     image: Any = None          # path, URL or PIL image; None when embeddings are given
     source: str = ""
+    group: str = ""            # items of one group (one image) never retrieve each other; default: the id
+
+    def group_key(self) -> str:
+        return self.group or self.id
 
 
 class Memory:
@@ -57,15 +63,23 @@ class Memory:
         self.indexes = {m: faiss.read_index(str(self.folder / f"{m}.faiss"), flags) for m in MODALITIES}
         self.meta = pq.read_table(self.folder / "meta.parquet")
         self.ids = self.meta.column("id").to_pylist()
-        self.row_of = {item: i for i, item in enumerate(self.ids)}
+        groups = self.meta.column("group").to_pylist() if "group" in self.meta.column_names else self.ids
+        self.groups = [g or i for g, i in zip(groups, self.ids)]
+        codes, self.group_codes = np.unique(np.asarray(self.groups, dtype=object).astype(str), return_inverse=True)
+        self.code_of = {g: c for c, g in enumerate(codes.tolist())}
 
     def __len__(self) -> int:
         return int(self.manifest["count"])
 
+    def content_hash(self) -> str:
+        """The manifest's hash of the vectors (older memories: one computed now)."""
+        return self.manifest.get("content_hash") or vectors_hash(self.vectors["image"], self.vectors["text"])
+
     def search(self, queries: np.ndarray, query_modality: str, k: int, *, cross_modal_search: bool = False,
-               exclude_ids: Sequence[str | None] | None = None, duplicate_threshold: float = 0.98
+               exclude_groups: Sequence[str | None] | None = None, duplicate_threshold: float = 0.98
                ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows) of the k nearest memory items per query, self and near-duplicates excluded.
+        """(scores, rows) of the k nearest memory items per query; rows of the query's group (``exclude_groups``,
+        one per query: its image id, say) and near-duplicates are excluded.
 
         Uni-modal search compares the query with memory items of its own modality; ``cross_modal_search``
         compares it with the other modality instead.
@@ -81,8 +95,11 @@ class Memory:
             scores, rows = self.indexes[searched].search(queries[pending], fetch)
             short = []
             for position, q in enumerate(pending):
-                own = self.row_of.get(exclude_ids[q]) if exclude_ids is not None and exclude_ids[q] else None
-                mask = (rows[position] >= 0) & (rows[position] != own) & (scores[position] < duplicate_threshold)
+                group = self.code_of.get(exclude_groups[q], -1) if exclude_groups is not None and exclude_groups[q] \
+                    else -1
+                valid = rows[position] >= 0
+                mask = valid & (self.group_codes[np.where(valid, rows[position], 0)] != group) \
+                    & (scores[position] < duplicate_threshold)
                 chosen = np.flatnonzero(mask)[:k]
                 if len(chosen) < k and fetch < len(self):
                     short.append(q)       # too many excluded: search deeper for this query
@@ -92,15 +109,15 @@ class Memory:
             pending, fetch = np.array(short, dtype=np.int64), fetch * 4
         if (keep_rows < 0).any():
             raise HierarcapsError(f"the memory holds fewer than k={k} usable neighbours for some queries "
-                                  f"(self and near-duplicates above {duplicate_threshold} excluded); lower k")
+                                  f"(own group and near-duplicates above {duplicate_threshold} excluded); lower k")
         return keep_scores, keep_rows
 
     def neighbours(self, queries: np.ndarray, query_modality: str, k: int, *, fuse: str = "cross",
-                   cross_modal_search: bool = False, exclude_ids: Sequence[str | None] | None = None,
+                   cross_modal_search: bool = False, exclude_groups: Sequence[str | None] | None = None,
                    duplicate_threshold: float = 0.98) -> np.ndarray:
         """(Q, k, d) embeddings to fuse: the paired other modality (``fuse="cross"``, RECO) or the same one."""
         _, rows = self.search(queries, query_modality, k, cross_modal_search=cross_modal_search,
-                              exclude_ids=exclude_ids, duplicate_threshold=duplicate_threshold)
+                              exclude_groups=exclude_groups, duplicate_threshold=duplicate_threshold)
         fused = other(query_modality) if fuse == "cross" else query_modality
         return np.asarray(self.vectors[fused])[rows]
 
@@ -113,6 +130,19 @@ class Memory:
 
 def other(modality: str) -> str:
     return "text" if modality == "image" else "image"
+
+
+def vectors_hash(image: np.ndarray, text: np.ndarray) -> str:
+    """xxh3-128 of both vector arrays (shape, dtype, bytes): a memory's content identity."""
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    for array in (image, text):
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.shape}:{array.dtype};".encode())
+        for start in range(0, len(array), 65536):
+            digest.update(array[start:start + 65536].tobytes())
+    return "xxh3:" + digest.hexdigest()
 
 
 def write_memory(folder: str | Path, image: np.ndarray, text: np.ndarray, items: Sequence[MemoryItem], *,
@@ -130,13 +160,15 @@ def write_memory(folder: str | Path, image: np.ndarray, text: np.ndarray, items:
     kind = index or default_index_type(len(items))
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").unlink(missing_ok=True)     # the memory is incomplete until it is rewritten
+    units = {}
     for name, array in (("image", image), ("text", text)):
-        unit = array / np.linalg.norm(array, axis=1, keepdims=True)
+        units[name] = (array / np.linalg.norm(array, axis=1, keepdims=True)).astype(np.float32)
         with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as handle:
-            np.save(handle, unit.astype(np.float32), allow_pickle=False)
+            np.save(handle, units[name], allow_pickle=False)
         with atomic_path(folder / f"{name}.faiss") as tmp:
-            faiss.write_index(build_index(unit.astype(np.float32), kind), str(tmp))
-    table = pa.table({"id": [i.id for i in items], "caption": [i.caption for i in items],
+            faiss.write_index(build_index(units[name], kind), str(tmp))
+    table = pa.table({"id": [i.id for i in items], "group": [i.group_key() for i in items],
+                      "caption": [i.caption for i in items],
                       "source": [i.source for i in items],
                       "image": [i.image if isinstance(i.image, str) else None for i in items]})
     with atomic_path(folder / "meta.parquet") as tmp:
@@ -146,7 +178,8 @@ def write_memory(folder: str | Path, image: np.ndarray, text: np.ndarray, items:
         sources[item.source] = sources.get(item.source, 0) + 1
     with atomic_open(folder / "manifest.json") as handle:
         json.dump({"dim": int(image.shape[1]), "count": len(items), "index": kind, "encoder": encoder,
-                   "sources": sources}, handle, indent=2)
+                   "sources": sources, "content_hash": vectors_hash(units["image"], units["text"])}, handle,
+                  indent=2)
     return folder
 
 

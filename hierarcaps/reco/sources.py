@@ -1,5 +1,9 @@
 """Where memory items come from: a hierarchy file with images, a CSV of images and captions, a `datasets`
-dataset, or precomputed embeddings."""
+dataset, or precomputed embeddings.
+
+Every item has a group, the unit that must never retrieve itself: its image file for hierarchy files, the
+``group`` column (else the image) for CSVs and datasets, the ``groups`` array (else the id) for embeddings.
+"""
 
 from __future__ import annotations
 
@@ -10,17 +14,18 @@ from typing import Any
 import numpy as np
 
 from ..data.csvio import read_hierarchies
-from ..data.images import ImageStore
+from ..data.images import DEFAULT_IMAGE_SOURCE, ImageStore
 from ..errors import DataError
 from .memory import MemoryItem
 
 
-def from_hierarchies(path: str, *, image_dir: str | None = None, download: bool = False) -> list[MemoryItem]:
-    """One item per row: its image and its most specific caption."""
+def from_hierarchies(path: str, *, image_dir: str | None = None, download: bool = False,
+                     image_source: str = DEFAULT_IMAGE_SOURCE) -> list[MemoryItem]:
+    """One item per row: its image and its most specific caption, grouped by image."""
     records = read_hierarchies(path, n_tiers=None)
-    paths = ImageStore(image_dir, download=download).resolve(records)
-    return [MemoryItem(f"{Path(path).name}:{r.id}", r.positive[-1], str(paths[r.image_file]), Path(path).name)
-            for r in records if r.image_file]
+    paths = ImageStore(image_dir, download=download, source=image_source).resolve(records)
+    return [MemoryItem(f"{Path(path).name}:{r.id}", r.positive[-1], str(paths[r.image_file]), Path(path).name,
+                       group=r.image_file) for r in records if r.image_file]
 
 
 def from_csv(path: str) -> list[MemoryItem]:
@@ -31,8 +36,8 @@ def from_csv(path: str) -> list[MemoryItem]:
         for column in ("image", "caption"):
             if not row.get(column):
                 raise DataError("empty or missing", file=path, row=number, field=column)
-    return [MemoryItem(row.get("id") or f"{Path(path).name}:{i}", row["caption"], row["image"], Path(path).name)
-            for i, row in enumerate(rows)]
+    return [MemoryItem(row.get("id") or f"{Path(path).name}:{i}", row["caption"], row["image"], Path(path).name,
+                       group=row.get("group") or row["image"]) for i, row in enumerate(rows)]
 
 
 def from_dataset(path: str, *, image_column: str = "image", text_column: str = "caption",
@@ -46,17 +51,19 @@ def from_dataset(path: str, *, image_column: str = "image", text_column: str = "
         data = datasets.load_dataset(path, split=split)
     if isinstance(data, datasets.DatasetDict):
         data = data[split]
-    return [MemoryItem(f"{Path(path).name}:{i}", str(row[text_column]), row[image_column], Path(path).name)
-            for i, row in enumerate(data)]
+    return [MemoryItem(f"{Path(path).name}:{i}", str(row[text_column]), row[image_column], Path(path).name,
+                       group=str(row.get("group") or "")) for i, row in enumerate(data)]
 
 
 def from_embeddings(path: str) -> tuple[np.ndarray, np.ndarray, list[MemoryItem]]:
-    """An .npz with ``image`` and ``text`` (n, d) arrays and optionally ``ids`` and ``captions``."""
+    """An .npz with ``image`` and ``text`` (n, d) arrays and optionally ``ids``, ``captions`` and ``groups``."""
     with np.load(path, allow_pickle=False) as data:
         image, text = data["image"], data["text"]
         ids = data["ids"].tolist() if "ids" in data.files else [f"{Path(path).name}:{i}" for i in range(len(image))]
         captions = data["captions"].tolist() if "captions" in data.files else [""] * len(image)
-    return image, text, [MemoryItem(str(i), str(c), None, Path(path).name) for i, c in zip(ids, captions)]
+        groups = data["groups"].tolist() if "groups" in data.files else [""] * len(image)
+    return image, text, [MemoryItem(str(i), str(c), None, Path(path).name, group=str(g))
+                         for i, c, g in zip(ids, captions, groups)]
 
 
 def load_items(source: str, **options: Any) -> list[MemoryItem]:
@@ -69,4 +76,16 @@ def load_items(source: str, **options: Any) -> list[MemoryItem]:
             columns = next(csv.reader(handle), [])
         if {"image", "caption"} <= set(columns):
             return from_csv(source)
-    return from_hierarchies(source, **{k: v for k, v in options.items() if k in ("image_dir", "download")})
+    return from_hierarchies(source, **{k: v for k, v in options.items()
+                                       if k in ("image_dir", "download", "image_source")})
+
+
+def embedded_pairs(source: str, encoder: Any, **options: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(image, text, groups) of training pairs from any source, embedded by ``encoder`` where needed."""
+    if source.endswith(".npz"):
+        image, text, items = from_embeddings(source)
+    else:
+        items = load_items(source, **options)
+        text = encoder.encode_text([i.caption for i in items])
+        image = encoder.encode_image([i.image for i in items])
+    return image, text, [i.group_key() for i in items]

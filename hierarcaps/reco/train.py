@@ -2,16 +2,20 @@
 
 Each training pair (image q, text t) gets neighbours from the memory once, up front: texts paired with
 q's nearest memory images for the image side, images paired with t's nearest memory texts for the text
-side (the pair itself and near-duplicates excluded). The loss is a symmetric contrastive loss with a
-learnable temperature that aligns the refined image with the refined text and each refined side with the
-original other side.
+side. Every memory row of the pair's group (its image) is excluded, and near-duplicates too: otherwise a
+pair retrieves another caption of its own image, i.e. the answer. Validation pairs are whole groups held
+out of training, and see the memory without their group. The pairs may be the memory's own or any others
+(``--train-pairs``). The loss is a symmetric contrastive loss with a learnable temperature that aligns the
+refined image with the refined text and each refined side with the original other side.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,10 +69,21 @@ def contrastive(a: Any, b: Any, logit_scale: Any) -> Any:
     return (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
 
 
+def split_by_group(groups: Sequence[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(validation rows, training rows): whole groups held out, chosen by a seeded hash of the group."""
+    import hashlib
+
+    keys = sorted(set(groups))
+    ranked = sorted(keys, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
+    held = set(ranked[:round(len(keys) * fraction)])
+    is_val = np.array([g in held for g in groups], dtype=bool)
+    return np.flatnonzero(is_val), np.flatnonzero(~is_val)
+
+
 class RecoTrainer:
     """Trains fusion modules on pairs (image, text, id) against a memory."""
 
-    def __init__(self, config: RecoConfig, image: np.ndarray, text: np.ndarray, ids: list[str | None]) -> None:
+    def __init__(self, config: RecoConfig, image: np.ndarray, text: np.ndarray, groups: Sequence[str]) -> None:
         import torch
 
         if config.sides not in SIDES:
@@ -76,9 +91,7 @@ class RecoTrainer:
         self.config, self.out = config, Path(config.out)
         self.memory = Memory(config.memory)
         torch.manual_seed(config.seed)
-        order = np.random.default_rng(config.seed).permutation(len(image))
-        n_val = round(len(image) * config.val_fraction)
-        self.val, self.train_rows = order[:n_val], order[n_val:]
+        self.val, self.train_rows = split_by_group(groups, config.val_fraction, config.seed)
         self.image = torch.tensor(np.asarray(image), dtype=torch.float32)   # a copy: memory arrays are mmapped
         self.text = torch.tensor(np.asarray(text), dtype=torch.float32)
         dim = self.image.shape[1]
@@ -86,7 +99,7 @@ class RecoTrainer:
         self.fusion_config = fusion
         self.modules = torch.nn.ModuleDict({side: build_fusion(fusion) for side in self.refined_sides()})
         self.logit_scale = torch.nn.Parameter(torch.tensor(float(np.log(1 / config.temperature))))
-        self.neighbour_rows = {side: self._neighbour_rows(side, ids) for side in self.refined_sides()}
+        self.neighbour_rows = {side: self._neighbour_rows(side, groups) for side in self.refined_sides()}
         params = [*self.modules.parameters(), self.logit_scale]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
         self.checkpoints = CheckpointStore(self.out, config.run_hash())
@@ -95,10 +108,10 @@ class RecoTrainer:
     def refined_sides(self) -> list[str]:
         return ["image", "text"] if self.config.sides == "both" else [self.config.sides]
 
-    def _neighbour_rows(self, side: str, ids: list[str | None]) -> np.ndarray:
+    def _neighbour_rows(self, side: str, groups: Sequence[str]) -> np.ndarray:
         queries = (self.image if side == "image" else self.text).numpy()
         _, rows = self.memory.search(queries, side, self.config.k, cross_modal_search=self.config.cross_modal_search,
-                                     exclude_ids=ids, duplicate_threshold=self.config.duplicate_threshold)
+                                     exclude_groups=groups, duplicate_threshold=self.config.duplicate_threshold)
         return rows
 
     def _neighbours(self, side: str, rows: np.ndarray) -> Any:
@@ -187,7 +200,8 @@ class RecoTrainer:
                  for name, tensor in module.state_dict().items()}
         if state:
             save_file(state, self.out / "fusion.safetensors")
-        info = {"base": self.config.base, "memory": str(Path(self.config.memory).resolve()),
+        memory = os.path.relpath(Path(self.config.memory).resolve(), self.out.resolve())
+        info = {"base": self.config.base, "memory": memory, "memory_content_hash": self.memory.content_hash(),
                 "fusion": dataclasses.asdict(self.fusion_config), "sides": self.refined_sides(),
                 "config": dataclasses.asdict(self.config), "steps": self.step, "train_seconds": seconds,
                 "run_hash": self.config.run_hash()}
