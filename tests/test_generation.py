@@ -149,6 +149,36 @@ def test_transformers_backend_always_returns_the_schema(tiny_models: Path) -> No
     assert llm.complete_json(prompts, fields, sampled, seed=4) != first
 
 
+def test_instruct_models_get_their_chat_template_and_the_json_constraint_still_holds(
+        tiny_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from hierarcaps.errors import HierarcapsError
+    from hierarcaps.generation.backends import Sampling, TransformersLLM
+    from hierarcaps.generation.config import LLMConfig
+
+    chat = tmp_path / "chat-llm"
+    shutil.copytree(tiny_models / "llm", chat)
+    config = json.loads((chat / "tokenizer_config.json").read_text())
+    config["chat_template"] = ("{% for m in messages %}<|user|>{{ m['content'] }}</s>{% endfor %}"
+                               "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    (chat / "tokenizer_config.json").write_text(json.dumps(config))
+    seen: list[str] = []
+    fields = ["tier_1", "tier_2", "tier_3"]
+    for model, mode in ((chat, "auto"), (chat, "none"), (tiny_models / "llm", "auto")):
+        llm = TransformersLLM(LLMConfig(model=str(model), batch_size=2, chat_template=mode))
+        original = llm._generate
+        monkeypatch.setattr(llm, "_generate", lambda texts, *a, _g=original, **kw: seen.extend(texts) or _g(texts, *a,
+                                                                                                         **kw))
+        out = llm.complete_json(["caption: a dog on a beach"], fields, Sampling(max_new_tokens=4), seed=0)
+        assert out[0].fields is not None and json.loads(out[0].text) == out[0].fields
+    templated, plain, no_template = seen[0], seen[3], seen[6]
+    assert templated.startswith("<|user|>caption: a dog on a beach</s><|assistant|>{\"tier_1\": \"")
+    assert plain.startswith("caption: a dog on a beach{") and no_template.startswith("caption: a dog on a beach{")
+    with pytest.raises(HierarcapsError, match="has none"):
+        TransformersLLM(LLMConfig(model=str(tiny_models / "llm"), chat_template="required"))
+
+
 def _write_config(folder: Path, models: Path, captions: Path, **distill) -> Path:
     steps = distill.get("max_steps", 60)
     text = f"""

@@ -19,7 +19,9 @@ STAGES = ("captions", "seed", "filter", "augment", "distill", "build", "export")
 @dataclasses.dataclass
 class LLMConfig:
     backend: str = "transformers"          # "transformers" (anywhere) or "vllm" (its own environment)
-    model: str = ""                        # hub id or local folder
+    model: str = ""                        # hub id, local folder, or pkg:NAME (the folder of an installed package)
+    gguf_file: str = ""                    # a GGUF file inside the model folder (transformers de-quantises it)
+    chat_template: str = "auto"            # auto: the tokenizer's chat template when it has one; none: plain
     max_new_tokens: int = 24               # per tier
     temperature: float = 0.0               # 0: greedy
     top_p: float = 1.0
