@@ -16,6 +16,7 @@ from hierarcaps.benchmarks.harness import EvalOptions, embed_benchmark, evaluate
 from hierarcaps.data import load_official, write_csv
 from hierarcaps.errors import DataError, HierarcapsError, ModelSpecError
 from hierarcaps.models import load_encoder
+from hierarcaps.models.base import Encoder
 from hierarcaps.models.random_models import save_random_hf_clip, write_open_clip_config
 
 from .reference_protocol import reference_scores
@@ -267,8 +268,6 @@ def test_an_image_that_fails_to_decode_is_named(tiny_hf: Path, test_image_dir: P
 
 
 def test_nan_embeddings_from_a_model_are_refused(subset: Path) -> None:
-    from hierarcaps.models.base import Encoder
-
     class Broken(Encoder):
         name = "broken"
 
@@ -282,3 +281,53 @@ def test_nan_embeddings_from_a_model_are_refused(subset: Path) -> None:
 
     with pytest.raises(HierarcapsError, match="NaN"):
         evaluate(Broken(), EvalOptions(data=str(subset), progress=False, cache=False))
+
+
+class HashEncoder(Encoder):
+    """A toy text model: a fixed random unit vector per string (no weights), default geometry."""
+
+    loads = 0
+
+    def __init__(self) -> None:
+        type(self).loads += 1
+        self.name = "hash-toy"
+
+    def _embed_texts(self, texts: list[str], *, batch_size: int, progress: bool) -> np.ndarray:
+        import zlib
+
+        return np.stack([np.random.default_rng(zlib.crc32(t.encode())).standard_normal(16) for t in texts])
+
+    def fingerprint(self) -> str:
+        return "toy:hash"
+
+
+class InvertedGeometry(HashEncoder):
+    """The same vectors with a geometry of its own: generic means far from the root, similar means far apart."""
+
+    def distance_to_root(self, text_emb: np.ndarray, root: np.ndarray) -> np.ndarray:
+        return -super().distance_to_root(text_emb, root)
+
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return -super().similarity(a, b)
+
+
+@pytest.mark.parametrize("model", [HashEncoder, InvertedGeometry])
+def test_geometry_hooks_score_the_same_cold_and_cached(model: type, tmp_path: Path) -> None:
+    from hierarcaps.models.lazy import LazyEncoder
+
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    lazy = lambda: LazyEncoder(folder, model, name="toy", has_images=False, adapter=model.__name__)  # noqa: E731
+    options = EvalOptions(progress=False, resamples=10)
+    model.loads = 0
+    cold = evaluate(lazy(), options)
+    cached = evaluate(lazy(), options)
+    assert cached["timings"]["embedding_cache_hits"] == 1 and cached["metrics"] == cold["metrics"]
+    own = model is InvertedGeometry
+    assert cold["model"]["own_geometry"] is own
+    assert model.loads == (2 if own else 1)        # default geometry: the cached run loads nothing
+    if own:                                        # the control: the hooks changed the scores
+        plain = evaluate(HashEncoder(), options)["metrics"]
+        assert plain["d_corr"]["value"] == pytest.approx(-cold["metrics"]["d_corr"]["value"])
+        assert plain["text_query/precision"] != cold["metrics"]["text_query/precision"]

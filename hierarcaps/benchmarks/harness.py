@@ -126,7 +126,7 @@ def embed_benchmark(encoder: Encoder, records: Sequence[Hierarchy], options: Eva
 
     text_emb = distinct_emb[inverse.reshape(texts.shape)]
     bench = EmbeddedBenchmark(texts, text_emb, root, image_emb, row_image,
-                              text_radii=encoder.distance_to_root(text_emb, root))
+                              text_radii=encoder.distance_to_root(text_emb, root), similarity=encoder.similarity)
     return Embedded(bench, list(records), image_files, timings, cache.hits)
 
 

@@ -11,7 +11,7 @@ enters at one threshold and a running best over those blocks equals the masked a
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from itertools import groupby, pairwise
 
 import numpy as np
@@ -146,9 +146,18 @@ def score_chains(best: np.ndarray, sids: np.ndarray, query_rows: Sequence[Sequen
     return ChainScores(precision, recall, per_tier, r_o, f1, predictions)
 
 
-def similarity_to_texts(query_emb: np.ndarray, text_emb: np.ndarray) -> np.ndarray:
-    """(Q, N * K) cosine similarity of each query to every tier text, in float64, row-major over (N, K)."""
-    return query_emb.astype(np.float64) @ text_emb.reshape(-1, text_emb.shape[-1]).astype(np.float64).T
+def dot_similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) inner products in float64: cosine similarity of unit vectors, the default geometry."""
+    return np.asarray(a, dtype=np.float64) @ np.asarray(b, dtype=np.float64).T
+
+
+Similarity = Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+def similarity_to_texts(query_emb: np.ndarray, text_emb: np.ndarray, similarity: Similarity = dot_similarity
+                        ) -> np.ndarray:
+    """(Q, N * K) similarity of each query to every tier text, row-major over (N, K)."""
+    return np.asarray(similarity(query_emb, text_emb.reshape(-1, text_emb.shape[-1])), dtype=np.float64)
 
 
 def hierarchical_retrieval(scores: np.ndarray, row_radii: np.ndarray, texts: np.ndarray,

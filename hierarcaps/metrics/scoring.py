@@ -13,6 +13,8 @@ from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, summarise_all
 from .hierarchy import (
     DEFAULT_STEPS,
     ChainScores,
+    Similarity,
+    dot_similarity,
     hierarchical_retrieval,
     kendall_tau_rows,
     radii,
@@ -26,8 +28,9 @@ class EmbeddedBenchmark:
     """A benchmark's texts and images as embeddings.
 
     ``texts`` (N, K) tier strings, ``text_emb`` (N, K, d) and ``root`` (d,) L2-normalised; ``image_emb``
-    (M, d) and ``row_image`` (N,) image index per row, absent for text-only models; ``text_radii`` (N, K)
-    replaces ``||e - root||`` for models with their own geometry.
+    (M, d) and ``row_image`` (N,) image index per row, absent for text-only models. A model with its own
+    geometry supplies ``text_radii`` (N, K) in place of ``||e - root||`` and ``similarity`` in place of the
+    dot product (the Encoder's ``distance_to_root`` and ``similarity`` hooks).
     """
 
     texts: np.ndarray
@@ -36,6 +39,7 @@ class EmbeddedBenchmark:
     image_emb: np.ndarray | None = None
     row_image: np.ndarray | None = None
     text_radii: np.ndarray | None = None
+    similarity: Similarity = dot_similarity
 
     def __post_init__(self) -> None:
         arrays = {"text_emb": self.text_emb, "root": self.root, "image_emb": self.image_emb,
@@ -89,7 +93,7 @@ def per_unit_metrics(bench: EmbeddedBenchmark, *, steps: int = DEFAULT_STEPS, ks
     per_unit: dict[str, np.ndarray] = {"d_corr": kendall_tau_rows(row_radii)}
     chains: dict[str, ChainScores] = {}
     if bench.image_emb is not None:
-        scores = similarity_to_texts(bench.image_emb, bench.text_emb)
+        scores = similarity_to_texts(bench.image_emb, bench.text_emb, bench.similarity)
         chains["image"] = hierarchical_retrieval(scores, row_radii, bench.texts, bench.image_rows(), steps)
         per_unit.update(_chain_metrics(chains["image"], ""))
         n, k = row_radii.shape
@@ -101,7 +105,7 @@ def per_unit_metrics(bench: EmbeddedBenchmark, *, steps: int = DEFAULT_STEPS, ks
         for top, hits in recall_at_k(similarity.T, positive.T, ks).items():
             per_unit[f"t2i_R@{top}"] = hits
     queries, query_rows = bench.caption_queries()
-    scores = similarity_to_texts(queries, bench.text_emb)
+    scores = similarity_to_texts(queries, bench.text_emb, bench.similarity)
     chains["text_query"] = hierarchical_retrieval(scores, row_radii, bench.texts, query_rows, steps)
     per_unit.update(_chain_metrics(chains["text_query"], "text_query/"))
     return per_unit, chains

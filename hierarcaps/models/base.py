@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..metrics.hierarchy import DEFAULT_ROOT_TEXT, radii
+from ..metrics.hierarchy import DEFAULT_ROOT_TEXT, dot_similarity, radii
 from .decoding import ImageBatches
 
 
@@ -60,7 +60,14 @@ class Encoder:
         return radii(text_emb, root)
 
     def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return a @ b.T
+        """(len(a), len(b)) similarities the metrics rank by; the dot product (cosine) by default."""
+        return dot_similarity(a, b)
+
+    def has_own_geometry(self) -> bool:
+        """Whether this model overrides the radius, the similarity or the root text."""
+        cls = type(self)
+        return (cls.distance_to_root is not Encoder.distance_to_root or cls.similarity is not Encoder.similarity
+                or self.root_text != DEFAULT_ROOT_TEXT)
 
     def _embed_texts(self, texts: list[str], *, batch_size: int, progress: bool) -> np.ndarray:
         raise NotImplementedError
@@ -88,7 +95,8 @@ class Encoder:
     def metadata(self) -> dict[str, Any]:
         return {"name": self.name, "revision": self.revision, "fingerprint": self.fingerprint(),
                 "parameters": self.parameter_count(), "dim": int(self.root().shape[0]),
-                "modalities": ["text", "image"] if self.has_images else ["text"], "root_text": self.root_text}
+                "modalities": ["text", "image"] if self.has_images else ["text"], "root_text": self.root_text,
+                "own_geometry": self.has_own_geometry()}
 
     def parameter_count(self) -> int | None:
         return None

@@ -18,6 +18,7 @@ import numpy as np
 
 from .._io import write_bytes_atomic
 from ..data.fetch import cache_dir
+from ..metrics.hierarchy import DEFAULT_ROOT_TEXT
 from .base import Encoder
 from .decoding import ImageBatches
 
@@ -86,16 +87,48 @@ class LazyEncoder(Encoder):
                                   workers=workers, device=pick_device_lightly(self.device))
         return self.loaded.encode_image(images, batch_size=batch_size, workers=workers, progress=progress)
 
+    # -- geometry: the model's own hooks, whether it is loaded or its embeddings come from the cache --------
+    def _memo_path(self) -> Path:
+        return cache_dir() / "models" / f"{self._fingerprint.split(':')[-1]}.json"
+
+    def _memo(self) -> dict[str, Any] | None:
+        path = self._memo_path()
+        memo = json.loads(path.read_text()) if path.exists() else None
+        return memo if memo is not None and "own_geometry" in memo else None
+
+    def _geometry(self) -> Encoder | None:
+        """The loaded model when its geometry is its own (or not yet known), None for the default geometry.
+
+        A model whose earlier load recorded the default geometry is not loaded for it (a cached run stays
+        light); any other is, so cached and cold runs score the same way."""
+        if self._loaded is not None:
+            return self._loaded if self._loaded.has_own_geometry() else None
+        memo = self._memo()
+        return None if memo is not None and memo["own_geometry"] is False else self.loaded
+
+    @property
+    def root_text(self) -> str:  # type: ignore[override]
+        source = self._geometry()
+        return source.root_text if source is not None else DEFAULT_ROOT_TEXT
+
     def distance_to_root(self, text_emb: np.ndarray, root: np.ndarray) -> np.ndarray:
-        return self.loaded.distance_to_root(text_emb, root) if self._loaded else super().distance_to_root(
+        source = self._geometry()
+        return source.distance_to_root(text_emb, root) if source is not None else super().distance_to_root(
             text_emb, root)
 
+    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        source = self._geometry()
+        return source.similarity(a, b) if source is not None else super().similarity(a, b)
+
+    def has_own_geometry(self) -> bool:
+        return self._geometry() is not None
+
     def metadata(self) -> dict[str, Any]:
-        """Size and dimension from the memo of an earlier load, else from loading the model now."""
-        memo = cache_dir() / "models" / f"{self._fingerprint.split(':')[-1]}.json"
-        if memo.exists():
-            return json.loads(memo.read_text())
+        """Size, dimension and geometry from the memo of an earlier load, else from loading the model now."""
+        memo = self._memo()
+        if memo is not None:
+            return memo
         info = {**self.loaded.metadata(), "name": self.name, "fingerprint": self._fingerprint,
                 "folder": self.folder.name}
-        write_bytes_atomic(memo, json.dumps(info).encode())
+        write_bytes_atomic(self._memo_path(), json.dumps(info).encode())
         return info
