@@ -288,3 +288,76 @@ def test_memories_swap_at_scoring_and_the_fingerprint_follows_their_content(tiny
     assert load_encoder(f"reco:{moved / 'reco'}").fingerprint() != a.fingerprint()
     with pytest.raises(HierarcapsError, match="options are"):
         load_encoder(f"reco:{moved / 'reco'}?memroy={second}")
+
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 50, 220), "yellow": (230, 220, 30),
+           "purple": (140, 30, 190), "cyan": (30, 210, 220)}
+
+
+def colour_images(folder: Path, names: list[str], per_class: int, seed: int) -> dict[str, list[Path]]:
+    """Photos of nothing but a colour, with noise and a random rectangle: a random network tells colours apart
+    by their pixels, but has no idea which word names which colour."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[Path]] = {}
+    for name in names:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+        out[name] = []
+        for i in range(per_class):
+            pixels = np.clip(np.array(COLOURS[name]) + rng.normal(0, 25, (64, 64, 3)), 0, 255)
+            x, y = rng.integers(0, 40, 2)
+            pixels[y:y + 20, x:x + 20] *= rng.uniform(0.5, 1.0)
+            path = folder / name / f"{name}_{seed}_{i}.png"
+            Image.fromarray(pixels.astype(np.uint8)).save(path)
+            out[name].append(path)
+    return out
+
+
+def test_zero_shot_on_classes_outside_training_needs_the_memory_that_holds_them(tiny_clip: str,
+                                                                                tmp_path: Path) -> None:
+    """RECO's setting through the CLI: the frozen model cannot name the colours; a memory of captioned photos
+    can. The model is built on a memory of three colours and scored on three others, with the memory swapped
+    for one that holds them (and, as the control, without). Mean fusion: trained fusion on three classes learns
+    the classes themselves (a probe on the query), not retrieval, so it says nothing about unseen ones."""
+    import csv
+    import json
+    import subprocess
+    import sys
+
+    seen, unseen = ["red", "green", "blue"], ["yellow", "purple", "cyan"]
+    memory_images = colour_images(tmp_path / "memory-images", seen + unseen, 20, seed=0)
+    held_out = tmp_path / "held-out"
+    colour_images(held_out, unseen, 10, seed=1)
+    templates = tmp_path / "templates.txt"
+    templates.write_text("a photo of a {}.\n")
+
+    def pairs_csv(path: Path, names: list[str]) -> Path:
+        with open(path, "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["image", "caption", "group"])
+            for name in names:
+                for image in memory_images[name]:
+                    writer.writerow([image, f"a photo of a {name}.", image.name])
+        return path
+
+    run = lambda *args: subprocess.run([sys.executable, "-m", "hierarcaps", *args], capture_output=True,  # noqa: E731
+                                       text=True, cwd=tmp_path)
+    for name, names in (("seen", seen), ("all", seen + unseen)):
+        built = run("reco", "memory", str(pairs_csv(tmp_path / f"{name}.csv", names)), "--model", tiny_clip,
+                    "--out", str(tmp_path / f"memory-{name}"))
+        assert built.returncode == 0, built.stderr
+    trained = run("reco", "train", "--memory", str(tmp_path / "memory-seen"), "--base", tiny_clip, "--out",
+                  str(tmp_path / "reco"), "--sides", "image", "--fusion", "mean", "--k", "8", "--steps", "0",
+                  "--duplicate-threshold", "1.01")
+    assert trained.returncode == 0, trained.stderr
+
+    def top1(spec: str) -> float:
+        done = run("zeroshot", "--model", spec, "--images", str(held_out), "--templates", str(templates))
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)["top1"]
+
+    frozen = top1(tiny_clip)
+    without = top1(f"reco:{tmp_path / 'reco'}#image")
+    swapped = top1(f"reco:{tmp_path / 'reco'}?memory={tmp_path / 'memory-all'}#image")
+    assert frozen < 0.6 and without < 0.6 and swapped >= 0.9, (frozen, without, swapped)   # chance: 1/3
