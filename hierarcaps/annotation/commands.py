@@ -26,10 +26,13 @@ def _annotate_args(p: argparse.ArgumentParser) -> None:
     push.add_argument("--generator", help="model version shown on the predictions (default: from the file)")
     push.add_argument("--batch-size", type=int, default=100)
     push.add_argument("--limit", type=int, help="push only the first N items")
+    push.add_argument("--overlap", type=int, default=1,
+                      help="annotators per task; agreement (Krippendorff's alpha) needs 2 or more")
     push.add_argument("--no-progress", action="store_true")
     pull = sub.add_parser("pull", help="export the annotations and write the curated split + statistics")
     _server_options(pull)
     pull.add_argument("--out", required=True, help="folder for curated.csv, curated.parquet, stats.json")
+    pull.add_argument("--nli", help="an NLI model (hub id or folder) that re-checks the links of every edited chain")
 
 
 @command("annotate", "curate hierarchies in Label Studio: push tasks, pull the curated split", _annotate_args)
@@ -41,12 +44,13 @@ def _annotate(args: argparse.Namespace) -> int:
     if args.action == "push":
         result = push(args.source, args.project, server=server, label_config=args.label_config,
                       image_dir=args.image_dir, document_root=args.document_root, generator=args.generator,
-                      batch_size=args.batch_size, limit=args.limit, progress=not args.no_progress)
+                      batch_size=args.batch_size, limit=args.limit, progress=not args.no_progress,
+                      overlap=args.overlap)
         print(f"project {result['project']!r} (id {result['project_id']}): {result['created']} task(s) created, "
               f"{result['already_there']} already there")
         return 0
-    stats = pull(args.project, args.out, server=server)
+    stats = pull(args.project, args.out, server=server, nli_model=args.nli)
     print(json.dumps({k: stats[k] for k in ("tasks", "completed", "pending", "skipped", "accepted_as_is", "edited",
-                                            "rejected", "records", "agreement")}, indent=2))
+                                            "rejected", "failed_checks", "records", "agreement")}, indent=2))
     print(f"wrote the curated split to {args.out}")
     return 0

@@ -4,13 +4,18 @@ Resolution when several annotators completed a task: the decision is the majorit
 reject answers, a tie counts as reject (nothing doubtful enters a test set); the tiers come from the most
 recently updated annotation that voted with the majority. Skipped (cancelled) annotations do not vote.
 A negative chain is kept only when the deciding annotation confirmed all four of its tiers.
+
+An accepted task enters the curated split only if its (possibly edited) chain passes the same record checks as
+`hierarcaps validate` (four non-empty, distinct tiers), every tier has a verdict and none is "not entailed",
+and, when an NLI model is given, every link of the edited chain is entailed; otherwise it is reported per task
+in the statistics (``failed_checks``) and kept out.
 """
 
 from __future__ import annotations
 
 import collections
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from ..data.records import Hierarchy
@@ -105,8 +110,26 @@ def _percent(part: int, whole: int) -> float | None:
     return round(100.0 * part / whole, 2) if whole else None
 
 
-def curate(store: dict[str, Any]) -> tuple[list[Hierarchy], dict[str, Any]]:
-    """Curated records (accepted items, edits applied) and the curation statistics."""
+def answer_problems(record: Hierarchy, answers: dict[str, Any]) -> list[str]:
+    """Why an accepted task's chain cannot enter the curated split (record checks, verdicts), or []."""
+    problems = [f"{field}: {message}" for field, message in record.problems(TIERS)]
+    for k in range(1, TIERS + 1):
+        verdict = answers.get(f"verdict_{k}")
+        if verdict is None:
+            problems.append(f"tier {k}: no verdict")
+        elif verdict == "not entailed":
+            problems.append(f"tier {k}: accepted although marked 'not entailed'")
+    return problems
+
+
+EntailmentCheck = Callable[[list[tuple[str, ...]]], list[str | None]]
+
+
+def curate(store: dict[str, Any], entailment: EntailmentCheck | None = None) -> tuple[list[Hierarchy], dict[str, Any]]:
+    """Curated records (accepted items, edits applied, checks passed) and the curation statistics.
+
+    ``entailment`` (e.g. an NLI model's ``judge_chains``) re-checks the links of every edited chain: a reason
+    per chain, None where every link holds."""
     records: list[Hierarchy] = []
     status: collections.Counter[str] = collections.Counter()
     edited_tiers = [0] * TIERS
@@ -115,6 +138,9 @@ def curate(store: dict[str, Any]) -> tuple[list[Hierarchy], dict[str, Any]]:
     agreement_units: dict[str, list[list[str]]] = {"decision": [], "verdicts": []}
     lead_times: list[float] = []
     per_annotator: collections.Counter[str] = collections.Counter()
+    failed: dict[str, list[str]] = {}
+    edited_chains: dict[str, tuple[str, ...]] = {}
+    originals: dict[str, tuple[str, ...]] = {}
     for key in sorted(store):
         data, annotations = store[key]["data"], list(store[key]["annotations"].values())
         decision, answers = resolve(annotations)
@@ -138,19 +164,34 @@ def curate(store: dict[str, Any]) -> tuple[list[Hierarchy], dict[str, Any]]:
             status["rejected"] += 1
             continue
         record = curated_record(key, data, answers)
-        changed = [a != b for a, b in zip(record.positive, original_tiers(data))]
+        problems = answer_problems(record, answers)
+        if problems:
+            failed[key] = problems
+            continue
+        originals[key] = original_tiers(data)
+        if record.positive != originals[key]:
+            edited_chains[key] = record.positive
+        records.append(record)
+    if entailment is not None and edited_chains:
+        for key, reason in zip(edited_chains, entailment(list(edited_chains.values()))):
+            if reason is not None:
+                failed[key] = [f"edited chain: {reason}"]
+        records = [r for r in records if r.id not in failed]
+    for record in records:
+        changed = [a != b for a, b in zip(record.positive, originals[record.id])]
         for k, change in enumerate(changed):
             edited_tiers[k] += change
         status["edited" if any(changed) else "accepted_as_is"] += 1
-        records.append(record)
-    completed = status["accepted_as_is"] + status["edited"] + status["rejected"]
+    completed = status["accepted_as_is"] + status["edited"] + status["rejected"] + len(failed)
     accepted = len(records)
     stats = {
         "tasks": len(store), "completed": completed, "pending": status["pending"], "skipped": status["skipped"],
         "accepted_as_is": status["accepted_as_is"], "edited": status["edited"], "rejected": status["rejected"],
+        "failed_checks": dict(sorted(failed.items())),
         "percent_of_completed": {name: _percent(status[name], completed)
                                  for name in ("accepted_as_is", "edited", "rejected")},
         "edit_rate_per_tier": [round(e / accepted, 4) if accepted else None for e in edited_tiers],
+        "entailment_rechecked": entailment is not None,
         "verdicts_per_tier": [dict(sorted(v.items())) for v in verdicts],
         "negative_checks_per_tier": [dict(sorted(c.items())) for c in negative_checks],
         "negatives_confirmed": sum(r.negative is not None for r in records),
@@ -158,6 +199,7 @@ def curate(store: dict[str, Any]) -> tuple[list[Hierarchy], dict[str, Any]]:
             "overlapping_tasks": len(agreement_units["decision"]),
             "krippendorff_alpha_decision": krippendorff_alpha_nominal(agreement_units["decision"]),
             "krippendorff_alpha_verdicts": krippendorff_alpha_nominal(agreement_units["verdicts"]),
+            "note": "alpha needs tasks with two or more annotations: push with --overlap 2 or more",
         },
         "seconds_per_annotation": {
             "mean": statistics.fmean(lead_times) if lead_times else None,

@@ -94,17 +94,23 @@ class Server:
         projects = self.call(lambda: list(self.client.projects.list(title=title)), "list projects")
         return next((p for p in projects if p.title == title), None)
 
-    def ensure_project(self, title: str, label_config: str) -> Any:
-        """The project of that title, created with this config if absent; refuses one with another config."""
+    def ensure_project(self, title: str, label_config: str, overlap: int = 1) -> Any:
+        """The project of that title, created with this config if absent; refuses one with another config.
+        ``overlap`` annotators see every task (agreement statistics need 2 or more)."""
         project = self.find_project(title)
         if project is None:
-            return self.call(lambda: self.client.projects.create(title=title, label_config=label_config),
-                             f"create project {title!r} (the server validates the labeling config)", retry=False)
+            return self.call(lambda: self.client.projects.create(
+                title=title, label_config=label_config, maximum_annotations=overlap, overlap_cohort_percentage=100),
+                f"create project {title!r} (the server validates the labeling config)", retry=False)
         if not _same_config(project.label_config or "", label_config):
             raise HierarcapsError(f"project {title!r} (id {project.id}) on {self.url} has a different labeling config; "
                                   "use another --project name or update its config in Label Studio")
         self.call(lambda: self.client.projects.validate_label_config(project.id, label_config=label_config),
                   "validate the labeling config")
+        if project.maximum_annotations != overlap:
+            self.call(lambda: self.client.projects.update(project.id, maximum_annotations=overlap,
+                                                          overlap_cohort_percentage=100),
+                      f"set {overlap} annotation(s) per task")
         return project
 
     def ensure_local_storage(self, project_id: int, folder: Path) -> None:

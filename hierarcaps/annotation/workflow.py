@@ -31,12 +31,12 @@ def generator_of(path: Path) -> str:
 
 def push(source: str | os.PathLike[str], project: str, *, server: Server, label_config: str | None = None,
          image_dir: str | None = None, document_root: str | None = None, generator: str | None = None,
-         batch_size: int = 100, limit: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Create or reuse the project and import the hierarchies not yet in it."""
+         batch_size: int = 100, limit: int | None = None, progress: bool = True, overlap: int = 1) -> dict[str, Any]:
+    """Create or reuse the project and import the hierarchies not yet in it; ``overlap`` annotations per task."""
     path = Path(source)
     records: list[Hierarchy] = read_hierarchies(path)[:limit]
     config = read_label_config(label_config)
-    found = server.ensure_project(project, config)
+    found = server.ensure_project(project, config, overlap)
     # absolute but not resolved: Label Studio compares the storage path with its document root as given
     folder = Path(image_dir).absolute() if image_dir else None
     root = Path(document_root).absolute() if document_root else None
@@ -45,11 +45,14 @@ def push(source: str | os.PathLike[str], project: str, *, server: Server, label_
     version = generator or generator_of(path)
     tasks = [task_for(r, image_reference(r, folder, root), version) for r in records]
     counts = server.import_tasks(found.id, tasks, batch_size, progress)
-    return {"project": project, "project_id": found.id, "items": len(records), **counts, "generator": version}
+    return {"project": project, "project_id": found.id, "items": len(records), **counts, "generator": version,
+            "overlap": overlap}
 
 
-def pull(project: str, out: str | os.PathLike[str], *, server: Server) -> dict[str, Any]:
-    """Export the project, fold it into what was pulled before, and write the curated split + statistics."""
+def pull(project: str, out: str | os.PathLike[str], *, server: Server, nli_model: str | None = None
+         ) -> dict[str, Any]:
+    """Export the project, fold it into what was pulled before, and write the curated split + statistics.
+    With ``nli_model``, every edited chain's links are re-checked for entailment."""
     found = server.find_project(project)
     if found is None:
         raise HierarcapsError(f"no project {project!r} on {server.url}")
@@ -58,11 +61,21 @@ def pull(project: str, out: str | os.PathLike[str], *, server: Server) -> dict[s
     store_path = out / STORE
     store = json.loads(store_path.read_text()) if store_path.exists() else {}
     store = merge_export(store, export)
-    records, stats = curate(store)
+    records, stats = curate(store, entailment_check(nli_model) if nli_model else None)
     stats = write_outputs(records, stats, out)
     with atomic_open(store_path) as handle:
         json.dump(store, handle)
     return stats
+
+
+def entailment_check(model: str) -> Any:
+    """A chain checker from an NLI model: the same judgement as the generation pipeline's filter."""
+    from ..generation.config import NLIConfig
+    from ..generation.nli import TransformersNLI, judge_chains
+
+    config = NLIConfig(model=model, entail_threshold=0.5)
+    scorer = TransformersNLI(config)
+    return lambda chains: judge_chains(chains, scorer, config)
 
 
 def write_outputs(records: list[Hierarchy], stats: dict[str, Any], out: Path) -> dict[str, Any]:

@@ -67,9 +67,14 @@ class Hierarchy:
         for name, tiers in chains:
             if n_tiers is not None and len(tiers) != n_tiers:
                 found.append((name, f"has {len(tiers)} tiers, expected {n_tiers}"))
+            seen: dict[str, int] = {}
             for k, tier in enumerate(tiers, start=1):
                 if not tier.strip():
                     found.append((name, f"tier {k} is empty"))
+                elif tier.strip().lower() in seen:
+                    found.append((name, f"tier {k} repeats tier {seen[tier.strip().lower()]}"))
+                else:
+                    seen[tier.strip().lower()] = k
         if self.negative is not None and len(self.negative) != len(self.positive):
             found.append(("negative", f"has {len(self.negative)} tiers but positive has {len(self.positive)}"))
         return found

