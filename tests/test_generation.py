@@ -254,6 +254,20 @@ def test_pipeline_end_to_end_on_50_real_captions_and_resume_after_kill(tmp_path:
                              capture_output=True, text=True)
     assert checked.returncode == 0 and checked.stdout == "", checked.stdout[-2000:]
 
+    # killed mid-distillation and again mid-build, then resumed: the same final data, byte for byte
+    out = tmp_path / "killed"
+    _kill_when(_run_cli(config_path := tmp_path / "tiny.yaml", out), (out / "40-distill" / "checkpoints", "step-*"))
+    assert not (out / "40-distill" / "model").exists()
+    _kill_when(_run_cli(config_path, out), (out / "50-build", "shard-00001.done"))
+    assert not (out / "50-build" / "shard-00004.done").exists()
+    resumed = _run_cli(config_path, out)
+    assert resumed.wait() == 0, resumed.stderr.read().decode()[-2000:]
+    for name in ("hierarchies.csv", "hierarchies.parquet"):
+        assert (out / "60-export" / name).read_bytes() == (export / name).read_bytes()
+    again = json.loads((out / "60-export" / "stats.json").read_text())
+    assert {k: v["accepted"] for k, v in again["stages"].items()} == \
+        {k: v["accepted"] for k, v in stats["stages"].items()}
+
     # the NLI's probabilities are stored per link, and a stricter threshold re-decides without any model
     config_dir = Path(config.out)
     filtered = [r for shard in sorted(config_dir.glob("20-filter/*.parquet")) for r in pq.read_table(shard).to_pylist()]
@@ -276,20 +290,6 @@ def test_pipeline_end_to_end_on_50_real_captions_and_resume_after_kill(tmp_path:
     assert [r["reason"] is None for r in refiltered] == expected
     assert sum(r["reason"] is None for r in refiltered) <= accepted_before
     assert not (config_dir / "60-export").exists() and not (config_dir / "40-distill").exists()
-
-    # killed mid-distillation and again mid-build, then resumed: the same final data, byte for byte
-    out = tmp_path / "killed"
-    _kill_when(_run_cli(config_path := tmp_path / "tiny.yaml", out), (out / "40-distill" / "checkpoints", "step-*"))
-    assert not (out / "40-distill" / "model").exists()
-    _kill_when(_run_cli(config_path, out), (out / "50-build", "shard-00001.done"))
-    assert not (out / "50-build" / "shard-00004.done").exists()
-    resumed = _run_cli(config_path, out)
-    assert resumed.wait() == 0, resumed.stderr.read().decode()[-2000:]
-    for name in ("hierarchies.csv", "hierarchies.parquet"):
-        assert (out / "60-export" / name).read_bytes() == (export / name).read_bytes()
-    again = json.loads((out / "60-export" / "stats.json").read_text())
-    assert {k: v["accepted"] for k, v in again["stages"].items()} == \
-        {k: v["accepted"] for k, v in stats["stages"].items()}
 
 
 def test_a_folder_refuses_a_run_with_other_settings(tmp_path: Path) -> None:
