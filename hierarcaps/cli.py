@@ -79,6 +79,22 @@ def _image_problems(records, args: argparse.Namespace) -> list[str]:
     return image_store(args).audit(records, file=args.file)
 
 
+@command("models", "list the model adapters: spec prefixes of the package and of installed plugins",
+         lambda p: None)
+def _models(args: argparse.Namespace) -> int:
+    from .models.registry import adapters
+
+    rows = [("minilm", "the packaged all-MiniLM-L6-v2 (offline)", "hierarcaps"),
+            *((f"{a.prefix}..." + (f"  e.g. {a.example}" if a.example else ""), a.description, a.origin)
+              for a in adapters()),
+            ("org/name", "a hub id: transformers dual encoder", "hierarcaps"),
+            ("FOLDER", "a local model folder, detected from its files", "hierarcaps")]
+    width = max(len(r[0]) for r in rows)
+    for spec, description, origin in rows:
+        print(f"{spec.ljust(width)}  {description}" + (f"  [{origin}]" if origin != "hierarcaps" else ""))
+    return 0
+
+
 def _download_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", choices=["test", "test_expanded"], default="test",
                    help="whose images to fetch (default: the 1,000 test images)")

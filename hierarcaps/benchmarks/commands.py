@@ -11,8 +11,9 @@ from ..cli_options import image_options
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="minilm",
-                   help="model spec: minilm (default, offline), st:, text:, hf:, open_clip:, a hub id or a folder")
+    from ..models.registry import spec_help
+
+    p.add_argument("--model", default="minilm", help=spec_help())
     p.add_argument("--split", default="test", choices=["test", "test_expanded"], help="shipped split to score")
     p.add_argument("--data", help="score another hierarchy file (official test format) instead")
     p.add_argument("--text-only", action="store_true", help="skip images even for image-text models")

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 
 from ..cli import command
+from ..models.registry import spec_help
 from .losses import NEGATIVE_PAIRINGS
 from .trainer import FinetuneConfig
 
 
 def _finetune_args(p: argparse.ArgumentParser) -> None:
     d = FinetuneConfig()
-    p.add_argument("--model", default=d.model, help="model spec to fine-tune (minilm, hf:..., open_clip:..., a folder)")
+    p.add_argument("--model", default=d.model, help="to fine-tune: " + spec_help())
     p.add_argument("--train", default=d.train,
                    help="'offline' (expanded rows of non-test images) or the official training file, path or URL")
     p.add_argument("--out", default=d.out, help="run folder: checkpoints/, model/, log.json, loss_curves.png")

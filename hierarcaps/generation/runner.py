@@ -27,9 +27,20 @@ import numpy as np
 
 from .. import __version__
 from .._io import atomic_open, atomic_path, sha256_file
+from ..data.csvio import write_csv, write_parquet
+from ..data.records import Hierarchy
 from ..errors import DataError, HierarcapsError
 from .config import STAGES, GenerationConfig
-from .stages import Models, Row, augment_batch, build_batch, filter_batch, load_prompts, seed_batch
+from .stages import (
+    Models,
+    Row,
+    augment_batch,
+    build_batch,
+    filter_batch,
+    final_check_batch,
+    load_prompts,
+    seed_batch,
+)
 
 FOLDERS = {stage: f"{10 * n:02d}-{stage}" for n, stage in enumerate(STAGES)}
 
@@ -226,10 +237,41 @@ class Runner:
             chains = self.accepted_chains("filter", "augment")
             Distiller(self.config.distill, chains, folder, self.config.seed, self.progress).run()
 
-    def stage_export(self) -> None:
-        from .report import export_run
+    def stage_export(self) -> Path:
+        """A final NLI pass, de-duplication, the official CSV and parquet with provenance, and the statistics."""
+        from .report import deduplicate, render_stats, stage_summary, tier_lengths
 
-        export_run(self)
+        folder = self.out / FOLDERS["export"]
+        if (folder / "stats.json").exists():
+            return folder
+        built = self.read_stage("build")
+        final = deduplicate(final_check_batch(built, self.models))
+        records = [Hierarchy(id=r["id"], positive=tuple(r["positive"]), negative=tuple(r["negative"]),
+                             image_url=r["image_url"] or None, source="generated", split="generated")
+                   for r in final if r["reason"] is None]
+        settings = {k: v for k, v in self.config.to_dict().items() if k != "out"}   # where it ran is not provenance
+        provenance = {"config": settings, "config_fingerprint": self.config.fingerprint(),
+                      "models": self.model_versions()}
+        csv_path = write_csv(records, folder / "hierarchies.csv", fmt="pairs")
+        parquet_path = write_parquet(records, folder / "hierarchies.parquet",
+                                     metadata={"hierarcaps.provenance": json.dumps(provenance)})
+        distill_summary = json.loads((self.out / FOLDERS["distill"] / "summary.json").read_text())
+        stats = {
+            "captions": json.loads((self.out / FOLDERS["captions"] / "manifest.json").read_text())["captions"],
+            "stages": {stage: stage_summary(built if stage == "build" else self.read_stage(stage),
+                                             stage_seconds(self, stage))
+                       for stage in ("seed", "filter", "augment", "build")},
+            "distill": {k: v for k, v in distill_summary.items() if k != "config"},
+            "export": {**stage_summary(final, 0.0), "hierarchies": len(records)},
+            "tier_words": tier_lengths(records),
+            "examples": [{"positive": list(r.positive), "negative": list(r.negative)} for r in records[:5]],
+            "files": {p.name: sha256_file(p) for p in (csv_path, parquet_path)},
+            **provenance,
+        }
+        (folder / "stats.md").write_text(render_stats(stats), encoding="utf-8")
+        with atomic_open(folder / "stats.json") as handle:   # last: its presence marks the export complete
+            json.dump(stats, handle, indent=2)
+        return folder
 
 
 def run_generation(config: GenerationConfig, *, until: str = "export", progress: bool = True) -> Path:

@@ -1,19 +1,19 @@
-"""Model spec strings -> Encoder adapters.
+"""Model spec strings -> Encoder adapters, from one catalogue.
 
-| spec | adapter |
-| --- | --- |
-| ``minilm`` | the packaged all-MiniLM-L6-v2 (offline) |
-| ``st:NAME_OR_DIR`` | sentence-transformers |
-| ``text:NAME_OR_DIR`` | transformers encoder + mean pooling |
-| ``hf:NAME_OR_DIR`` or a bare hub id | transformers dual encoder (CLIP, SigLIP, ...) + its processor |
-| ``open_clip:NAME[/PRETRAINED]``, ``open_clip:hf-hub:ORG/REPO``, ``open_clip:local-dir:DIR`` | open_clip |
-| ``reco:FOLDER[#image|#text]`` | a trained RECO model (frozen base + memory + fusion) |
-| a folder | detected: a hierarcaps fine-tuned checkpoint, sentence-transformers, open_clip or transformers |
+Each adapter is declared once (``ADAPTERS``): its spec prefix, the class that loads it (imported by name when
+a spec uses it), and a one-line description; the CLI help, the errors and ``hierarcaps models`` all read it.
+Other packages add adapters through the ``hierarcaps.encoders`` entry-point group: the entry point's name is
+the prefix (without the colon), its value an Encoder class (or factory) called as ``load(source, device=...)``,
+imported only when a spec names it. Besides prefixes: ``minilm`` (the packaged all-MiniLM-L6-v2), a bare hub
+id ``org/name`` (transformers dual encoder), and a local folder (detected from its files: a hierarcaps
+fine-tuned checkpoint, sentence-transformers, open_clip or transformers).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -22,56 +22,88 @@ from ..errors import ModelSpecError
 from .base import Encoder
 
 CHECKPOINT_FILE = "hierarcaps_model.json"
+ENTRY_POINT_GROUP = "hierarcaps.encoders"
 
 
-def _st(source: str, device: str | None) -> Encoder:
-    from .text import SentenceTransformerEncoder
+@dataclasses.dataclass(frozen=True)
+class Adapter:
+    """A spec prefix and the encoder class behind it (``module:attribute``, imported on first use)."""
 
-    return SentenceTransformerEncoder(source, device=device)
+    prefix: str
+    target: str
+    description: str
+    example: str = ""
+    origin: str = "hierarcaps"
+
+    def load(self, source: str, device: str | None) -> Encoder:
+        module, _, attribute = self.target.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise ModelSpecError(f"adapter {self.prefix!r} ({self.target}) cannot be imported: {exc}") from None
+        return factory(source, device=device)
+
+
+ADAPTERS = (
+    Adapter("st:", "hierarcaps.models.text:SentenceTransformerEncoder", "sentence-transformers model",
+            "st:sentence-transformers/all-MiniLM-L6-v2"),
+    Adapter("text:", "hierarcaps.models.text:MeanPoolEncoder", "transformers text encoder with mean pooling",
+            "text:bert-base-uncased"),
+    Adapter("hf:", "hierarcaps.models.hf_clip:HFDualEncoder",
+            "transformers dual encoder (CLIP, SigLIP, ...) with its processor", "hf:openai/clip-vit-base-patch32"),
+    Adapter("open_clip:", "hierarcaps.models.openclip:OpenClipEncoder",
+            "open_clip: NAME/PRETRAINED, hf-hub:ORG/REPO, local-dir:DIR or a config JSON", "open_clip:ViT-B-32/openai"),
+    Adapter("reco:", "hierarcaps.reco.encoder:RecoEncoder",
+            "a trained RECO model (frozen base + memory + fusion); ?memory=OTHER, #image or #text", "reco:runs/reco"),
+)
+
+
+@functools.cache
+def plugin_adapters() -> tuple[Adapter, ...]:
+    """Adapters other packages declare under the ``hierarcaps.encoders`` entry-point group (names only: none
+    is imported until a spec uses it)."""
+    from importlib.metadata import entry_points
+
+    found = []
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        origin = point.dist.name if point.dist is not None else "plugin"
+        found.append(Adapter(f"{point.name}:", point.value, f"adapter from {origin}", origin=origin))
+    return tuple(found)
+
+
+def adapters() -> tuple[Adapter, ...]:
+    """Every adapter: the package's own, then plugins (a plugin cannot take a built-in prefix)."""
+    own = {a.prefix for a in ADAPTERS}
+    return (*ADAPTERS, *(a for a in plugin_adapters() if a.prefix not in own))
+
+
+def spec_help() -> str:
+    """One line for a ``--model`` option."""
+    return "model spec: minilm (default), " + ", ".join(f"{a.prefix}..." for a in adapters()) + \
+        ", a hub id org/name or a model folder (`hierarcaps models` lists them)"
+
+
+def _adapter(prefix: str) -> Adapter:
+    return next(a for a in ADAPTERS if a.prefix == prefix)
+
+
+def _open_clip_folder(source: str, device: str | None) -> Encoder:
+    return _adapter("open_clip:").load(f"local-dir:{source}", device)
+
+
+# how a saved folder reloads, by the spec prefix an adapter saves itself under
+FOLDER_ADAPTERS: dict[str, tuple[str, Callable[[str, str | None], Encoder], bool]] = {
+    "hf:": ("hf", _adapter("hf:").load, True),
+    "text:": ("text", _adapter("text:").load, False),
+    "open_clip:local-dir:": ("open_clip", _open_clip_folder, True),
+}
 
 
 def _sentence_folder(source: str, device: str | None) -> Encoder:
     """A local sentence-transformers folder: plain mean pooling through transformers when that is all it is."""
-    from .text import MeanPoolEncoder, SentenceTransformerEncoder, is_mean_pooling_pipeline
+    from .text import is_mean_pooling_pipeline
 
-    if is_mean_pooling_pipeline(Path(source)):
-        return MeanPoolEncoder(source, device=device)
-    return SentenceTransformerEncoder(source, device=device)
-
-
-def _mean_pool(source: str, device: str | None) -> Encoder:
-    from .text import MeanPoolEncoder
-
-    return MeanPoolEncoder(source, device=device)
-
-
-def _hf(source: str, device: str | None) -> Encoder:
-    from .hf_clip import HFDualEncoder
-
-    return HFDualEncoder(source, device=device)
-
-
-def _open_clip(source: str, device: str | None) -> Encoder:
-    from .openclip import OpenClipEncoder
-
-    return OpenClipEncoder(source, device=device)
-
-
-def _reco(source: str, device: str | None) -> Encoder:
-    from ..reco.encoder import RecoEncoder
-
-    return RecoEncoder(source, device=device)
-
-
-PREFIXES: dict[str, Callable[[str, str | None], Encoder]] = {
-    "st:": _st, "text:": _mean_pool, "hf:": _hf, "open_clip:": _open_clip, "reco:": _reco,
-}
-# how a saved folder reloads, by the spec prefix an adapter saves itself under
-FOLDER_ADAPTERS: dict[str, tuple[str, Callable[[str, str | None], Encoder], bool]] = {
-    "hf:": ("hf", _hf, True),
-    "text:": ("text", _mean_pool, False),
-    "open_clip:local-dir:": ("open_clip", lambda source, device: _open_clip(f"local-dir:{source}", device), True),
-}
+    return _adapter("text:" if is_mean_pooling_pipeline(Path(source)) else "st:").load(source, device)
 
 
 def _hf_image_transform(source: str) -> Callable[[object], object]:
@@ -133,9 +165,10 @@ def check_prefix(spec: str) -> None:
     import re
 
     match = re.match(r"^([A-Za-z][A-Za-z0-9_-]*:)", spec)
-    if match and match.group(1) not in PREFIXES and not re.match(r"^[A-Za-z]:[\\/]", spec):
-        close = difflib.get_close_matches(match.group(1), list(PREFIXES), n=1, cutoff=0.5)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; known prefixes: {', '.join(PREFIXES)}"
+    prefixes = [a.prefix for a in adapters()]
+    if match and match.group(1) not in prefixes and not re.match(r"^[A-Za-z]:[\\/]", spec):
+        close = difflib.get_close_matches(match.group(1), prefixes, n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else f"; known prefixes: {', '.join(prefixes)}"
         raise ModelSpecError(f"model spec {spec!r}: unknown prefix {match.group(1)!r}{hint}")
     if "/" not in spec and ":" not in spec and (close := difflib.get_close_matches(spec, KNOWN_NAMES, n=1)):
         raise ModelSpecError(f"model spec {spec!r} does not resolve; did you mean {close[0]!r}?")
@@ -150,9 +183,9 @@ def load_encoder(spec: str, *, device: str | None = None, lazy: bool = False) ->
         from .text import packaged_minilm_path
 
         return load_folder(Path(packaged_minilm_path()), device, lazy=lazy, name="all-MiniLM-L6-v2")
-    for prefix, factory in PREFIXES.items():
-        if spec.startswith(prefix):
-            return factory(spec[len(prefix):], device)
+    for adapter in adapters():
+        if spec.startswith(adapter.prefix):
+            return adapter.load(spec[len(adapter.prefix):], device)
     path = Path(spec).expanduser()
     if path.is_dir():
         return load_folder(path, device, lazy=lazy)
@@ -160,6 +193,6 @@ def load_encoder(spec: str, *, device: str | None = None, lazy: bool = False) ->
     if path.suffix or spec.startswith((".", "/", "~")):
         raise ModelSpecError(f"model spec {spec!r}: no such folder")
     if "/" in spec:
-        return _hf(spec, device)
-    raise ModelSpecError(f"model spec {spec!r} does not resolve; use minilm, st:, text:, hf:, open_clip:, "
-                         "a hub id (org/name) or a model folder")
+        return _adapter("hf:").load(spec, device)
+    raise ModelSpecError(f"model spec {spec!r} does not resolve; use minilm, "
+                         + ", ".join(a.prefix for a in adapters()) + " a hub id (org/name) or a model folder")

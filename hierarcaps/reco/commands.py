@@ -7,6 +7,7 @@ import json
 
 from ..cli import command
 from ..cli_options import image_options
+from ..models.registry import spec_help
 
 
 def _reco_args(p: argparse.ArgumentParser) -> None:
@@ -14,7 +15,7 @@ def _reco_args(p: argparse.ArgumentParser) -> None:
     memory = sub.add_parser("memory", help="build a memory by embedding a collection with a frozen encoder")
     memory.add_argument("source", help="hierarchy file with images, CSV (image,caption), datasets folder, or .npz "
                                        "of precomputed embeddings (image, text[, ids, captions])")
-    memory.add_argument("--model", default=None, help="frozen encoder spec (not needed for .npz)")
+    memory.add_argument("--model", default=None, help="the frozen encoder (not needed for .npz): " + spec_help())
     memory.add_argument("--out", required=True)
     memory.add_argument("--index", choices=["flat", "ivf", "hnsw", "ivfpq"], help="default: by size")
     memory.add_argument("--shard-size", type=int, default=10_000)
@@ -89,7 +90,7 @@ def _reco(args: argparse.Namespace) -> int:
 
 
 def _zeroshot_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True)
+    p.add_argument("--model", required=True, help=spec_help())
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--images", help="a folder of class subfolders")
     group.add_argument("--dataset", help="a datasets folder or name with image and ClassLabel columns")

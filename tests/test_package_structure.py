@@ -1,0 +1,143 @@
+"""The package's shape: no import cycles, counting imports inside functions (which only hide a cycle)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parents[1] / "hierarcaps"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path, modules: set[str]) -> set[str]:
+    """Package modules ``path`` imports anywhere in its body, resolved to module names."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[:len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            for alias in node.names:
+                candidate = f"{base}.{alias.name}"
+                found.add(candidate if candidate in modules else base)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {m for m in found if m in modules and m != name}
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for other in graph[node]:
+            if other not in index:
+                visit(other)
+                low[node] = min(low[node], low[other])
+            elif other in on_stack:
+                low[node] = min(low[node], index[other])
+        if low[node] == index[node]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in graph:
+        if node not in index:
+            visit(node)
+    return found
+
+
+def package_graph() -> dict[str, set[str]]:
+    files = sorted(PACKAGE.rglob("*.py"))
+    modules = {module_name(p) for p in files}
+    return {module_name(p): imports_of(p, modules) for p in files}
+
+
+def test_the_walker_finds_a_cycle_it_is_shown() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_the_package_has_no_import_cycles() -> None:
+    graph = package_graph()
+    assert len(graph) > 50 and "hierarcaps.models.registry" in graph["hierarcaps.reco.encoder"]
+    assert cycles(graph) == []
+
+
+TOY_ADAPTER = '''
+import zlib
+
+import numpy as np
+
+from hierarcaps.models.base import Encoder
+
+
+class ToyEncoder(Encoder):
+    """A lab's own text model: a fixed random vector per string."""
+
+    def __init__(self, source, *, device=None):
+        self.name, self.seed = f"toy:{source}", source
+
+    def _embed_texts(self, texts, *, batch_size, progress):
+        return np.stack([np.random.default_rng(zlib.crc32((self.seed + t).encode())).standard_normal(24)
+                         for t in texts])
+
+    def fingerprint(self):
+        return "toy:" + self.seed
+'''
+
+
+def test_a_third_party_adapter_plugs_into_the_cli_through_its_entry_point(tmp_path: Path) -> None:
+    """What `pip install toy-adapter` leaves in site-packages: the module and its dist-info with the entry
+    point. The package is not edited; the CLI lists the adapter and scores a model through it."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    site = tmp_path / "site"
+    (site / "toy_adapter-0.1.dist-info").mkdir(parents=True)
+    (site / "toy_adapter.py").write_text(TOY_ADAPTER)
+    (site / "toy_adapter-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: toy-adapter\n"
+                                                                 "Version: 0.1\n")
+    (site / "toy_adapter-0.1.dist-info" / "entry_points.txt").write_text(
+        "[hierarcaps.encoders]\ntoy = toy_adapter:ToyEncoder\n")
+    env = {**os.environ, "PYTHONPATH": str(site), "HIERARCAPS_CACHE": str(tmp_path / "cache")}
+    run = lambda *args: subprocess.run([sys.executable, "-m", "hierarcaps", *args], capture_output=True,  # noqa: E731
+                                       text=True, env=env, cwd=tmp_path)
+    listed = run("models")
+    assert listed.returncode == 0 and "toy:..." in listed.stdout and "[toy-adapter]" in listed.stdout
+    scored = run("evaluate", "--model", "toy:seed-1", "--resamples", "10", "--out", str(tmp_path / "results"),
+                 "--quiet")
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    result = json.loads(next((tmp_path / "results").rglob("*.json")).read_text())
+    assert result["model"]["name"] == "toy:seed-1" and -1 <= result["metrics"]["d_corr"]["value"] <= 1
+    typo = run("evaluate", "--model", "tyo:seed-1")
+    assert typo.returncode == 1 and "did you mean 'toy:'" in typo.stderr
+
+
+def test_the_readme_model_table_names_every_adapter_of_the_catalogue() -> None:
+    from hierarcaps.models.registry import ADAPTERS
+
+    readme = (PACKAGE.parent / "README.md").read_text()
+    table = readme[readme.index("### Model specs"):readme.index("### What `evaluate` reports")]
+    assert all(f"`{adapter.prefix}" in table for adapter in ADAPTERS)
