@@ -118,3 +118,25 @@ def test_evaluate_as_a_library_leaves_the_allocator_alone(monkeypatch: pytest.Mo
     monkeypatch.setattr(torch_utils, "keep_freed_memory", lambda: called.append(1) or True)
     harness.evaluate("minilm", harness.EvalOptions(progress=False, resamples=10))
     assert called == []
+
+
+def test_old_results_upgrade_and_unknown_ones_fail_with_one_line(tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    from hierarcaps.errors import HierarcapsError
+    from hierarcaps.results import SCHEMA_VERSION, Result
+
+    old = fake_result("model-old", 3)
+    old.pop("main_score")
+    old["schema_version"] = 1
+    upgraded = Result.from_dict(old).to_dict()
+    assert upgraded["schema_version"] == SCHEMA_VERSION
+    assert upgraded["main_score"] == {"name": "d_corr", "value": old["metrics"]["d_corr"]["value"]}
+    future = {**fake_result("model-new", 4), "schema_version": SCHEMA_VERSION + 1}
+    with pytest.raises(HierarcapsError, match="newer than this package"):
+        Result.from_dict(future)
+    broken = {**fake_result("model-broken", 5)}
+    broken["metrics"]["d_corr"] = {"value": "high"}
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    assert main(["report", str(tmp_path / "broken.json")]) == 1
+    err = capsys.readouterr().err
+    assert "'d_corr' needs a finite value" in err and len(err.strip().splitlines()) == 1

@@ -1,7 +1,8 @@
 """Hostile submissions and careless files: a crafted file for every class of attack or accident, and fuzzing.
 
 Bombs run in a fresh process through the CLI, so their peak memory (the child's own, from wait4) and wall
-time are measured against a budget: every one must end in about a second, one line per problem, exit 1.
+time are measured against a budget (1 GB, 20 s with the interpreter's start; unbounded, they ran for minutes
+at gigabytes): each ends with one line per problem and exit 1.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from hierarcaps.leaderboard.validate import validate
 
 DIM = 8
 MEMORY_BUDGET_MB = 1024
-TIME_BUDGET_S = 10.0
+TIME_BUDGET_S = 20.0           # a fresh interpreter included; an unbounded bomb ran for minutes
 MODEL = {"name": "fuzz-model", "revision": "r1", "parameters": 5, "licence": "mit",
          "link": "https://example.org/fuzz", "training_data": "none"}
 
@@ -78,24 +79,31 @@ def edited(valid: Path, target: Path, **meta_changes: object) -> Path:
     return target
 
 
+PEAK_REPORTER = """
+import atexit, os, sys
+
+def report_peak():
+    with open("/proc/self/status") as status:
+        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(os.environ["HC_PEAK_FILE"], "w") as out:
+        out.write(peak)
+
+atexit.register(report_peak)
+sys.argv = ["hierarcaps", *sys.argv[1:]]
+from hierarcaps.cli import run
+sys.exit(run())
+"""
+
+
 def run_measured(args: list[str], tmp_path: Path) -> tuple[int, str, str, float, float]:
-    """The CLI in a fresh process: (exit code, stdout, stderr, its own peak RSS in MB, seconds)."""
-    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    """The CLI in a fresh process: (exit code, stdout, stderr, its own peak RSS in MB, seconds). The peak is the
+    process's VmHWM at exit (rusage's maxrss would carry over the peak of this test process)."""
+    peak_file = tmp_path / "peak_kb"
     started = time.perf_counter()
-    with open(out, "wb") as o, open(err, "wb") as e:
-        process = subprocess.Popen([sys.executable, "-m", "hierarcaps", *args], stdout=o, stderr=e,
-                                   cwd=tmp_path)
-        deadline = started + 120
-        while True:
-            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() > deadline:
-                process.kill()
-                pytest.fail(f"{args} ran past 120 s")
-            time.sleep(0.02)
+    done = subprocess.run([sys.executable, "-c", PEAK_REPORTER, *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120, env={**os.environ, "HC_PEAK_FILE": str(peak_file)})
     seconds = time.perf_counter() - started
-    return os.waitstatus_to_exitcode(status), out.read_text(), err.read_text(), usage.ru_maxrss / 1024, seconds
+    return done.returncode, done.stdout, done.stderr, int(peak_file.read_text()) / 1024, seconds
 
 
 def assert_refused_within_budget(args: list[str], tmp_path: Path, expect: str) -> None:

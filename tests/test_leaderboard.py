@@ -248,6 +248,11 @@ def test_round_trip_from_the_harness_gives_the_harness_metrics(tmp_path: Path, t
     assert (folder / "image_ids.txt").read_text().splitlines() == image_ids(load_official("test"))
     entry, _ = board.add(folder, tmp_path / "lb")
     scored = json.loads((entry / "result.json").read_text())
+    import jsonschema
+
+    from hierarcaps.results import schema_path
+
+    jsonschema.validate(scored, json.loads(schema_path().read_text()))          # the same schema as evaluate's
     assert scored["metrics"] == json.loads(json.dumps(direct["metrics"]))
 
 

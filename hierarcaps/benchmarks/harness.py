@@ -30,13 +30,11 @@ from ..data.official import load_official
 from ..data.records import Hierarchy, content_checksum
 from ..metrics.baselines import all_baselines
 from ..metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, LEVEL, summarise_all
-from ..metrics.catalogue import main_score_of
 from ..metrics.hierarchy import DEFAULT_STEPS, PROTOCOL
 from ..metrics.scoring import EmbeddedBenchmark, per_unit_metrics
 from ..models.base import Encoder
 from ..models.cache import EmbeddingCache, cache_key, checksum_strings
-
-RESULT_SCHEMA = 1
+from ..results import Result
 
 
 def default_workers() -> int:
@@ -194,22 +192,18 @@ def evaluate(model: str | Encoder, options: EvalOptions | None = None) -> dict[s
         timings["texts_per_s"] = distinct_texts / max(timings["embed_texts_s"], 1e-9)
         if embedded.image_files:
             timings["images_per_s"] = len(embedded.image_files) / max(timings["embed_images_s"], 1e-9)
-    return {
-        "schema_version": RESULT_SCHEMA,
-        "model": encoder.metadata(),
-        "protocol": {"name": PROTOCOL, "steps": options.steps, "root_text": encoder.root_text,
-                     "bootstrap": {"resamples": options.resamples, "seed": options.seed, "level": LEVEL}},
-        "dataset": {"split": options.data or options.split, "rows": len(records),
-                    "images": len(embedded.image_files), "checksum": content_checksum(records),
-                    **({"image_recipe": image_recipe(options.image_source)} if embedded.image_files else {})},
-        "package": {"name": "hierarcaps", "version": __version__},
-        "environment": environment(options),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "timings": timings,
-        "main_score": main_score_of(PROTOCOL, metrics),
-        "metrics": metrics,
-        "baselines": baselines,
-    }
+    return Result(
+        model=encoder.metadata(),
+        protocol={"name": PROTOCOL, "steps": options.steps, "root_text": encoder.root_text,
+                  "bootstrap": {"resamples": options.resamples, "seed": options.seed, "level": LEVEL}},
+        dataset={"split": options.data or options.split, "rows": len(records),
+                 "images": len(embedded.image_files), "checksum": content_checksum(records),
+                 **({"image_recipe": image_recipe(options.image_source)} if embedded.image_files else {})},
+        package={"name": "hierarcaps", "version": __version__},
+        metrics=metrics, baselines=baselines,
+        extra={"environment": environment(options),
+               "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "timings": timings},
+    ).to_dict()
 
 
 def slug(text: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import HierarcapsError
 from ..metrics.catalogue import HEADLINE, METRICS, main_score
+from ..results import Result
 
 BASELINE_LABELS = {"random": "random embeddings", "length_chars": "caption length (characters)",
                    "length_words": "caption length (words)"}
@@ -53,25 +54,19 @@ def display_name(result: dict[str, Any]) -> str:
     return f"{name} ({fingerprint})" if fingerprint else name
 
 
-def is_result(document: Any) -> bool:
-    return isinstance(document, dict) and isinstance(document.get("metrics"), dict) \
-        and isinstance(document.get("model"), dict) and isinstance(document.get("protocol"), dict)
-
-
 def read_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Result documents from files (each must be one) and folders (every result JSON below them)."""
+    """Result documents from files (each must be one: else a one-line reason) and folders (every JSON file
+    below them that is a result; others, such as submission.json, are passed over)."""
     results = []
     for entry in map(Path, paths):
         if entry.is_dir():
             for file in sorted(entry.rglob("*.json")):
-                document = _load_json(file)
-                if is_result(document):
-                    results.append(document)
+                try:
+                    results.append(Result.from_dict(_load_json(file), str(file)).to_dict())
+                except HierarcapsError:
+                    continue
             continue
-        document = _load_json(entry)
-        if not is_result(document):
-            raise HierarcapsError(f"{entry}: not a hierarcaps result (no model, protocol and metrics)")
-        results.append(document)
+        results.append(Result.from_dict(_load_json(entry), str(entry)).to_dict())
     if not results:
         raise HierarcapsError("no result JSON files found")
     return results

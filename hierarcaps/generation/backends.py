@@ -127,7 +127,7 @@ def _torch_dtype(name: str) -> Any:
 class TransformersLLM:
     """A causal LM through ``AutoModelForCausalLM.generate``, batched with left padding."""
 
-    def __init__(self, config: LLMConfig) -> None:
+    def __init__(self, config: LLMConfig, seed: int = 0) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name, self.version, self.batch_size = config.model, model_version(config.model), config.batch_size
@@ -210,9 +210,11 @@ class VllmLLM:
         return [Completion(parse_fields(o.outputs[0].text, fields), o.outputs[0].text) for o in outputs]
 
 
+BACKENDS: dict[str, type] = {"transformers": TransformersLLM, "vllm": VllmLLM}
+"""LLM backends by the name a config gives (``llm.backend``); each is built as ``Backend(config, seed)``."""
+
+
 def make_backend(config: LLMConfig, seed: int) -> LLMBackend:
-    if config.backend == "transformers":
-        return TransformersLLM(config)
-    if config.backend == "vllm":
-        return VllmLLM(config, seed)
-    raise HierarcapsError(f"unknown LLM backend {config.backend!r} (choose transformers or vllm)")
+    if config.backend not in BACKENDS:
+        raise HierarcapsError(f"unknown LLM backend {config.backend!r} (choose {', '.join(BACKENDS)})")
+    return BACKENDS[config.backend](config, seed)

@@ -13,7 +13,9 @@ from typing import Any
 
 from ..errors import DataError
 
-STAGES = ("captions", "seed", "filter", "augment", "distill", "build", "export")
+STAGES = {"captions": "00-captions", "seed": "10-seed", "filter": "20-filter", "augment": "30-augment",
+          "distill": "40-distill", "build": "50-build", "export": "60-export"}
+"""Every stage in run order, with the folder it writes (the runner calls ``Runner.stage_<name>``)."""
 
 
 @dataclasses.dataclass

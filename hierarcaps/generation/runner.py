@@ -42,8 +42,6 @@ from .stages import (
     seed_batch,
 )
 
-FOLDERS = {stage: f"{10 * n:02d}-{stage}" for n, stage in enumerate(STAGES)}
-
 
 def read_captions(path: str | Path) -> list[Row]:
     """Captions from a text file (one per line), a CSV with a ``caption`` column, or a hierarchy file
@@ -92,7 +90,7 @@ class Runner:
 
     def __init__(self, config: GenerationConfig, *, progress: bool = True) -> None:
         self.config, self.progress, self.out = config, progress, Path(config.out)
-        self.models = Models(config, self.out / FOLDERS["distill"] / "model")
+        self.models = Models(config, self.out / STAGES["distill"] / "model")
         self._versions: dict[str, str] = {}
 
     # -- files -------------------------------------------------------------------------------------------
@@ -104,14 +102,14 @@ class Runner:
             recorded = json.loads(run_file.read_text())
             if recorded["fingerprint"] == self.config.fingerprint():
                 return
-            if any(self.out.glob("*/*.done")) or (self.out / FOLDERS["distill"] / "model").exists():
+            if any(self.out.glob("*/*.done")) or (self.out / STAGES["distill"] / "model").exists():
                 raise HierarcapsError(f"{self.out} holds a run with other settings; use a new `out` or delete it")
         with atomic_open(run_file) as handle:
             json.dump({"fingerprint": self.config.fingerprint(), "config": self.config.to_dict(),
                        "package_version": __version__}, handle, indent=2)
 
     def shard_path(self, stage: str, shard: int) -> Path:
-        return self.out / FOLDERS[stage] / f"shard-{shard:05d}.parquet"
+        return self.out / STAGES[stage] / f"shard-{shard:05d}.parquet"
 
     def is_done(self, stage: str, shard: int) -> bool:
         return self.shard_path(stage, shard).with_suffix(".done").exists()
@@ -124,7 +122,7 @@ class Runner:
         if not self._versions:
             self._versions = {"llm": f"{self.config.llm.backend}:{model_version(self.config.llm.model)}",
                               "nli": nli_version(self.config.nli)}
-        student = self.out / FOLDERS["distill"] / "model"
+        student = self.out / STAGES["distill"] / "model"
         if "student" not in self._versions and student.exists():
             self._versions["student"] = model_version(str(student))
         return self._versions
@@ -153,12 +151,12 @@ class Runner:
         return [row for shard in range(self.n_shards) for row in self.read_shard(stage, shard)]
 
     def shard_seed(self, stage: str, shard: int) -> int:
-        sequence = np.random.SeedSequence([self.config.seed, STAGES.index(stage), shard])
+        sequence = np.random.SeedSequence([self.config.seed, list(STAGES).index(stage), shard])
         return int(sequence.generate_state(1)[0] % (2**31 - 1))
 
     # -- stages ------------------------------------------------------------------------------------------
     def stage_captions(self) -> None:
-        manifest = self.out / FOLDERS["captions"] / "manifest.json"
+        manifest = self.out / STAGES["captions"] / "manifest.json"
         if manifest.exists():
             self.n_shards = json.loads(manifest.read_text())["shards"]
             return
@@ -200,50 +198,49 @@ class Runner:
         """Run every stage up to ``until``; returns the folder that stage wrote."""
         if until not in STAGES:
             raise HierarcapsError(f"unknown stage {until!r} (stages: {', '.join(STAGES)})")
-        prompts = load_prompts(self.config.prompts)        # inputs are checked before the folder is claimed
+        self.prompts = load_prompts(self.config.prompts)   # inputs are checked before the folder is claimed
         if not Path(self.config.input).exists():
             raise DataError("no such input file", file=self.config.input)
         self.out.mkdir(parents=True, exist_ok=True)
         self._claim_folder()
-        models = self.models
-        steps: list[tuple[str, Callable[[], None]]] = [
-            ("captions", self.stage_captions),
-            ("seed", lambda: self.map_shards("seed", "captions", lambda rows, s: seed_batch(rows, models, prompts, s))),
-            ("filter", lambda: self.map_shards("filter", "seed", lambda rows, s: filter_batch(rows, models))),
-            ("augment", lambda: self.stage_augment(prompts)),
-            ("distill", self.stage_distill),
-            ("build", lambda: self.map_shards("build", "captions", lambda rows, s: build_batch(rows, models, s))),
-            ("export", self.stage_export),
-        ]
-        for stage, step in steps:
-            step()
+        for stage in STAGES:
+            getattr(self, f"stage_{stage}")()
             if stage == until:
-                return self.out / FOLDERS[stage]
-        raise AssertionError("unreachable")
+                break
+        return self.out / STAGES[until]
 
-    def stage_augment(self, prompts: dict[str, str]) -> None:
+    def stage_seed(self) -> None:
+        self.map_shards("seed", "captions", lambda rows, seed: seed_batch(rows, self.models, self.prompts, seed))
+
+    def stage_filter(self) -> None:
+        self.map_shards("filter", "seed", lambda rows, seed: filter_batch(rows, self.models))
+
+    def stage_build(self) -> None:
+        self.map_shards("build", "captions", lambda rows, seed: build_batch(rows, self.models, seed))
+
+    def stage_augment(self) -> None:
         if self.config.augment.samples_per_caption <= 0:
             self.map_shards("augment", "captions", lambda rows, seed: [])
             return
         pool = self.accepted_chains("filter")
         self.map_shards("augment", "captions",
-                        lambda rows, seed: augment_batch(rows, self.models, prompts, pool, seed) if pool else [])
+                        lambda rows, seed: augment_batch(rows, self.models, self.prompts, pool, seed) if pool else [])
 
     def stage_distill(self) -> None:
         from .distill import Distiller
 
-        folder = self.out / FOLDERS["distill"]
+        folder = self.out / STAGES["distill"]
         if not (folder / "model").exists():
             chains = self.accepted_chains("filter", "augment")
             Distiller(self.config.distill, chains, folder, self.config.seed, self.progress).run()
 
-    def stage_export(self) -> Path:
+    def stage_export(self) -> None:
         """A final NLI pass, de-duplication, the official CSV and parquet with provenance, and the statistics."""
         from .report import deduplicate, render_stats, stage_summary, tier_lengths
 
-        folder = self.out / FOLDERS["export"]
+        folder = self.out / STAGES["export"]
         if (folder / "stats.json").exists():
-            return folder
+            return
         built = self.read_stage("build")
         final = deduplicate(final_check_batch(built, self.models))
         records = [Hierarchy(id=r["id"], positive=tuple(r["positive"]), negative=tuple(r["negative"]),
@@ -255,9 +252,9 @@ class Runner:
         csv_path = write_csv(records, folder / "hierarchies.csv", fmt="pairs")
         parquet_path = write_parquet(records, folder / "hierarchies.parquet",
                                      metadata={"hierarcaps.provenance": json.dumps(provenance)})
-        distill_summary = json.loads((self.out / FOLDERS["distill"] / "summary.json").read_text())
+        distill_summary = json.loads((self.out / STAGES["distill"] / "summary.json").read_text())
         stats = {
-            "captions": json.loads((self.out / FOLDERS["captions"] / "manifest.json").read_text())["captions"],
+            "captions": json.loads((self.out / STAGES["captions"] / "manifest.json").read_text())["captions"],
             "stages": {stage: stage_summary(built if stage == "build" else self.read_stage(stage),
                                              stage_seconds(self, stage))
                        for stage in ("seed", "filter", "augment", "build")},
@@ -271,7 +268,6 @@ class Runner:
         (folder / "stats.md").write_text(render_stats(stats), encoding="utf-8")
         with atomic_open(folder / "stats.json") as handle:   # last: its presence marks the export complete
             json.dump(stats, handle, indent=2)
-        return folder
 
 
 def run_generation(config: GenerationConfig, *, until: str = "export", progress: bool = True) -> Path:
@@ -290,7 +286,7 @@ def rethreshold(config: GenerationConfig) -> dict[str, dict[str, int]]:
 
     runner = Runner.__new__(Runner)
     runner.config, runner.out, runner.progress, runner._versions = config, Path(config.out), False, {}
-    manifest = runner.out / FOLDERS["captions"] / "manifest.json"
+    manifest = runner.out / STAGES["captions"] / "manifest.json"
     if not manifest.exists() or not (runner.out / "run.json").exists():
         raise HierarcapsError(f"{runner.out} holds no generation run to re-decide")
     recorded = _without_decisions(json.loads((runner.out / "run.json").read_text())["config"])
@@ -314,7 +310,7 @@ def rethreshold(config: GenerationConfig) -> dict[str, dict[str, int]]:
             runner._write_shard(stage, shard, rows, marker["seconds"])
         counts[stage] = dict(tally)
     for stage in DOWNSTREAM:
-        shutil.rmtree(runner.out / FOLDERS[stage], ignore_errors=True)
+        shutil.rmtree(runner.out / STAGES[stage], ignore_errors=True)
     with atomic_open(runner.out / "run.json") as handle:       # the folder now holds this config's decisions
         json.dump({"fingerprint": config.fingerprint(), "config": config.to_dict(), "package_version": __version__},
                   handle, indent=2)

@@ -23,9 +23,9 @@ from ..data.records import content_checksum
 from ..errors import HierarcapsError
 from ..metrics.baselines import all_baselines
 from ..metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, LEVEL
-from ..metrics.catalogue import main_score_of
 from ..metrics.hierarchy import DEFAULT_STEPS, PROTOCOL
 from ..metrics.scoring import EmbeddedBenchmark, score
+from ..results import Result, metrics_problem
 from . import names
 from .submission import SUBMISSION_FILE
 from .validate import Report, Submission, check_model, read_meta, validate
@@ -52,18 +52,14 @@ def score_submission(sub: Submission) -> dict[str, Any]:
     model = dict(sub.meta["model"])
     model["modalities"] = sub.meta.get("modalities", ["text", "image"])
     model["dim"] = int(sub.root.shape[0])
-    metrics = score(bench)
-    return {
-        "model": model,
-        "protocol": {"name": PROTOCOL, "steps": DEFAULT_STEPS, "root_text": "",
-                     "bootstrap": {"resamples": DEFAULT_RESAMPLES, "seed": DEFAULT_SEED, "level": LEVEL}},
-        "dataset": {"split": "test", "rows": n, "checksum": content_checksum(records)},
-        "main_score": main_score_of(PROTOCOL, metrics),
-        "metrics": metrics,
-        "text_radii_declared": sub.text_radii is not None,
-        "embeddings_sha256": sub.embeddings_sha256,
-        "package": {"name": "hierarcaps", "version": __version__},
-    }
+    return Result(
+        model=model,
+        protocol={"name": PROTOCOL, "steps": DEFAULT_STEPS, "root_text": "",
+                  "bootstrap": {"resamples": DEFAULT_RESAMPLES, "seed": DEFAULT_SEED, "level": LEVEL}},
+        dataset={"split": "test", "rows": n, "checksum": content_checksum(records)},
+        metrics=score(bench), package={"name": "hierarcaps", "version": __version__},
+        extra={"text_radii_declared": sub.text_radii is not None, "embeddings_sha256": sub.embeddings_sha256},
+    ).to_dict()
 
 
 def entry_folder(board: Path, meta: dict[str, Any]) -> Path:
@@ -180,23 +176,6 @@ def build(board: str | Path = "leaderboard") -> list[Path]:
             handle.write(text)
         written.append(board / name)
     return written
-
-
-def metrics_problem(metrics: Any) -> str | None:
-    """Why a stored metrics block cannot be rendered: each metric needs a finite value and a two-number CI."""
-    import math
-
-    def number(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-    if not isinstance(metrics, dict):
-        return "must be an object"
-    for name, entry in metrics.items():
-        ci = entry.get("ci95") if isinstance(entry, dict) else None
-        if not (isinstance(entry, dict) and number(entry.get("value")) and isinstance(ci, list) and len(ci) == 2
-                and all(number(x) for x in ci)):
-            return f"{str(name)[:40]!r} needs a finite value and ci95 [low, high]"
-    return None
 
 
 def check(board: str | Path = "leaderboard") -> list[str]:
