@@ -141,3 +141,27 @@ def test_the_readme_model_table_names_every_adapter_of_the_catalogue() -> None:
     readme = (PACKAGE.parent / "README.md").read_text()
     table = readme[readme.index("### Model specs"):readme.index("### What `evaluate` reports")]
     assert all(f"`{adapter.prefix}" in table for adapter in ADAPTERS)
+
+
+def test_a_metric_declared_in_the_catalogue_reaches_the_report_and_the_board(monkeypatch, tmp_path: Path) -> None:
+    """The 'add a metric or a board column' path of ARCHITECTURE.md: one declaration, every table."""
+    import numpy as np
+
+    from hierarcaps.benchmarks.table import report
+    from hierarcaps.data import load_official
+    from hierarcaps.leaderboard.render import markdown, page, rows
+    from hierarcaps.metrics import EmbeddedBenchmark, score
+    from hierarcaps.metrics.catalogue import METRICS, MetricInfo
+
+    monkeypatch.setitem(METRICS, "text_query/recall_tier1", MetricInfo("text_query/recall_tier1", "TQ R@t1",
+                                                                       "tier-1 recall, caption queries"))
+    texts = np.array([r.positive for r in load_official("test")[:100]], dtype=object)
+    emb = np.random.default_rng(0).standard_normal((*texts.shape, 8))
+    emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
+    metrics = score(EmbeddedBenchmark(texts, emb, emb[0, 0]), resamples=10)
+    result = {"model": {"name": "m", "revision": "r", "parameters": 1}, "protocol": {"name": "hierarcaps-v1"},
+              "dataset": {"split": "test"}, "metrics": metrics}
+    value = f"{metrics['text_query/recall_tier1']['value']:.4f}"
+    assert "TQ R@t1" in report([result]) and value in report([result])
+    table = rows([result], {})
+    assert "TQ R@t1" in markdown(table) and value in markdown(table) and "TQ R@t1" in page(table)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import HierarcapsError
-from ..metrics.catalogue import HEADLINE, METRICS, main_score
+from ..metrics.catalogue import headline, label, main_score
 from ..results import Result
 
 BASELINE_LABELS = {"random": "random embeddings", "length_chars": "caption length (characters)",
@@ -96,8 +96,9 @@ def report_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return rows
 
 
-def report(results: Sequence[dict[str, Any]], output: str = "text", metrics: Sequence[str] = HEADLINE) -> str:
+def report(results: Sequence[dict[str, Any]], output: str = "text", metrics: Sequence[str] | None = None) -> str:
     """The merged report in ``output`` format: text, markdown, csv (value and CI columns) or json."""
+    metrics = headline() if metrics is None else metrics
     rows = report_rows(results)
     if output == "json":
         return json.dumps([{**r, "metrics": {m: r["metrics"][m] for m in metrics if m in r["metrics"]},
@@ -116,8 +117,7 @@ def report(results: Sequence[dict[str, Any]], output: str = "text", metrics: Seq
             writer.writerow([r["model"], r["split"], r["kind"], r["images"], r["main_score"],
                              "" if main is None else main["value"], *values])
         return buffer.getvalue()
-    header = ["model", "split", f"main score ({METRICS[rows[0]['main_score']].label})",
-              *(METRICS[m].label if m in METRICS else m for m in metrics)]
+    header = ["model", "split", f"main score ({label(rows[0]['main_score'])})", *(label(m) for m in metrics)]
     table = [[r["model"] + (" [baseline]" if r["kind"] == "baseline" else ""), r["split"],
               fmt(r["metrics"].get(r["main_score"])), *(fmt(r["metrics"].get(m)) for m in metrics)] for r in rows]
     if output == "markdown":

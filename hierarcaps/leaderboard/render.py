@@ -5,11 +5,14 @@ from __future__ import annotations
 import html
 from typing import Any
 
-from ..metrics.catalogue import HEADLINE, METRICS, main_score
+from ..metrics.catalogue import headline, label, main_score
 from ..metrics.hierarchy import PROTOCOL
 from .names import MAX_PARAMETERS, link_problem, markdown_cell
 
-COLUMNS = tuple((name, METRICS[name].label) for name in HEADLINE)
+
+def columns() -> tuple[tuple[str, str], ...]:
+    """(metric, label) of every board column, from the metric catalogue."""
+    return tuple((name, label(name)) for name in headline())
 TIERS = ("recall_tier1", "recall_tier2", "recall_tier3", "recall_tier4")
 REFERENCE_LABELS = {"random": "random embeddings (d=512)", "length_chars": "caption length (characters)",
                     "length_words": "caption length (words)"}
@@ -51,7 +54,7 @@ def _safe_link(row: dict[str, Any]) -> str:
 
 
 def markdown(table: list[dict[str, Any]]) -> str:
-    header = ["model", "revision", "params", *(label for _, label in COLUMNS)]
+    header = ["model", "revision", "params", *(text for _, text in columns())]
     lines = ["# HierarCaps leaderboard", "",
              "Scored by `hierarcaps` from submitted embeddings (protocol hierarcaps-v1, 1K test set). "
              "Values: mean [95% bootstrap CI]. Reference rows (marked) are computed by the same code and ranked "
@@ -61,7 +64,7 @@ def markdown(table: list[dict[str, Any]]) -> str:
         name, link = markdown_cell(row["name"]), _safe_link(row)
         name = f"*{name} (reference)*" if row["reference"] else (f"[{name}](<{link}>)" if link else name)
         cells = [name, markdown_cell(row["revision"]), _params(row["parameters"]),
-                 *(_cell(row["metrics"].get(m)) for m, _ in COLUMNS)]
+                 *(_cell(row["metrics"].get(m)) for m, _ in columns())]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "τ_d: Kendall's tau between distance to the root and tier; caption length alone reaches the "
               "reference values (ties count as half, never broken in tier order). TQ: the tier-4 caption as the "
@@ -149,7 +152,7 @@ tr.reference td { color: #777; font-style: italic; background: #fafafa; }
 
 
 def page(table: list[dict[str, Any]]) -> str:
-    header = [("name", "model"), ("revision", "revision"), ("parameters", "params"), *COLUMNS]
+    header = [("name", "model"), ("revision", "revision"), ("parameters", "params"), *columns()]
     head = "".join(f'<th data-key="{html.escape(key)}">{html.escape(label)}</th>' for key, label in header)
     body = []
     for row in table:
@@ -159,7 +162,7 @@ def page(table: list[dict[str, Any]]) -> str:
         count = row["parameters"] if _known_count(row["parameters"]) else ""
         cells = [f"<td>{name}</td>", f"<td>{html.escape(row['revision'])}</td>",
                  f'<td data-value="{count}">{_params(row["parameters"])}</td>']
-        for metric, _ in COLUMNS:
+        for metric, _ in columns():
             m = row["metrics"].get(metric)
             if m is None:
                 cells.append('<td data-value="">–</td>')

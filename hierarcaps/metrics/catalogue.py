@@ -29,8 +29,14 @@ METRICS: dict[str, MetricInfo] = {m.name: m for m in (
     MetricInfo("text_query/precision", "TQ P", "hierarchical retrieval precision, tier-4 caption as the query"),
     MetricInfo("text_query/recall", "TQ R", "hierarchical retrieval recall, tier-4 caption as the query"),
 )}
-HEADLINE = tuple(METRICS)
-"""The metrics every table shows, in this order."""
+def headline() -> tuple[str, ...]:
+    """The metrics every table and the board show, in declaration order (read at call time, so a metric
+    declared in ``METRICS`` appears everywhere at once)."""
+    return tuple(METRICS)
+
+
+def label(name: str) -> str:
+    return METRICS[name].label if name in METRICS else name
 MAIN_SCORE = {"hierarcaps-v1": "d_corr"}
 """The one number a protocol is ranked by (its leaderboard sort, a result's ``main_score``)."""
 
