@@ -306,6 +306,24 @@ def test_a_folder_refuses_a_run_with_other_settings(tmp_path: Path) -> None:
         Runner(load_config(tmp_path / "c.yaml"), progress=False).run(until="captions")
 
 
+def test_a_run_that_failed_before_any_work_blocks_nothing(tmp_path: Path) -> None:
+    """The captions file is missing at first (a relative path that later resolves): the failed attempt claims
+    no folder, and the retry with the file in place runs."""
+    prompts = REPO / "generation" / "prompts"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"input: caps.txt\nout: {tmp_path / 'run'}\nprompts: {prompts}\n")
+    failed = subprocess.run([sys.executable, "-m", "hierarcaps", "generate", "--config", str(config), "--until",
+                             "captions"], capture_output=True, text=True, cwd=tmp_path / "..")
+    assert failed.returncode == 1 and "no such input file" in failed.stderr
+    assert not (tmp_path / "run" / "run.json").exists()
+    (tmp_path / "run").mkdir()                       # even a claim left by an older version does not block:
+    (tmp_path / "run" / "run.json").write_text(json.dumps({"fingerprint": "stale", "config": {}}))
+    (tmp_path / "caps.txt").write_text("a dog on a beach\n")
+    done = subprocess.run([sys.executable, "-m", "hierarcaps", "generate", "--config", str(config), "--until",
+                           "captions"], capture_output=True, text=True, cwd=tmp_path / "..")
+    assert done.returncode == 0, done.stderr
+
+
 def test_reading_captions_reports_the_bad_row(tmp_path: Path) -> None:
     from hierarcaps.generation.runner import read_captions
 
