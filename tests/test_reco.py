@@ -361,27 +361,3 @@ def test_zero_shot_on_classes_outside_training_needs_the_memory_that_holds_them(
     without = top1(f"reco:{tmp_path / 'reco'}#image")
     swapped = top1(f"reco:{tmp_path / 'reco'}?memory={tmp_path / 'memory-all'}#image")
     assert frozen < 0.6 and without < 0.6 and swapped >= 0.9, (frozen, without, swapped)   # chance: 1/3
-
-
-def test_contrastive_loss_counts_identical_captions_as_positives_not_negatives() -> None:
-    import torch
-
-    from hierarcaps.reco.train import contrastive
-
-    generator = torch.Generator().manual_seed(0)
-    a, b = (torch.nn.functional.normalize(torch.randn(6, 8, generator=generator), dim=-1) for _ in range(2))
-    scale = torch.tensor(2.0)
-    logits = scale.exp() * a @ b.T
-    target = torch.arange(6)
-    standard = (torch.nn.functional.cross_entropy(logits, target) +
-                torch.nn.functional.cross_entropy(logits.T, target)) / 2
-    torch.testing.assert_close(contrastive(a, b, scale), standard)        # distinct rows: plain InfoNCE
-    b[1] = b[0]                                                           # the same caption twice
-    logits = scale.exp() * a @ b.T
-    positives = [{0, 1}, {0, 1}, {2}, {3}, {4}, {5}]
-
-    def by_hand(scores: torch.Tensor) -> float:
-        return float(np.mean([float(torch.logsumexp(scores[i], 0) - torch.logsumexp(scores[i, sorted(p)], 0))
-                              for i, p in enumerate(positives)]))
-
-    assert float(contrastive(a, b, scale)) == pytest.approx((by_hand(logits) + by_hand(logits.T)) / 2, abs=1e-5)

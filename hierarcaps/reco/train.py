@@ -61,20 +61,12 @@ class RecoConfig:
 
 
 def contrastive(a: Any, b: Any, logit_scale: Any) -> Any:
-    """Symmetric InfoNCE between row-aligned unit vectors, where rows with an identical partner on either side
-    (the same caption twice in a batch, say) count as positives of each other rather than as negatives."""
+    """Symmetric InfoNCE between row-aligned unit vectors."""
     import torch
 
     logits = logit_scale.exp() * a @ b.T
-    with torch.no_grad():
-        same = ((a @ a.T) > 1 - 1e-6) | ((b @ b.T) > 1 - 1e-6)
-        same |= torch.eye(len(a), dtype=torch.bool, device=a.device)
-
-    def one_way(scores: Any) -> Any:
-        positives = torch.logsumexp(scores.masked_fill(~same, float("-inf")), dim=1)
-        return (torch.logsumexp(scores, dim=1) - positives).mean()
-
-    return (one_way(logits) + one_way(logits.T)) / 2
+    target = torch.arange(len(a), device=a.device)
+    return (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
 
 
 def split_by_group(groups: Sequence[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
