@@ -222,7 +222,9 @@ def test_result_file_and_report(tiny_hf: Path, subset: Path, test_image_dir: Pat
     assert json.loads(path.read_text())["metrics"] == json.loads(json.dumps(result["metrics"]))
     report = subprocess.run([sys.executable, "-m", "hierarcaps", "report", str(tmp_path / "results"), "--markdown"],
                             capture_output=True, text=True, check=True)
-    assert str(tiny_hf) in report.stdout and report.stdout.count("\n") == 3
+    # a display name (folder name + short fingerprint), never the path; the model row and its three baselines
+    assert "| tiny-clip (" in report.stdout and str(tiny_hf) not in report.stdout
+    assert report.stdout.count("[baseline]") == 3 and report.stdout.count("\n") == 6
 
 
 def test_cli_evaluate_writes_result_and_plots(tiny_hf: Path, subset: Path, test_image_dir: Path,
