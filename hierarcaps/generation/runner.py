@@ -284,8 +284,7 @@ def rethreshold(config: GenerationConfig) -> dict[str, dict[str, int]]:
     stale and recomputed by the next run. Returns the new reason counts per stage."""
     from .nli import decide_chain
 
-    runner = Runner.__new__(Runner)
-    runner.config, runner.out, runner.progress, runner._versions = config, Path(config.out), False, {}
+    runner = Runner(config, progress=False)             # models load lazily: none is touched here
     manifest = runner.out / STAGES["captions"] / "manifest.json"
     if not manifest.exists() or not (runner.out / "run.json").exists():
         raise HierarcapsError(f"{runner.out} holds no generation run to re-decide")
