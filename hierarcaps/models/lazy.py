@@ -46,6 +46,7 @@ class LazyEncoder(Encoder):
         self.name, self.has_images, self.adapter = name, has_images, adapter
         self.device, self.load_image_transform = device, load_image_transform
         self._fingerprint = folder_fingerprint(folder)
+        self._memo_read: dict[str, Any] | None = None
 
     @contextlib.contextmanager
     def _counting_load_time(self) -> Iterator[None]:
@@ -92,9 +93,12 @@ class LazyEncoder(Encoder):
         return cache_dir() / "models" / f"{self._fingerprint.split(':')[-1]}.json"
 
     def _memo(self) -> dict[str, Any] | None:
-        path = self._memo_path()
-        memo = json.loads(path.read_text()) if path.exists() else None
-        return memo if memo is not None and "own_geometry" in memo else None
+        """The memo of an earlier load (read once: it is keyed by the weights, so it never changes)."""
+        if self._memo_read is None:
+            path = self._memo_path()
+            memo = json.loads(path.read_text()) if path.exists() else None
+            self._memo_read = memo if memo is not None and "own_geometry" in memo else None
+        return self._memo_read
 
     def _geometry(self) -> Encoder | None:
         """The loaded model when its geometry is its own (or not yet known), None for the default geometry.
@@ -131,4 +135,5 @@ class LazyEncoder(Encoder):
         info = {**self.loaded.metadata(), "name": self.name, "fingerprint": self._fingerprint,
                 "folder": self.folder.name}
         write_bytes_atomic(self._memo_path(), json.dumps(info).encode())
+        self._memo_read = info
         return info
