@@ -21,3 +21,24 @@ def image_store(args: argparse.Namespace, **kwargs: Any):
     from .data.images import ImageStore
 
     return ImageStore(args.image_dir, download=args.download, source=args.image_source, **kwargs)
+
+
+def engine_options(parser: argparse.ArgumentParser) -> None:
+    """Where shard work runs: this process, or a Ray cluster (``pip install 'hierarcaps[distributed]'``)."""
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help="local: this process; ray: Ray Data actor pools (same outputs, resumable by either)")
+    parser.add_argument("--address", help="Ray cluster address (auto, ray://host:10001); default: a local cluster")
+    parser.add_argument("--actors", type=int, help="actors per stage (default: one per GPU for GPU stages, "
+                                                   "else one per --cpus-per-actor CPUs)")
+    parser.add_argument("--cpus-per-actor", type=float, help="CPUs each actor reserves (default: 1)")
+    parser.add_argument("--gpus-per-actor", type=float, help="GPUs each actor of a GPU stage reserves (default: 1)")
+
+
+def engine(args: argparse.Namespace) -> Any:
+    """The engine that ``engine_options`` describe."""
+    from .engines import make_engine
+
+    if args.engine == "local":
+        return make_engine("local")
+    return make_engine("ray", address=args.address, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
+                       gpus_per_actor=args.gpus_per_actor)

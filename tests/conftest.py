@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))   # test helper modules (tiny_generation_models, ...)
 
 
 def shared_data_dir() -> Path:
@@ -38,3 +40,21 @@ def test_image_dir(shared_dir: Path) -> Path:
     if not images.is_dir() or len(list(images.glob("*.jpg"))) < 1000:
         pytest.skip(f"the 1,000 test images are not at {images}")
     return images
+
+
+@pytest.fixture(scope="session")
+def expanded_records(shared_dir: Path):
+    from hierarcaps.data.csvio import read_hierarchies
+
+    return read_hierarchies(shared_dir / "hierarcaps_test_expanded.csv.gz")
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory, expanded_records) -> Path:
+    from tiny_generation_models import build_tiny_llama, build_tiny_nli
+
+    folder = tmp_path_factory.mktemp("tiny-generation")
+    prompts = [p.read_text() for p in (REPO / "generation" / "prompts").glob("*.txt")]
+    build_tiny_llama(folder / "llm", [t for r in expanded_records[:2000] for t in r.positive] + prompts)
+    build_tiny_nli(folder / "nli")
+    return folder

@@ -5,22 +5,20 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_generation_models import kill_when, run_generate_cli, write_tiny_config
 
 from hierarcaps.errors import DataError, HierarcapsError
 from hierarcaps.generation.config import NLIConfig, load_config
 from hierarcaps.generation.nli import judge_chains, label_indices, select_negatives
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).parent))
 
 
 class TableScorer:
@@ -114,24 +112,6 @@ def test_config_errors_name_the_file_and_setting(tmp_path: Path) -> None:
 
 # -- tiny random models ------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def expanded_records(shared_dir: Path):
-    from hierarcaps.data.csvio import read_hierarchies
-
-    return read_hierarchies(shared_dir / "hierarcaps_test_expanded.csv.gz")
-
-
-@pytest.fixture(scope="session")
-def tiny_models(tmp_path_factory: pytest.TempPathFactory, expanded_records) -> Path:
-    from tiny_generation_models import build_tiny_llama, build_tiny_nli
-
-    folder = tmp_path_factory.mktemp("tiny-generation")
-    prompts = [p.read_text() for p in (REPO / "generation" / "prompts").glob("*.txt")]
-    build_tiny_llama(folder / "llm", [t for r in expanded_records[:2000] for t in r.positive] + prompts)
-    build_tiny_nli(folder / "nli")
-    return folder
-
-
 def test_transformers_backend_always_returns_the_schema(tiny_models: Path) -> None:
     from hierarcaps.generation.backends import Sampling, TransformersLLM
     from hierarcaps.generation.config import LLMConfig
@@ -179,48 +159,6 @@ def test_instruct_models_get_their_chat_template_and_the_json_constraint_still_h
         TransformersLLM(LLMConfig(model=str(tiny_models / "llm"), chat_template="required"))
 
 
-def _write_config(folder: Path, models: Path, captions: Path, **distill) -> Path:
-    steps = distill.get("max_steps", 60)
-    text = f"""
-input: {captions}
-out: {folder / "run"}
-prompts: {REPO / "generation" / "prompts"}
-shard_size: 10
-llm: {{backend: transformers, model: {models / "llm"}, max_new_tokens: 6, batch_size: 16, temperature: 1.0}}
-nli: {{model: {models / "nli"}, entail_threshold: 0.2, contradict_threshold: 0.2}}
-augment: {{demonstrations: 2, samples_per_caption: 1}}
-distill:
-  scratch: {{d_model: 64, d_ff: 128, d_kv: 16, num_heads: 4, num_layers: 2, num_decoder_layers: 2, dropout_rate: 0.0}}
-  tokenizer_vocab: 400
-  max_steps: {steps}
-  batch_size: 16
-  lr: 0.003
-  eval_every: 20
-  checkpoint_every: 20
-build: {{negative_candidates: 3, max_new_tokens: 20, batch_size: 32}}
-"""
-    path = folder / "tiny.yaml"
-    path.write_text(text)
-    return path
-
-
-def _run_cli(config: Path, out: Path, python: str = sys.executable) -> subprocess.Popen:
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
-    return subprocess.Popen([python, "-m", "hierarcaps", "generate", "--config", str(config), "--out",
-                             str(out), "--no-progress"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _kill_when(process: subprocess.Popen, path_glob: tuple[Path, str], timeout: float = 300) -> None:
-    folder, pattern = path_glob
-    deadline = time.time() + timeout
-    while not list(folder.glob(pattern)):
-        assert process.poll() is None, process.stderr.read().decode()[-2000:]
-        assert time.time() < deadline, f"{pattern} never appeared"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-
-
 @pytest.mark.slow
 def test_pipeline_end_to_end_on_50_real_captions_and_resume_after_kill(tmp_path: Path, tiny_models: Path,
                                                                        expanded_records) -> None:
@@ -231,7 +169,7 @@ def test_pipeline_end_to_end_on_50_real_captions_and_resume_after_kill(tmp_path:
 
     captions = tmp_path / "captions.csv"
     write_csv(expanded_records[:50], captions, fmt="pairs")
-    config = load_config(_write_config(tmp_path, tiny_models, captions))
+    config = load_config(write_tiny_config(tmp_path, tiny_models, captions))
     export = Runner(config, progress=False).run()
     stats = json.loads((export / "stats.json").read_text())
 
@@ -256,11 +194,12 @@ def test_pipeline_end_to_end_on_50_real_captions_and_resume_after_kill(tmp_path:
 
     # killed mid-distillation and again mid-build, then resumed: the same final data, byte for byte
     out = tmp_path / "killed"
-    _kill_when(_run_cli(config_path := tmp_path / "tiny.yaml", out), (out / "40-distill" / "checkpoints", "step-*"))
+    config_path = tmp_path / "tiny.yaml"
+    kill_when(run_generate_cli(config_path, out), (out / "40-distill" / "checkpoints", "step-*"))
     assert not (out / "40-distill" / "model").exists()
-    _kill_when(_run_cli(config_path, out), (out / "50-build", "shard-00001.done"))
+    kill_when(run_generate_cli(config_path, out), (out / "50-build", "shard-00001.done"))
     assert not (out / "50-build" / "shard-00004.done").exists()
-    resumed = _run_cli(config_path, out)
+    resumed = run_generate_cli(config_path, out)
     assert resumed.wait() == 0, resumed.stderr.read().decode()[-2000:]
     for name in ("hierarchies.csv", "hierarchies.parquet"):
         assert (out / "60-export" / name).read_bytes() == (export / name).read_bytes()
@@ -383,11 +322,11 @@ def test_pipeline_through_the_real_vllm_engine(tmp_path: Path, tiny_models: Path
         pytest.skip("no vLLM environment (.ci/run builds one in .venv-vllm)")
     captions = tmp_path / "captions.csv"
     write_csv(expanded_records[:12], captions, fmt="pairs")
-    config = _write_config(tmp_path, tiny_models, captions, max_steps=20)
+    config = write_tiny_config(tmp_path, tiny_models, captions, max_steps=20)
     text = config.read_text().replace("backend: transformers", "backend: vllm").replace(
         "temperature: 1.0}", "temperature: 1.0, engine_args: {gpu_memory_utilization: 0.1, max_model_len: 2048}}")
     config.write_text(text)
-    run = _run_cli(config, tmp_path / "vllm-run", python=python)
+    run = run_generate_cli(config, tmp_path / "vllm-run", python=python)
     assert run.wait(timeout=500) == 0, run.stderr.read().decode()[-3000:]
     stats = json.loads((tmp_path / "vllm-run" / "60-export" / "stats.json").read_text())
     assert stats["models"]["llm"].startswith("vllm:files-xxh3:")
@@ -403,7 +342,7 @@ def test_dry_run_takes_a_handful_of_captions_into_its_own_folder(tmp_path: Path,
 
     captions = tmp_path / "captions.csv"
     write_csv(expanded_records[:50], captions, fmt="pairs")
-    config = dry_run_config(load_config(_write_config(tmp_path, tiny_models, captions)))
+    config = dry_run_config(load_config(write_tiny_config(tmp_path, tiny_models, captions)))
     export = Runner(config, progress=False).run()
     stats = json.loads((export / "stats.json").read_text())
     assert export.parent == tmp_path / "run-dry-run" and not (tmp_path / "run").exists()

@@ -4,8 +4,15 @@ packaged MiniLM's real WordPiece tokenizer. The vLLM test loads the same folders
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def build_tiny_llama(folder: Path, texts: Sequence[str]) -> Path:
@@ -45,3 +52,48 @@ def build_tiny_nli(folder: Path) -> Path:
     tokenizer.save_pretrained(folder)
     return folder
 
+
+def write_tiny_config(folder: Path, models: Path, captions: Path, **distill) -> Path:
+    """The pipeline config the generation tests share: tiny random models, small shards, 60 distill steps."""
+    steps = distill.get("max_steps", 60)
+    text = f"""
+input: {captions}
+out: {folder / "run"}
+prompts: {REPO / "generation" / "prompts"}
+shard_size: 10
+llm: {{backend: transformers, model: {models / "llm"}, max_new_tokens: 6, batch_size: 16, temperature: 1.0}}
+nli: {{model: {models / "nli"}, entail_threshold: 0.2, contradict_threshold: 0.2}}
+augment: {{demonstrations: 2, samples_per_caption: 1}}
+distill:
+  scratch: {{d_model: 64, d_ff: 128, d_kv: 16, num_heads: 4, num_layers: 2, num_decoder_layers: 2, dropout_rate: 0.0}}
+  tokenizer_vocab: 400
+  max_steps: {steps}
+  batch_size: 16
+  lr: 0.003
+  eval_every: 20
+  checkpoint_every: 20
+build: {{negative_candidates: 3, max_new_tokens: 20, batch_size: 32}}
+"""
+    path = folder / "tiny.yaml"
+    path.write_text(text)
+    return path
+
+
+def run_generate_cli(config: Path, out: Path, python: str = sys.executable,
+                     extra: Sequence[str] = ()) -> subprocess.Popen:
+    """``hierarcaps generate`` in a child process (its own session, so a kill takes its whole tree)."""
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen([python, "-m", "hierarcaps", "generate", "--config", str(config), "--out",
+                             str(out), "--no-progress", *extra], env=env,
+                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def kill_when(process: subprocess.Popen, path_glob: tuple[Path, str], timeout: float = 300) -> None:
+    folder, pattern = path_glob
+    deadline = time.time() + timeout
+    while not list(folder.glob(pattern)):
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, f"{pattern} never appeared"
+        time.sleep(0.05)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..cli import command
+from ..cli_options import engine, engine_options
 from .config import STAGES
 
 
@@ -20,6 +21,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
                    help="re-decide the judged chains from their stored NLI probabilities under the config's "
                         "thresholds (no model runs); distill, build and export then run again")
     p.add_argument("--no-progress", action="store_true")
+    engine_options(p)
 
 
 @command("generate", "make 4-tier positive and negative hierarchies from captions (LLM + NLI -> Flan-T5)",
@@ -38,7 +40,7 @@ def _generate(args: argparse.Namespace) -> int:
             print(f"{stage}: " + ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items())))
         print(f"re-decided {config.out}; run without --rethreshold to rebuild distill, build and export")
         return 0
-    folder = run_generation(config, until=args.until, progress=not args.no_progress)
+    folder = run_generation(config, until=args.until, progress=not args.no_progress, engine=engine(args))
     stats = folder / "stats.json"
     if stats.exists():
         summary = json.loads(stats.read_text())

@@ -11,17 +11,25 @@ Layout of ``out``::
 A shard counts only once its ``.done`` marker exists (parquet and marker are each written atomically,
 the marker last); a killed run recomputes the unfinished shard with the same seed, so the final data
 equal an uninterrupted run's, with nothing lost or duplicated.
+
+The shard stages (seed, filter, augment, build, and the export's final NLI pass) run on an engine
+(``hierarcaps.engines``): in this process, or as a Ray Data job whose actors each build their own
+``Runner`` over the same folder. Either engine writes the same bytes, and either resumes the other's run.
+Captions, distillation and the export's de-duplication and files run here (distillation is one model's
+optimisation: split across nodes it would follow another trajectory and give another student).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -29,6 +37,7 @@ from .. import __version__
 from .._io import atomic_open, atomic_path, sha256_file
 from ..data.csvio import write_csv, write_parquet
 from ..data.records import Hierarchy
+from ..engines import LocalEngine, RayEngine
 from ..errors import DataError, HierarcapsError
 from .config import STAGES, GenerationConfig
 from .stages import (
@@ -88,8 +97,10 @@ def dry_run_config(config: GenerationConfig) -> GenerationConfig:
 class Runner:
     """Run (or resume) every stage of a generation config."""
 
-    def __init__(self, config: GenerationConfig, *, progress: bool = True) -> None:
+    def __init__(self, config: GenerationConfig, *, progress: bool = True,
+                 engine: LocalEngine | RayEngine | None = None) -> None:
         self.config, self.progress, self.out = config, progress, Path(config.out)
+        self.engine = engine or LocalEngine()
         self.models = Models(config, self.out / STAGES["distill"] / "model")
         self._versions: dict[str, str] = {}
 
@@ -173,15 +184,60 @@ class Runner:
         with atomic_open(manifest) as handle:
             json.dump({"shards": self.n_shards, "captions": len(rows)}, handle)
 
-    def map_shards(self, stage: str, source: str, transform: Callable[[list[Row], int], list[Row]]) -> None:
-        """Apply a batch transform to every unfinished shard of ``source``, writing ``stage``'s shards."""
-        from tqdm.auto import tqdm
+    def attach(self) -> Runner:
+        """Join a run whose captions are already sharded (what an engine's worker does)."""
+        self.prompts = load_prompts(self.config.prompts)
+        self.n_shards = json.loads((self.out / STAGES["captions"] / "manifest.json").read_text())["shards"]
+        return self
 
-        todo = [s for s in range(self.n_shards) if not self.is_done(stage, s)]
-        for shard in tqdm(todo, desc=f"Stage {stage}", unit="shard", disable=not self.progress):
-            begun = time.perf_counter()
-            rows = transform(self.read_shard(source, shard), self.shard_seed(stage, shard))
-            self._write_shard(stage, shard, rows, time.perf_counter() - begun)
+    def shard_transform(self, stage: str) -> tuple[str, Callable[[list[Row], int], list[Row]]]:
+        """The stage a shard stage reads, and its batch transform (rows, shard seed) -> rows."""
+        models, prompts = self.models, self.prompts
+        if stage == "seed":
+            return "captions", lambda rows, seed: seed_batch(rows, models, prompts, seed)
+        if stage == "filter":
+            return "seed", lambda rows, seed: filter_batch(rows, models)
+        if stage == "augment":
+            pool = self.augment_pool
+            return "captions", lambda rows, seed: augment_batch(rows, models, prompts, pool, seed) if pool else []
+        if stage == "build":
+            return "captions", lambda rows, seed: build_batch(rows, models, seed)
+        if stage == "export":
+            return "build", lambda rows, seed: final_check_batch(rows, models)
+        raise HierarcapsError(f"stage {stage!r} is not a shard stage")
+
+    @functools.cached_property
+    def augment_pool(self) -> list[tuple[str, ...]]:
+        """The accepted seed chains the augment prompts draw demonstrations from (none: augmentation is off)."""
+        return self.accepted_chains("filter") if self.config.augment.samples_per_caption > 0 else []
+
+    def compute_shard(self, stage: str, shard: int, *, write: bool = True) -> dict[str, Any]:
+        """One shard of a shard stage: written with its marker (returns its row count), or returned."""
+        begun = time.perf_counter()
+        source, transform = self.shard_transform(stage)
+        rows = transform(self.read_shard(source, shard), self.shard_seed(stage, shard))
+        if not write:
+            return {"shard": shard, "rows": rows}
+        self._write_shard(stage, shard, rows, time.perf_counter() - begun)
+        return {"shard": shard, "rows": len(rows)}
+
+    def stage_gpus(self, stage: str) -> float:
+        """GPUs one worker of a stage can use: the LLM stages under vLLM (its tensor-parallel size)."""
+        if stage in ("seed", "augment") and self.config.llm.backend == "vllm":
+            return float(self.config.llm.engine_args.get("tensor_parallel_size", 1))
+        return 0.0
+
+    def worker(self, stage: str, *, write: bool = True) -> ShardWorker:
+        """This runner itself under the local engine; a fresh runner per actor under Ray."""
+        own = self if isinstance(self.engine, LocalEngine) else None
+        return ShardWorker(self.config, stage, write, own)
+
+    def map_shards(self, stage: str) -> None:
+        """Compute and write every unfinished shard of a shard stage on the run's engine."""
+        todo = [{"shard": s} for s in range(self.n_shards) if not self.is_done(stage, s)]
+        for _ in self.engine.map(self.worker(stage), todo, desc=f"Stage {stage}", progress=self.progress,
+                                 gpus=self.stage_gpus(stage)):
+            pass
 
     def accepted_chains(self, *stages: str) -> list[tuple[str, ...]]:
         """Accepted chains of these stages, de-duplicated (case-insensitively), in shard order."""
@@ -210,21 +266,16 @@ class Runner:
         return self.out / STAGES[until]
 
     def stage_seed(self) -> None:
-        self.map_shards("seed", "captions", lambda rows, seed: seed_batch(rows, self.models, self.prompts, seed))
+        self.map_shards("seed")
 
     def stage_filter(self) -> None:
-        self.map_shards("filter", "seed", lambda rows, seed: filter_batch(rows, self.models))
-
-    def stage_build(self) -> None:
-        self.map_shards("build", "captions", lambda rows, seed: build_batch(rows, self.models, seed))
+        self.map_shards("filter")
 
     def stage_augment(self) -> None:
-        if self.config.augment.samples_per_caption <= 0:
-            self.map_shards("augment", "captions", lambda rows, seed: [])
-            return
-        pool = self.accepted_chains("filter")
-        self.map_shards("augment", "captions",
-                        lambda rows, seed: augment_batch(rows, self.models, self.prompts, pool, seed) if pool else [])
+        self.map_shards("augment")
+
+    def stage_build(self) -> None:
+        self.map_shards("build")
 
     def stage_distill(self) -> None:
         from .distill import Distiller
@@ -242,7 +293,10 @@ class Runner:
         if (folder / "stats.json").exists():
             return
         built = self.read_stage("build")
-        final = deduplicate(final_check_batch(built, self.models))
+        checked = {result["shard"]: result["rows"] for result in self.engine.map(
+            self.worker("export", write=False), [{"shard": s} for s in range(self.n_shards)],
+            desc="Stage export (final NLI)", progress=self.progress)}
+        final = deduplicate([row for shard in range(self.n_shards) for row in checked[shard]])
         records = [Hierarchy(id=r["id"], positive=tuple(r["positive"]), negative=tuple(r["negative"]),
                              image_url=r["image_url"] or None, source="generated", split="generated")
                    for r in final if r["reason"] is None]
@@ -270,8 +324,25 @@ class Runner:
             json.dump(stats, handle, indent=2)
 
 
-def run_generation(config: GenerationConfig, *, until: str = "export", progress: bool = True) -> Path:
-    return Runner(config, progress=progress).run(until)
+@dataclasses.dataclass
+class ShardWorker:
+    """An engine's worker for one shard stage: computes a shard (and writes it when ``write``); under Ray each
+    actor builds its own runner, and so loads the stage's models once."""
+
+    config: GenerationConfig
+    stage: str
+    write: bool = True
+    runner: Runner | None = None
+
+    def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
+        if self.runner is None:
+            self.runner = Runner(self.config, progress=False).attach()
+        return self.runner.compute_shard(self.stage, int(task["shard"]), write=self.write)
+
+
+def run_generation(config: GenerationConfig, *, until: str = "export", progress: bool = True,
+                   engine: LocalEngine | RayEngine | None = None) -> Path:
+    return Runner(config, progress=progress, engine=engine).run(until)
 
 
 RETHRESHOLD_STAGES = ("filter", "augment")

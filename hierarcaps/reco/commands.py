@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..cli import command
-from ..cli_options import image_options
+from ..cli_options import engine, engine_options, image_options
 from ..models.registry import spec_help
 
 
@@ -18,8 +18,12 @@ def _reco_args(p: argparse.ArgumentParser) -> None:
     memory.add_argument("--model", default=None, help="the frozen encoder (not needed for .npz): " + spec_help())
     memory.add_argument("--out", required=True)
     memory.add_argument("--index", choices=["flat", "ivf", "hnsw", "ivfpq"], help="default: by size")
-    memory.add_argument("--shard-size", type=int, default=10_000)
+    memory.add_argument("--shard-size", type=int, default=10_000, help="items per embedding shard and index block")
+    memory.add_argument("--on-disk", action="store_true",
+                        help="IVF / IVF-PQ with on-disk inverted lists, filled block by block and memory-mapped "
+                             "for search (memories larger than RAM)")
     image_options(memory)
+    engine_options(memory)
     stats = sub.add_parser("stats", help="memory statistics")
     stats.add_argument("memory")
     train = sub.add_parser("train", help="train the fusion modules (each pair's own group excluded from its "
@@ -55,7 +59,8 @@ def _reco(args: argparse.Namespace) -> int:
 
         if args.source.endswith(".npz"):
             image, text, items = from_embeddings(args.source)
-            write_memory(args.out, image, text, items, index=args.index)
+            write_memory(args.out, image, text, items, index=args.index, on_disk=args.on_disk,
+                         engine=engine(args), block_size=args.shard_size)
         else:
             from ..errors import HierarcapsError
             from ..models.registry import load_encoder
@@ -65,7 +70,7 @@ def _reco(args: argparse.Namespace) -> int:
             items = load_items(args.source, image_dir=args.image_dir, download=args.download,
                                image_source=args.image_source)
             build_memory(args.out, items, load_encoder(args.model, lazy=True), shard_size=args.shard_size,
-                         index=args.index)
+                         index=args.index, on_disk=args.on_disk, engine=engine(args), spec=args.model)
         print(json.dumps(Memory(args.out).stats(), indent=2))
         return 0
     from .train import RecoConfig, RecoTrainer

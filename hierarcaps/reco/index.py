@@ -6,6 +6,11 @@
 | ivf | inverted lists of full vectors | nprobe |
 | hnsw | graph | efSearch |
 | ivfpq | inverted lists of 8-bit product codes, re-ranked exactly (IndexRefineFlat) | nprobe, k_factor |
+
+On disk (``ivf`` and ``ivfpq`` only, for memories larger than RAM): an index is trained on a sample, filled
+block by block (each block an index file of its own, so blocks can be added on many machines), and the
+blocks' inverted lists are merged into one ``.ivfdata`` file that search memory-maps. The PQ variant keeps
+no copy of the vectors: the memory re-ranks its candidates from its own memory-mapped vectors.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ def build_index(vectors: np.ndarray, kind: str, *, seed: int = 0, nprobe: int | 
     if kind not in INDEX_TYPES:
         raise ValueError(f"index type {kind!r}; choose from {', '.join(INDEX_TYPES)}")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    count, dim = vectors.shape
+    dim = vectors.shape[1]
     ip = faiss.METRIC_INNER_PRODUCT
     if kind == "flat":
         index = faiss.IndexFlatIP(dim)
@@ -55,21 +60,57 @@ def build_index(vectors: np.ndarray, kind: str, *, seed: int = 0, nprobe: int | 
         index.hnsw.efConstruction = 80
         index.hnsw.efSearch = ef_search
     else:
-        nlist = nlist_for(count)
-        quantizer = faiss.IndexFlatIP(dim)
-        if kind == "ivf":
-            index = faiss.IndexIVFFlat(quantizer, dim, nlist, ip)
-        else:
-            m = pq_bytes or max(1, dim // 8)
-            index = faiss.IndexRefineFlat(faiss.IndexIVFPQ(quantizer, dim, nlist, m, 8, ip))
+        index = trained_ivf(vectors, kind, seed=seed, nprobe=nprobe, pq_bytes=pq_bytes, train_size=train_size)
+        if kind == "ivfpq":
+            index = faiss.IndexRefineFlat(index)
             index.k_factor = 4
-        sample = vectors
-        if count > train_size:
-            sample = vectors[np.random.default_rng(seed).choice(count, train_size, replace=False)]
-        index.train(sample)
-        faiss.extract_index_ivf(index).nprobe = nprobe or default_nprobe(nlist)
     index.add(vectors)
     return index
+
+
+def trained_ivf(vectors: np.ndarray, kind: str, *, seed: int = 0, nprobe: int | None = None,
+                pq_bytes: int | None = None, train_size: int = 200_000) -> Any:
+    """An empty IVF (``ivf``) or IVF-PQ (``ivfpq``) index trained on a seeded sample of ``vectors`` (which may
+    be memory-mapped: only the sample is read), sized for all of them."""
+    import faiss
+
+    count, dim = vectors.shape
+    nlist, ip = nlist_for(count), faiss.METRIC_INNER_PRODUCT
+    quantizer = faiss.IndexFlatIP(dim)
+    if kind == "ivf":
+        index = faiss.IndexIVFFlat(quantizer, dim, nlist, ip)
+    else:
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_bytes or max(1, dim // 8), 8, ip)
+    rows = np.arange(count) if count <= train_size else \
+        np.sort(np.random.default_rng(seed).choice(count, train_size, replace=False))
+    index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
+    index.nprobe = nprobe or default_nprobe(nlist)
+    return index
+
+
+def add_block(trained: Any, vectors: np.ndarray, first_id: int) -> Any:
+    """A copy of an empty trained IVF index holding ``vectors`` under ids ``first_id, first_id + 1, ...``."""
+    import faiss
+
+    block = faiss.clone_index(trained)
+    block.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32),
+                       np.arange(first_id, first_id + len(vectors), dtype=np.int64))
+    return block
+
+
+def merge_on_disk(trained: Any, block_files: list[str], index_file: str, ivfdata_file: str, data_name: str) -> None:
+    """Merge the blocks' inverted lists, in block order, into ``ivfdata_file`` and write the index to
+    ``index_file``; the index names its data file ``data_name`` (the file's final name beside it: read it with
+    ``faiss.IO_FLAG_ONDISK_SAME_DIR``), so a moved folder still opens and two builds write the same bytes."""
+    import faiss
+    from faiss.contrib.ondisk import merge_ondisk
+
+    index = faiss.clone_index(trained)
+    merge_ondisk(index, block_files, ivfdata_file)
+    invlists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
+    invlists.filename = data_name
+    faiss.write_index(index, index_file)
+    invlists.filename = ivfdata_file              # the lists are freed with the index: let them find their file
 
 
 def set_search_effort(index: Any, *, nprobe: int | None = None, ef_search: int | None = None,

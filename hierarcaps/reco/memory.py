@@ -2,11 +2,16 @@
 
 Folder layout::
 
-    manifest.json            dim, count, index type, encoder identity, sources
+    manifest.json            dim, count, index type (and whether on disk), encoder identity, sources
     image.npy, text.npy      (count, dim) float32 unit rows, opened memory-mapped
     image.faiss, text.faiss  indexes over them
+    image.ivfdata, ...       on-disk inverted lists (``on_disk`` IVF / IVF-PQ), memory-mapped by search
     meta.parquet             id, group, caption, source, image (path or URL) per row
     shards/                  per-shard embeddings + DONE markers while building (resumable)
+    blocks/                  per-block on-disk index parts while building (resumable)
+
+Embedding shards and index blocks run on an engine (``hierarcaps.engines``): in this process, or on Ray
+actors that each load the encoder once; either engine writes the same bytes.
 
 Search is uni-modal with cross-modal fusion by default (an image query finds memory images and returns
 their paired texts); cross-modal search and uni-modal fusion are there for ablations. Every memory row of
@@ -27,8 +32,9 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_open, atomic_path
+from ..engines import LocalEngine, RayEngine
 from ..errors import HierarcapsError
-from .index import build_index, default_index_type
+from .index import add_block, build_index, default_index_type, merge_on_disk, trained_ivf
 
 MODALITIES = ("image", "text")
 
@@ -59,7 +65,11 @@ class Memory:
         self.manifest = json.loads(manifest_path.read_text())
         mode = "r" if mmap else None
         self.vectors = {m: np.load(self.folder / f"{m}.npy", mmap_mode=mode, allow_pickle=False) for m in MODALITIES}
+        self.on_disk = bool(self.manifest.get("on_disk"))
+        self.rerank = 4 if self.on_disk and self.manifest["index"] == "ivfpq" else 0   # candidates per result
         flags = faiss.IO_FLAG_MMAP if mmap and self.manifest["index"] != "flat" else 0
+        if self.on_disk:            # the lists are memory-mapped by the index itself (with IO_FLAG_MMAP it crashes)
+            flags = faiss.IO_FLAG_ONDISK_SAME_DIR
         self.indexes = {m: faiss.read_index(str(self.folder / f"{m}.faiss"), flags) for m in MODALITIES}
         self.meta = pq.read_table(self.folder / "meta.parquet")
         self.ids = self.meta.column("id").to_pylist()
@@ -92,7 +102,7 @@ class Memory:
         fetch = k + 8
         while len(pending):
             fetch = min(fetch, len(self))
-            scores, rows = self.indexes[searched].search(queries[pending], fetch)
+            scores, rows = self.nearest(searched, queries[pending], fetch)
             short = []
             for position, q in enumerate(pending):
                 group = self.code_of.get(exclude_groups[q], -1) if exclude_groups is not None and exclude_groups[q] \
@@ -111,6 +121,22 @@ class Memory:
             raise HierarcapsError(f"the memory holds fewer than k={k} usable neighbours for some queries "
                                   f"(own group and near-duplicates above {duplicate_threshold} excluded); lower k")
         return keep_scores, keep_rows
+
+    def nearest(self, modality: str, queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+        """The index's ``count`` best rows per query; PQ candidates of an on-disk index are re-scored exactly
+        from the memory-mapped vectors (``rerank`` times as many candidates as results)."""
+        if not self.rerank:
+            return self.indexes[modality].search(queries, count)
+        _, candidates = self.indexes[modality].search(queries, min(len(self), count * self.rerank))
+        vectors = self.vectors[modality]
+        exact = np.full(candidates.shape, -np.inf, dtype=np.float32)
+        for q, rows in enumerate(candidates):
+            found = rows >= 0
+            exact[q, found] = np.asarray(vectors[rows[found]], dtype=np.float32) @ queries[q]
+        order = np.argsort(-exact, axis=1, kind="stable")[:, :count]
+        rows = np.take_along_axis(candidates, order, axis=1)
+        scores = np.take_along_axis(exact, order, axis=1)
+        return scores, np.where(np.isfinite(scores), rows, -1)
 
     def neighbours(self, queries: np.ndarray, query_modality: str, k: int, *, fuse: str = "cross",
                    cross_modal_search: bool = False, exclude_groups: Sequence[str | None] | None = None,
@@ -146,70 +172,203 @@ def vectors_hash(image: np.ndarray, text: np.ndarray) -> str:
 
 
 def write_memory(folder: str | Path, image: np.ndarray, text: np.ndarray, items: Sequence[MemoryItem], *,
-                 index: str | None = None, encoder: dict[str, Any] | None = None) -> Path:
-    """Write a memory from embeddings (the last step of every build), atomically per file, manifest last."""
-    import faiss
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    folder = Path(folder)
+                 index: str | None = None, encoder: dict[str, Any] | None = None, on_disk: bool = False,
+                 engine: LocalEngine | RayEngine | None = None, block_size: int = 100_000) -> Path:
+    """Write a memory from embeddings in RAM, atomically per file, manifest last."""
     if not (len(image) == len(text) == len(items)):
         raise HierarcapsError(f"{len(image)} image and {len(text)} text embeddings for {len(items)} items")
-    if len({item.id for item in items}) != len(items):
+    return assemble_memory(folder, {"image": [image], "text": [text]}, meta_table(items), index=index,
+                           encoder=encoder, on_disk=on_disk, engine=engine, block_size=block_size)
+
+
+def meta_table(items: Sequence[MemoryItem]) -> Any:
+    """meta.parquet's table: id, group, caption, source and image (path or URL) per item."""
+    import pyarrow as pa
+
+    return pa.table({"id": [i.id for i in items], "group": [i.group_key() for i in items],
+                     "caption": [i.caption for i in items], "source": [i.source for i in items],
+                     "image": [i.image if isinstance(i.image, str) else None for i in items]})
+
+
+def assemble_memory(folder: str | Path, parts: dict[str, Sequence[Any]], meta: Any, *, index: str | None = None,
+                    encoder: dict[str, Any] | None = None, on_disk: bool = False,
+                    engine: LocalEngine | RayEngine | None = None, progress: bool = False,
+                    block_size: int = 100_000) -> Path:
+    """Write a memory whose vectors come in parts per modality (arrays, or .npy paths read one at a time, so
+    the vectors never need to fit in RAM at once), with ``meta`` (a table with id, group, caption, source,
+    image columns) for its rows. ``on_disk`` IVF / IVF-PQ indexes are filled in blocks of ``block_size``
+    rows on ``engine``."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    folder, count = Path(folder), meta.num_rows
+    ids = meta.column("id")
+    if pc.count_distinct(ids).as_py() != count:
         raise HierarcapsError("memory item ids must be unique")
-    kind = index or default_index_type(len(items))
+    kind = index or default_index_type(count)
+    if on_disk and kind not in ("ivf", "ivfpq"):
+        raise HierarcapsError(f"on-disk indexes are IVF or IVF-PQ, not {kind!r}")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").unlink(missing_ok=True)     # the memory is incomplete until it is rewritten
-    units = {}
-    for name, array in (("image", image), ("text", text)):
-        units[name] = (array / np.linalg.norm(array, axis=1, keepdims=True)).astype(np.float32)
-        with atomic_path(folder / f"{name}.npy") as tmp, open(tmp, "wb") as handle:
-            np.save(handle, units[name], allow_pickle=False)
-        with atomic_path(folder / f"{name}.faiss") as tmp:
-            faiss.write_index(build_index(units[name], kind), str(tmp))
-    table = pa.table({"id": [i.id for i in items], "group": [i.group_key() for i in items],
-                      "caption": [i.caption for i in items],
-                      "source": [i.source for i in items],
-                      "image": [i.image if isinstance(i.image, str) else None for i in items]})
+    dim = 0
+    for name in MODALITIES:
+        dim = write_unit_vectors(folder / f"{name}.npy", parts[name], count)
+    blocks = [(start, min(count, start + block_size)) for start in range(0, count, block_size)]
+    vectors = {m: np.load(folder / f"{m}.npy", mmap_mode="r") for m in MODALITIES}
+    content = vectors_hash(vectors["image"], vectors["text"])
+    if on_disk:
+        claim_blocks(folder / "blocks", f"{content} {kind} {blocks}")
+    for name in MODALITIES:
+        if on_disk:
+            write_on_disk_index(folder, name, vectors[name], kind, blocks, engine or LocalEngine(), progress)
+        else:
+            import faiss
+
+            with atomic_path(folder / f"{name}.faiss") as tmp:
+                faiss.write_index(build_index(np.asarray(vectors[name]), kind), str(tmp))
+    shutil.rmtree(folder / "blocks", ignore_errors=True)
     with atomic_path(folder / "meta.parquet") as tmp:
-        pq.write_table(table, tmp)
-    sources: dict[str, int] = {}
-    for item in items:
-        sources[item.source] = sources.get(item.source, 0) + 1
+        pq.write_table(meta, tmp)
+    sources = {str(k): int(v) for k, v in zip(*np.unique(meta.column("source").to_numpy(zero_copy_only=False),
+                                                         return_counts=True))}
     with atomic_open(folder / "manifest.json") as handle:
-        json.dump({"dim": int(image.shape[1]), "count": len(items), "index": kind, "encoder": encoder,
-                   "sources": sources, "content_hash": vectors_hash(units["image"], units["text"])}, handle,
-                  indent=2)
+        json.dump({"dim": dim, "count": count, "index": kind, "on_disk": on_disk, "encoder": encoder,
+                   "sources": sources, "content_hash": content}, handle, indent=2)
     return folder
+
+
+def write_unit_vectors(path: Path, parts: Sequence[Any], count: int) -> int:
+    """Stream parts (arrays or .npy paths) into one (count, dim) float32 .npy of unit rows; returns dim."""
+    with atomic_path(path) as tmp:
+        out, start = None, 0
+        for part in parts:
+            array = np.load(part, mmap_mode="r") if isinstance(part, (str, Path)) else part
+            if out is None:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(count, array.shape[1]))
+            if start + len(array) > count:
+                raise HierarcapsError(f"more vectors than the {count} items of the memory")
+            for first in range(0, len(array), 65536):
+                block = np.asarray(array[first:first + 65536])
+                out[start + first:start + first + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+            start += len(array)
+        if out is None or start != count:
+            raise HierarcapsError(f"{start} vectors for the {count} items of the memory")
+        out.flush()
+        dim = out.shape[1]
+        del out
+    return dim
+
+
+def write_on_disk_index(folder: Path, modality: str, vectors: np.ndarray, kind: str, blocks: list[tuple[int, int]],
+                        engine: LocalEngine | RayEngine, progress: bool) -> None:
+    """Train on a sample, fill the index blocks (rows [start, end)) on ``engine`` (finished blocks are kept
+    across a kill), merge them into ``<modality>.ivfdata`` and write ``<modality>.faiss``."""
+    import faiss
+
+    trained_file = folder / "blocks" / f"{modality}-trained.faiss"
+    if not trained_file.exists():
+        with atomic_path(trained_file) as tmp:
+            faiss.write_index(trained_ivf(vectors, kind), str(tmp))
+    tasks = [{"block": n, "start": start, "end": end} for n, (start, end) in enumerate(blocks)
+             if not block_file(folder, modality, n).exists()]
+    for _ in engine.map(IndexBlockWorker(str(folder), modality), tasks, desc=f"Index blocks ({modality})",
+                        progress=progress):
+        pass
+    with atomic_path(folder / f"{modality}.ivfdata") as data, atomic_path(folder / f"{modality}.faiss") as tmp:
+        data.unlink()                                            # faiss creates the data file itself
+        merge_on_disk(faiss.read_index(str(trained_file)),
+                      [str(block_file(folder, modality, n)) for n in range(len(blocks))], str(tmp), str(data),
+                      f"{modality}.ivfdata")
+
+
+def claim_blocks(blocks: Path, identity: str) -> None:
+    """Keep a killed build's index blocks only for the same vectors, index type and blocks."""
+    marker = blocks / "IDENTITY"
+    if marker.exists() and marker.read_text() == identity:
+        return
+    shutil.rmtree(blocks, ignore_errors=True)
+    blocks.mkdir(parents=True)
+    marker.write_text(identity)
+
+
+def block_file(folder: Path, modality: str, block: int) -> Path:
+    return folder / "blocks" / f"{modality}-{block:05d}.faiss"
+
+
+@dataclasses.dataclass
+class IndexBlockWorker:
+    """An engine's worker: adds rows [start, end) of a memory's vectors to a copy of the trained index."""
+
+    folder: str
+    modality: str
+
+    def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
+        import faiss
+
+        folder = Path(self.folder)
+        trained = faiss.read_index(str(folder / "blocks" / f"{self.modality}-trained.faiss"))
+        vectors = np.load(folder / f"{self.modality}.npy", mmap_mode="r")
+        block = add_block(trained, vectors[task["start"]:task["end"]], task["start"])
+        with atomic_path(block_file(folder, self.modality, task["block"])) as tmp:
+            faiss.write_index(block, str(tmp))
+        return {"block": task["block"]}
+
+
+@dataclasses.dataclass
+class EmbedWorker:
+    """An engine's worker: embeds one shard of items into ``shards/shard-NNNNN`` (image.npy, text.npy, DONE).
+    The encoder is the one given (local engine), or loaded once per Ray actor from its spec."""
+
+    shards: str
+    items: Sequence[MemoryItem]
+    shard_size: int
+    spec: str | None = None
+    encoder: Any = None
+    image_batch_size: int = 64
+    workers: int = 1
+
+    def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
+        if self.encoder is None:
+            from ..models.registry import load_encoder
+
+            self.encoder = load_encoder(str(self.spec), lazy=True)
+        number = int(task["shard"])
+        chunk = self.items[number * self.shard_size:(number + 1) * self.shard_size]
+        shard = Path(self.shards) / f"shard-{number:05d}"
+        shutil.rmtree(shard, ignore_errors=True)
+        shard.mkdir(parents=True)
+        np.save(shard / "text.npy", self.encoder.encode_text([i.caption for i in chunk]), allow_pickle=False)
+        np.save(shard / "image.npy", self.encoder.encode_image([i.image for i in chunk],
+                                                               batch_size=self.image_batch_size,
+                                                               workers=self.workers), allow_pickle=False)
+        (shard / "DONE").write_text(str(len(chunk)))
+        return {"shard": number, "items": len(chunk)}
 
 
 def build_memory(folder: str | Path, items: Sequence[MemoryItem], encoder: Any, *, shard_size: int = 10_000,
                  index: str | None = None, progress: bool = True, image_batch_size: int = 64,
-                 workers: int = 1) -> Path:
+                 workers: int = 1, on_disk: bool = False, engine: LocalEngine | RayEngine | None = None,
+                 spec: str | None = None) -> Path:
     """Embed items with a frozen encoder, shard by shard (each shard kept once done), then index them.
 
-    Killed at any point, a re-run skips the finished shards and produces the same memory.
+    Killed at any point, a re-run skips the finished shards (and index blocks) and produces the same memory.
+    Under the Ray engine each actor loads the encoder from ``spec``.
     """
-    from tqdm.auto import tqdm
-
     folder = Path(folder)
+    engine = engine or LocalEngine()
+    local = isinstance(engine, LocalEngine)
+    if not local and not spec:
+        raise HierarcapsError("the ray engine loads the encoder in every actor: give its spec")
     shards = folder / "shards"
-    starts = range(0, len(items), shard_size)
-    for number, start in enumerate(tqdm(starts, desc="Memory shards", disable=not progress, unit="shard")):
-        shard = shards / f"shard-{number:05d}"
-        if (shard / "DONE").exists():
-            continue
-        chunk = items[start:start + shard_size]
-        shutil.rmtree(shard, ignore_errors=True)
-        shard.mkdir(parents=True)
-        np.save(shard / "text.npy", encoder.encode_text([i.caption for i in chunk]), allow_pickle=False)
-        np.save(shard / "image.npy", encoder.encode_image([i.image for i in chunk], batch_size=image_batch_size,
-                                                          workers=workers), allow_pickle=False)
-        (shard / "DONE").write_text(str(len(chunk)))
-    parts = [shards / f"shard-{n:05d}" for n in range(len(starts))]
-    image = np.concatenate([np.load(p / "image.npy") for p in parts])
-    text = np.concatenate([np.load(p / "text.npy") for p in parts])
+    count = -(-len(items) // shard_size)
+    worker = EmbedWorker(str(shards), items, shard_size, spec, encoder if local else None, image_batch_size, workers)
+    tasks = [{"shard": n} for n in range(count) if not (shards / f"shard-{n:05d}" / "DONE").exists()]
+    for _ in engine.map(worker, tasks, desc="Memory shards", progress=progress):
+        pass
+    parts = [shards / f"shard-{n:05d}" for n in range(count)]
     identity = {"name": encoder.name, "fingerprint": encoder.fingerprint()}
-    write_memory(folder, image, text, items, index=index, encoder=identity)
+    assemble_memory(folder, {m: [p / f"{m}.npy" for p in parts] for m in MODALITIES}, meta_table(items),
+                    index=index, encoder=identity, on_disk=on_disk, engine=engine, progress=progress,
+                    block_size=shard_size)
     shutil.rmtree(shards, ignore_errors=True)
     return folder

@@ -1,0 +1,144 @@
+"""The Ray engine: generation and memory builds on a local Ray cluster write the same bytes as the local
+engine, and a run killed mid-stage under Ray resumes to those bytes; on-disk IVF indexes resume, move and
+search like in-RAM ones."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_generation_models import kill_when, run_generate_cli, write_tiny_config
+
+from hierarcaps.engines import RayEngine
+from hierarcaps.reco.memory import Memory, MemoryItem, write_memory
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> str:
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 2**20, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def same_files(a: Path, b: Path, pattern: str) -> list[str]:
+    """Relative paths of the files matching ``pattern`` under ``a``, after checking ``b`` holds the same bytes."""
+    names = sorted(str(p.relative_to(a)) for p in a.glob(pattern) if p.is_file())
+    assert names and names == sorted(str(p.relative_to(b)) for p in b.glob(pattern) if p.is_file())
+    differ = [n for n in names if (a / n).read_bytes() != (b / n).read_bytes()]
+    assert not differ, differ
+    return names
+
+
+def test_generation_under_ray_writes_the_local_bytes_and_resumes_after_a_kill(
+        tmp_path: Path, tiny_models: Path, expanded_records, ray_address: str) -> None:
+    from hierarcaps.data.csvio import write_csv
+    from hierarcaps.generation.config import load_config
+    from hierarcaps.generation.runner import Runner
+
+    captions = tmp_path / "captions.csv"
+    write_csv(expanded_records[:50], captions, fmt="pairs")
+    config_path = write_tiny_config(tmp_path, tiny_models, captions, max_steps=20)
+    config = load_config(config_path)
+    local = tmp_path / "local"
+    Runner(dataclasses.replace(config, out=str(local)), progress=False).run()
+
+    # a second driver on the same cluster, killed with its actors once the filter stage is under way
+    out = tmp_path / "ray"
+    kill_when(run_generate_cli(config_path, out, extra=["--engine", "ray", "--address", ray_address]),
+              (out / "20-filter", "shard-*.done"))
+    filtered = len(list((out / "20-filter").glob("*.done")))
+    assert 1 <= filtered < 5 and not (out / "60-export").exists()
+    Runner(dataclasses.replace(config, out=str(out)), progress=False, engine=RayEngine(address=ray_address)).run()
+
+    shards = same_files(local, out, "[0-5]0-*/shard-*.parquet")
+    assert len(shards) == 5 * 5                      # captions, seed, filter, augment, build: 5 shards each
+    exported = same_files(local, out, "60-export/hierarchies.*")
+    assert exported == ["60-export/hierarchies.csv", "60-export/hierarchies.parquet"]
+
+
+def unit(array: np.ndarray) -> np.ndarray:
+    return (array / np.linalg.norm(array, axis=1, keepdims=True)).astype(np.float32)
+
+
+def random_pairs(count: int, dim: int = 32) -> tuple[np.ndarray, np.ndarray, list[MemoryItem]]:
+    rng = np.random.default_rng(0)
+    items = [MemoryItem(f"i{i}", f"caption {i}", None, "synthetic", group=f"g{i // 3}") for i in range(count)]
+    return unit(rng.standard_normal((count, dim))), unit(rng.standard_normal((count, dim))), items
+
+
+def test_memory_under_ray_writes_the_local_bytes(tmp_path: Path, ray_address: str, test_image_dir: Path) -> None:
+    from hierarcaps.models import load_encoder
+    from hierarcaps.models.random_models import save_random_hf_clip
+    from hierarcaps.reco.memory import build_memory
+
+    # embedded by actors that each load the encoder from its spec, then an on-disk IVF filled block by block
+    clip = str(save_random_hf_clip(tmp_path / "clip", "tiny"))
+    images = sorted(test_image_dir.glob("*.jpg"))[:40]
+    items = [MemoryItem(f"p{i}", f"a photo number {i}", str(path), "test") for i, path in enumerate(images)]
+    encoder = load_encoder(clip, lazy=True)
+    for name, engine in (("local", None), ("ray", RayEngine(address=ray_address))):
+        build_memory(tmp_path / name, items, encoder, shard_size=15, index="ivf", on_disk=True, progress=False,
+                     engine=engine, spec=clip)
+    assert same_files(tmp_path / "local", tmp_path / "ray", "*") == [
+        "image.faiss", "image.ivfdata", "image.npy", "manifest.json", "meta.parquet", "text.faiss", "text.ivfdata",
+        "text.npy"]
+
+    # IVF-PQ blocks from embeddings in RAM
+    image, text, pairs = random_pairs(3000)
+    for name, engine in (("pq-local", None), ("pq-ray", RayEngine(address=ray_address))):
+        write_memory(tmp_path / name, image, text, pairs, index="ivfpq", on_disk=True, block_size=700, engine=engine)
+    same_files(tmp_path / "pq-local", tmp_path / "pq-ray", "*")
+
+
+def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+def test_on_disk_index_resumes_moves_and_finds_the_exact_neighbours(tmp_path: Path, kind: str,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from hierarcaps.reco import memory as memory_module
+    from hierarcaps.reco.index import build_index
+
+    image, text, items = random_pairs(4000)
+    write_memory(tmp_path / "straight", image, text, items, index=kind, on_disk=True, block_size=500)
+
+    real_call, calls = memory_module.IndexBlockWorker.__call__, []
+
+    class Killed(Exception):
+        pass
+
+    def dies_on_the_third_block(self, task):
+        calls.append(task["block"])
+        if calls == [0, 1, 2]:
+            raise Killed
+        return real_call(self, task)
+
+    monkeypatch.setattr(memory_module.IndexBlockWorker, "__call__", dies_on_the_third_block)
+    with pytest.raises(Killed):
+        write_memory(tmp_path / "killed", image, text, items, index=kind, on_disk=True, block_size=500)
+    assert len(list((tmp_path / "killed" / "blocks").glob("image-0000*.faiss"))) == 2
+    calls[:] = ["resumed"]
+    write_memory(tmp_path / "killed", image, text, items, index=kind, on_disk=True, block_size=500)
+    assert calls == ["resumed", 2, 3, 4, 5, 6, 7, *range(8)], calls      # image: the six unfinished blocks; text: all
+    same_files(tmp_path / "straight", tmp_path / "killed", "*")
+    assert not (tmp_path / "killed" / "blocks").exists()
+
+    moved = tmp_path / "elsewhere" / "memory"
+    shutil.move(tmp_path / "killed", moved)
+    memory = Memory(moved)
+    queries = unit(np.random.default_rng(1).standard_normal((50, image.shape[1])))
+    exact = np.argsort(-(queries @ image.T), axis=1, kind="stable")[:, :10]
+    scores, rows = memory.search(queries, "image", 10, duplicate_threshold=1.01)
+    # an on-disk IVF-PQ re-ranks its candidates from the stored vectors: its scores are the exact cosines
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ image.T, rows, axis=1), rtol=1e-5, atol=1e-6)
+    # and it finds at least what the same index type built in RAM finds (IVF-PQ there: IndexRefineFlat)
+    _, in_ram = build_index(image, kind).search(queries, 10)
+    assert recall_at(rows, exact) >= max(recall_at(in_ram, exact), 0.8), (recall_at(rows, exact),
+                                                                          recall_at(in_ram, exact))
