@@ -87,9 +87,23 @@ class RayEngine:
         results = dataset.map_batches(_RayActor, fn_constructor_args=(worker,), batch_size=1, batch_format="numpy",
                                       compute=ray.data.ActorPoolStrategy(size=min(actors, len(tasks))),
                                       num_cpus=cpus, num_gpus=per_gpu)
-        for row in tqdm(results.iter_rows(), total=len(tasks), desc=f"{desc} (ray)", unit="shard",
-                        disable=not progress):
-            yield json.loads(row["result"])
+        try:
+            for row in tqdm(results.iter_rows(), total=len(tasks), desc=f"{desc} (ray)", unit="shard",
+                            disable=not progress):
+                yield json.loads(row["result"])
+        except Exception as exc:
+            raise own_error(exc) or exc from None
+
+
+def own_error(exc: BaseException) -> HierarcapsError | None:
+    """The package's own error inside Ray's wrappers (a worker's bad input reads as it would locally)."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, HierarcapsError):
+            return exc
+        seen.add(id(exc))
+        exc = getattr(exc, "cause", None) or exc.__cause__
+    return None
 
 
 class _RayActor:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +15,7 @@ import pytest
 from tiny_generation_models import kill_when, run_generate_cli, write_tiny_config
 
 from hierarcaps.engines import RayEngine
+from hierarcaps.errors import HierarcapsError
 from hierarcaps.reco.memory import Memory, MemoryItem, write_memory
 
 pytestmark = pytest.mark.slow
@@ -85,15 +88,24 @@ def test_memory_under_ray_writes_the_local_bytes(tmp_path: Path, ray_address: st
     for name, engine in (("local", None), ("ray", RayEngine(address=ray_address))):
         build_memory(tmp_path / name, items, encoder, shard_size=15, index="ivf", on_disk=True, progress=False,
                      engine=engine, spec=clip)
+    # an error inside an actor reaches the caller as the package's own error, not as Ray's wrapper
+    with pytest.raises(HierarcapsError, match="no-such-model"):
+        build_memory(tmp_path / "broken", items, encoder, shard_size=15, progress=False,
+                     engine=RayEngine(address=ray_address), spec="no-such-model")
     assert same_files(tmp_path / "local", tmp_path / "ray", "*") == [
         "image.faiss", "image.ivfdata", "image.npy", "manifest.json", "meta.parquet", "text.faiss", "text.ivfdata",
         "text.npy"]
 
-    # IVF-PQ blocks from embeddings in RAM
-    image, text, pairs = random_pairs(3000)
-    for name, engine in (("pq-local", None), ("pq-ray", RayEngine(address=ray_address))):
-        write_memory(tmp_path / name, image, text, pairs, index="ivfpq", on_disk=True, block_size=700, engine=engine)
+    # IVF-PQ blocks of precomputed embeddings, through the command line (a second driver on the cluster)
+    image, text, _ = random_pairs(3000)
+    np.savez(tmp_path / "pairs.npz", image=image, text=text, groups=np.arange(3000) // 3)
+    for name, engine in (("pq-local", []), ("pq-ray", ["--engine", "ray", "--address", ray_address])):
+        done = subprocess.run([sys.executable, "-m", "hierarcaps", "reco", "memory", str(tmp_path / "pairs.npz"),
+                               "--out", str(tmp_path / name), "--index", "ivfpq", "--on-disk", "--shard-size", "700",
+                               *engine], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
     same_files(tmp_path / "pq-local", tmp_path / "pq-ray", "*")
+    assert Memory(tmp_path / "pq-ray").manifest["on_disk"] is True
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:

@@ -22,6 +22,9 @@ from typing import Any
 import numpy as np
 
 INDEX_TYPES = ("flat", "ivf", "hnsw", "ivfpq")
+RERANK_FACTOR = 16
+"""PQ candidates re-scored exactly per result. Measured on power-law vectors (200k x 512, 64-byte codes,
+nprobe 128; benchmarks/scale_memory.py): recall@10 0.837 with 4, 0.934 with 8, 0.973 with 16, 0.983 with 32."""
 
 
 def default_index_type(count: int) -> str:
@@ -63,7 +66,7 @@ def build_index(vectors: np.ndarray, kind: str, *, seed: int = 0, nprobe: int | 
         index = trained_ivf(vectors, kind, seed=seed, nprobe=nprobe, pq_bytes=pq_bytes, train_size=train_size)
         if kind == "ivfpq":
             index = faiss.IndexRefineFlat(index)
-            index.k_factor = 4
+            index.k_factor = RERANK_FACTOR
     index.add(vectors)
     return index
 

@@ -34,7 +34,7 @@ import numpy as np
 from .._io import atomic_open, atomic_path
 from ..engines import LocalEngine, RayEngine
 from ..errors import HierarcapsError
-from .index import add_block, build_index, default_index_type, merge_on_disk, trained_ivf
+from .index import RERANK_FACTOR, add_block, build_index, default_index_type, merge_on_disk, trained_ivf
 
 MODALITIES = ("image", "text")
 
@@ -66,7 +66,7 @@ class Memory:
         mode = "r" if mmap else None
         self.vectors = {m: np.load(self.folder / f"{m}.npy", mmap_mode=mode, allow_pickle=False) for m in MODALITIES}
         self.on_disk = bool(self.manifest.get("on_disk"))
-        self.rerank = 4 if self.on_disk and self.manifest["index"] == "ivfpq" else 0   # candidates per result
+        self.rerank = RERANK_FACTOR if self.on_disk and self.manifest["index"] == "ivfpq" else 0
         flags = faiss.IO_FLAG_MMAP if mmap and self.manifest["index"] != "flat" else 0
         if self.on_disk:            # the lists are memory-mapped by the index itself (with IO_FLAG_MMAP it crashes)
             flags = faiss.IO_FLAG_ONDISK_SAME_DIR
@@ -123,20 +123,10 @@ class Memory:
         return keep_scores, keep_rows
 
     def nearest(self, modality: str, queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The index's ``count`` best rows per query; PQ candidates of an on-disk index are re-scored exactly
-        from the memory-mapped vectors (``rerank`` times as many candidates as results)."""
+        """The index's ``count`` best rows per query (an on-disk IVF-PQ's re-scored exactly)."""
         if not self.rerank:
             return self.indexes[modality].search(queries, count)
-        _, candidates = self.indexes[modality].search(queries, min(len(self), count * self.rerank))
-        vectors = self.vectors[modality]
-        exact = np.full(candidates.shape, -np.inf, dtype=np.float32)
-        for q, rows in enumerate(candidates):
-            found = rows >= 0
-            exact[q, found] = np.asarray(vectors[rows[found]], dtype=np.float32) @ queries[q]
-        order = np.argsort(-exact, axis=1, kind="stable")[:, :count]
-        rows = np.take_along_axis(candidates, order, axis=1)
-        scores = np.take_along_axis(exact, order, axis=1)
-        return scores, np.where(np.isfinite(scores), rows, -1)
+        return reranked_search(self.indexes[modality], self.vectors[modality], queries, count, self.rerank)
 
     def neighbours(self, queries: np.ndarray, query_modality: str, k: int, *, fuse: str = "cross",
                    cross_modal_search: bool = False, exclude_groups: Sequence[str | None] | None = None,
@@ -152,6 +142,21 @@ class Memory:
         return {"items": len(self), "dim": self.manifest["dim"], "index": self.manifest["index"],
                 "bytes_per_item": sum(sizes.values()) / max(1, len(self)), "files": sizes,
                 "sources": self.manifest.get("sources", {}), "encoder": self.manifest.get("encoder")}
+
+
+def reranked_search(index: Any, vectors: np.ndarray, queries: np.ndarray, count: int, factor: int
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows): ``factor * count`` candidates per query from a compressed index, re-scored exactly
+    from ``vectors`` (memory-mapped: only the candidates' rows are read), best ``count`` kept."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    _, candidates = index.search(queries, min(len(vectors), count * factor))
+    exact = np.full(candidates.shape, -np.inf, dtype=np.float32)
+    for q, rows in enumerate(candidates):
+        found = rows >= 0
+        exact[q, found] = np.asarray(vectors[rows[found]], dtype=np.float32) @ queries[q]
+    order = np.argsort(-exact, axis=1, kind="stable")[:, :count]
+    scores = np.take_along_axis(exact, order, axis=1)
+    return scores, np.where(np.isfinite(scores), np.take_along_axis(candidates, order, axis=1), -1)
 
 
 def other(modality: str) -> str:
@@ -363,8 +368,8 @@ def build_memory(folder: str | Path, items: Sequence[MemoryItem], encoder: Any, 
     count = -(-len(items) // shard_size)
     worker = EmbedWorker(str(shards), items, shard_size, spec, encoder if local else None, image_batch_size, workers)
     tasks = [{"shard": n} for n in range(count) if not (shards / f"shard-{n:05d}" / "DONE").exists()]
-    for _ in engine.map(worker, tasks, desc="Memory shards", progress=progress):
-        pass
+    for _ in engine.map(worker, tasks, desc="Memory shards", progress=progress, gpus=1.0):   # GPU actors where
+        pass                                                                                # the cluster has GPUs
     parts = [shards / f"shard-{n:05d}" for n in range(count)]
     identity = {"name": encoder.name, "fingerprint": encoder.fingerprint()}
     assemble_memory(folder, {m: [p / f"{m}.npy" for p in parts] for m in MODALITIES}, meta_table(items),
