@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import threading
 import time
@@ -75,7 +76,7 @@ def main() -> None:
     from tqdm.auto import tqdm
 
     from hierarcaps.engines import make_engine
-    from hierarcaps.reco.index import RERANK_FACTOR, default_nprobe, nlist_for
+    from hierarcaps.reco.index import RERANK_FACTOR, default_nprobe, faiss_quantizer, nlist_for, set_search_effort
     from hierarcaps.reco.memory import reranked_search, write_on_disk_index, write_unit_vectors
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/scale-memory")
     parser.add_argument("--results", default="benchmarks/results")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--reuse-vectors", action="store_true", help="keep an earlier run's vectors (same seed)")
     args = parser.parse_args()
 
     folder = Path(args.out)
@@ -97,11 +99,16 @@ def main() -> None:
     memory.start()
     timings: dict[str, float] = {}
     begun = time.perf_counter()
-    parts = tqdm(blocks(args.items, args.dim, args.block, args.alpha, args.seed),
-                 total=-(-args.items // args.block), desc="Vectors", unit="block")
-    write_unit_vectors(folder / "image.npy", parts, args.items)
-    timings["vectors_s"] = time.perf_counter() - begun
-    vectors = np.load(folder / "image.npy", mmap_mode="r")
+    existing = folder / "image.npy"
+    if args.reuse_vectors and existing.exists() and np.load(existing, mmap_mode="r").shape == (args.items, args.dim):
+        timings["vectors_s"] = float("nan")                                  # written by an earlier run
+    else:
+        parts = tqdm(blocks(args.items, args.dim, args.block, args.alpha, args.seed),
+                     total=-(-args.items // args.block), desc="Vectors", unit="block")
+        write_unit_vectors(existing, parts, args.items)
+        timings["vectors_s"] = time.perf_counter() - begun
+    shutil.rmtree(folder / "blocks", ignore_errors=True)                     # a fresh index every run
+    vectors = np.load(existing, mmap_mode="r")
     spans = [(s, min(args.items, s + args.block)) for s in range(0, args.items, args.block)]
     engine = make_engine(args.engine)
     begun = time.perf_counter()
@@ -125,7 +132,7 @@ def main() -> None:
     nlist = nlist_for(args.items)
     sweep = []
     for nprobe in sorted({128, default_nprobe(nlist), 2 * default_nprobe(nlist)}):
-        faiss.extract_index_ivf(index).nprobe = nprobe
+        set_search_effort(index, nprobe=nprobe)          # a graph quantizer searches deeper with it
         for factor in (4, RERANK_FACTOR):
             begun = time.perf_counter()
             _, rows = reranked_search(index, vectors, queries, 10, factor)
@@ -137,7 +144,8 @@ def main() -> None:
             print(json.dumps(sweep[-1]), flush=True)
     result = {
         "items": args.items, "dim": args.dim, "index": "ivfpq (on disk, 64-byte codes, exact re-rank from the vectors)",
-        "nlist": nlist, "block": args.block, "engine": args.engine, "timings": timings,
+        "nlist": nlist, "quantizer": type(faiss_quantizer(index)).__name__, "block": args.block,
+        "engine": args.engine, "timings": timings,
         "bytes_per_item": {"vectors": files["image.npy"] / args.items,
                            "index": (files["image.faiss"] + files["image.ivfdata"]) / args.items},
         "files": files, "peak_ram_gb": (memory.peak - memory.baseline) / 2**30, "search": sweep,

@@ -82,6 +82,7 @@ class RayEngine:
         ray = self._connect()
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
+        context.raise_original_map_exception = True         # a worker's own error, not Ray Data's wrapper
         actors, cpus, per_gpu = self.pool(ray, gpus)
         dataset = ray.data.from_items([{"task": json.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
         results = dataset.map_batches(_RayActor, fn_constructor_args=(worker,), batch_size=1, batch_format="numpy",
@@ -95,15 +96,16 @@ class RayEngine:
             raise own_error(exc) or exc from None
 
 
-def own_error(exc: BaseException) -> HierarcapsError | None:
-    """The package's own error inside Ray's wrappers (a worker's bad input reads as it would locally)."""
-    seen: set[int] = set()
+def own_error(exc: BaseException | None) -> HierarcapsError | None:
+    """The package's own error inside Ray's wrappers, the innermost one (a worker's bad input then reads as it
+    would under the local engine)."""
+    found, seen = None, set()
     while exc is not None and id(exc) not in seen:
         if isinstance(exc, HierarcapsError):
-            return exc
+            found = exc
         seen.add(id(exc))
         exc = getattr(exc, "cause", None) or exc.__cause__
-    return None
+    return found
 
 
 class _RayActor:

@@ -154,3 +154,23 @@ def test_on_disk_index_resumes_moves_and_finds_the_exact_neighbours(tmp_path: Pa
     _, in_ram = build_index(image, kind).search(queries, 10)
     assert recall_at(rows, exact) >= max(recall_at(in_ram, exact), 0.8), (recall_at(rows, exact),
                                                                           recall_at(in_ram, exact))
+
+
+def test_a_graph_quantizer_trains_the_same_bytes_and_finds_what_a_flat_one_finds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hierarcaps.reco import index as index_module
+
+    image, text, items = random_pairs(5000)
+    write_memory(tmp_path / "flat-quantizer", image, text, items, index="ivf", on_disk=True, block_size=1000)
+    monkeypatch.setattr(index_module, "HNSW_QUANTIZER_LISTS", 64)      # 282 lists here: a graph quantizer
+    for name in ("graph", "graph-again"):
+        write_memory(tmp_path / name, image, text, items, index="ivf", on_disk=True, block_size=1000)
+    same_files(tmp_path / "graph", tmp_path / "graph-again", "*")
+    graph, flat = Memory(tmp_path / "graph"), Memory(tmp_path / "flat-quantizer")
+    assert "HNSW" in type(index_module.faiss_quantizer(graph.indexes["image"])).__name__
+    queries = unit(np.random.default_rng(2).standard_normal((100, image.shape[1])))
+    exact = np.argsort(-(queries @ image.T), axis=1)[:, :10]
+    found = {name: memory.search(queries, "image", 10, duplicate_threshold=1.01)[1]
+             for name, memory in (("graph", graph), ("flat", flat))}
+    assert recall_at(found["graph"], exact) >= recall_at(found["flat"], exact) - 0.02, \
+        (recall_at(found["graph"], exact), recall_at(found["flat"], exact))

@@ -68,27 +68,76 @@ def build_index(vectors: np.ndarray, kind: str, *, seed: int = 0, nprobe: int | 
             index = faiss.IndexRefineFlat(index)
             index.k_factor = RERANK_FACTOR
     index.add(vectors)
+    if kind in ("ivf", "ivfpq"):
+        set_quantizer_effort(index)
     return index
+
+
+HNSW_QUANTIZER_LISTS = 8192
+"""From this many lists (about 4.2M items) the coarse quantizer is an HNSW graph over the centroids: assigning
+a vector then costs a few hundred comparisons instead of one per list, which is what makes filling an index of
+billions of items affordable (a flat quantizer at 65,536 lists costs 67 MFLOP per vector)."""
+QUANTIZER_ADD_EF = 64                      # graph search effort when assigning vectors to lists (one list each)
 
 
 def trained_ivf(vectors: np.ndarray, kind: str, *, seed: int = 0, nprobe: int | None = None,
                 pq_bytes: int | None = None, train_size: int = 200_000) -> Any:
     """An empty IVF (``ivf``) or IVF-PQ (``ivfpq``) index trained on a seeded sample of ``vectors`` (which may
-    be memory-mapped: only the sample is read), sized for all of them."""
+    be memory-mapped: only the sample is read), sized for all of them. Training gives the same bytes on every
+    run: k-means is seeded, and a graph quantizer is built on one thread."""
     import faiss
 
     count, dim = vectors.shape
     nlist, ip = nlist_for(count), faiss.METRIC_INNER_PRODUCT
-    quantizer = faiss.IndexFlatIP(dim)
+    rows = np.arange(count) if count <= train_size else \
+        np.sort(np.random.default_rng(seed).choice(count, train_size, replace=False))
+    sample = np.ascontiguousarray(vectors[rows], dtype=np.float32)
+    quantizer = faiss.IndexFlatIP(dim) if nlist < HNSW_QUANTIZER_LISTS else graph_quantizer(sample, nlist, seed)
     if kind == "ivf":
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, ip)
     else:
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_bytes or max(1, dim // 8), 8, ip)
-    rows = np.arange(count) if count <= train_size else \
-        np.sort(np.random.default_rng(seed).choice(count, train_size, replace=False))
-    index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
+    index.own_fields = True
+    quantizer.this.disown()                 # the index frees its quantizer
+    index.train(sample)                     # a graph quantizer already holds its centroids: only PQ trains
     index.nprobe = nprobe or default_nprobe(nlist)
     return index
+
+
+def graph_quantizer(sample: np.ndarray, nlist: int, seed: int) -> Any:
+    """Spherical k-means centroids of ``sample`` in an HNSW graph (built on one thread: the same graph on
+    every run), searched with ``QUANTIZER_ADD_EF`` while vectors are added."""
+    import faiss
+
+    clustering = faiss.Clustering(sample.shape[1], nlist)
+    clustering.spherical, clustering.seed = True, seed
+    clustering.train(sample, faiss.IndexFlatIP(sample.shape[1]))
+    graph = faiss.IndexHNSWFlat(sample.shape[1], 32, faiss.METRIC_INNER_PRODUCT)
+    graph.hnsw.efConstruction = 80
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        graph.add(faiss.vector_to_array(clustering.centroids).reshape(nlist, -1))
+    finally:
+        faiss.omp_set_num_threads(threads)
+    graph.hnsw.efSearch = QUANTIZER_ADD_EF
+    return graph
+
+
+def faiss_quantizer(index: Any) -> Any:
+    """The coarse quantizer of an IVF index (wrapped or not), as its own class."""
+    import faiss
+
+    return faiss.downcast_index(faiss.extract_index_ivf(index).quantizer)
+
+
+def set_quantizer_effort(index: Any) -> None:
+    """A graph quantizer searches twice as deep as the lists it must find (at least 128)."""
+    import faiss
+
+    quantizer = faiss_quantizer(index)
+    if isinstance(quantizer, faiss.IndexHNSW):
+        quantizer.hnsw.efSearch = max(128, 2 * faiss.extract_index_ivf(index).nprobe)
 
 
 def add_block(trained: Any, vectors: np.ndarray, first_id: int) -> Any:
@@ -110,6 +159,7 @@ def merge_on_disk(trained: Any, block_files: list[str], index_file: str, ivfdata
 
     index = faiss.clone_index(trained)
     merge_ondisk(index, block_files, ivfdata_file)
+    set_quantizer_effort(index)
     invlists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(index).invlists)
     invlists.filename = data_name
     faiss.write_index(index, index_file)
@@ -126,5 +176,6 @@ def set_search_effort(index: Any, *, nprobe: int | None = None, ef_search: int |
     if nprobe is not None:
         with contextlib.suppress(RuntimeError):
             faiss.extract_index_ivf(index).nprobe = nprobe
+            set_quantizer_effort(index)
     if ef_search is not None and hasattr(index, "hnsw"):
         index.hnsw.efSearch = ef_search
