@@ -22,6 +22,8 @@ def _reco_args(p: argparse.ArgumentParser) -> None:
     memory.add_argument("--on-disk", action="store_true",
                         help="IVF / IVF-PQ with on-disk inverted lists, filled block by block and memory-mapped "
                              "for search (memories larger than RAM)")
+    memory.add_argument("--train-size", type=int, default=200_000,
+                        help="vectors sampled to train IVF / IVF-PQ (at least 39 per list: 2.5M for 1B items)")
     image_options(memory)
     engine_options(memory)
     stats = sub.add_parser("stats", help="memory statistics")
@@ -60,7 +62,7 @@ def _reco(args: argparse.Namespace) -> int:
         if args.source.endswith(".npz"):
             image, text, items = from_embeddings(args.source)
             write_memory(args.out, image, text, items, index=args.index, on_disk=args.on_disk,
-                         engine=engine(args), block_size=args.shard_size)
+                         engine=engine(args), block_size=args.shard_size, train_size=args.train_size)
         else:
             from ..errors import HierarcapsError
             from ..models.registry import load_encoder
@@ -70,7 +72,8 @@ def _reco(args: argparse.Namespace) -> int:
             items = load_items(args.source, image_dir=args.image_dir, download=args.download,
                                image_source=args.image_source)
             build_memory(args.out, items, load_encoder(args.model, lazy=True), shard_size=args.shard_size,
-                         index=args.index, on_disk=args.on_disk, engine=engine(args), spec=args.model)
+                         index=args.index, on_disk=args.on_disk, engine=engine(args), spec=args.model,
+                         train_size=args.train_size)
         print(json.dumps(Memory(args.out).stats(), indent=2))
         return 0
     from .train import RecoConfig, RecoTrainer

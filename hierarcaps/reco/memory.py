@@ -178,12 +178,14 @@ def vectors_hash(image: np.ndarray, text: np.ndarray) -> str:
 
 def write_memory(folder: str | Path, image: np.ndarray, text: np.ndarray, items: Sequence[MemoryItem], *,
                  index: str | None = None, encoder: dict[str, Any] | None = None, on_disk: bool = False,
-                 engine: LocalEngine | RayEngine | None = None, block_size: int = 100_000) -> Path:
+                 engine: LocalEngine | RayEngine | None = None, block_size: int = 100_000,
+                 train_size: int = 200_000) -> Path:
     """Write a memory from embeddings in RAM, atomically per file, manifest last."""
     if not (len(image) == len(text) == len(items)):
         raise HierarcapsError(f"{len(image)} image and {len(text)} text embeddings for {len(items)} items")
     return assemble_memory(folder, {"image": [image], "text": [text]}, meta_table(items), index=index,
-                           encoder=encoder, on_disk=on_disk, engine=engine, block_size=block_size)
+                           encoder=encoder, on_disk=on_disk, engine=engine, block_size=block_size,
+                           train_size=train_size)
 
 
 def meta_table(items: Sequence[MemoryItem]) -> Any:
@@ -198,11 +200,11 @@ def meta_table(items: Sequence[MemoryItem]) -> Any:
 def assemble_memory(folder: str | Path, parts: dict[str, Sequence[Any]], meta: Any, *, index: str | None = None,
                     encoder: dict[str, Any] | None = None, on_disk: bool = False,
                     engine: LocalEngine | RayEngine | None = None, progress: bool = False,
-                    block_size: int = 100_000) -> Path:
+                    block_size: int = 100_000, train_size: int = 200_000) -> Path:
     """Write a memory whose vectors come in parts per modality (arrays, or .npy paths read one at a time, so
     the vectors never need to fit in RAM at once), with ``meta`` (a table with id, group, caption, source,
     image columns) for its rows. ``on_disk`` IVF / IVF-PQ indexes are filled in blocks of ``block_size``
-    rows on ``engine``."""
+    rows on ``engine``; IVF indexes train on ``train_size`` sampled vectors."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -225,12 +227,13 @@ def assemble_memory(folder: str | Path, parts: dict[str, Sequence[Any]], meta: A
         claim_blocks(folder / "blocks", f"{content} {kind} {blocks}")
     for name in MODALITIES:
         if on_disk:
-            write_on_disk_index(folder, name, vectors[name], kind, blocks, engine or LocalEngine(), progress)
+            write_on_disk_index(folder, name, vectors[name], kind, blocks, engine or LocalEngine(), progress,
+                                train_size)
         else:
             import faiss
 
             with atomic_path(folder / f"{name}.faiss") as tmp:
-                faiss.write_index(build_index(np.asarray(vectors[name]), kind), str(tmp))
+                faiss.write_index(build_index(np.asarray(vectors[name]), kind, train_size=train_size), str(tmp))
     shutil.rmtree(folder / "blocks", ignore_errors=True)
     with atomic_path(folder / "meta.parquet") as tmp:
         pq.write_table(meta, tmp)
@@ -265,7 +268,7 @@ def write_unit_vectors(path: Path, parts: Sequence[Any], count: int) -> int:
 
 
 def write_on_disk_index(folder: Path, modality: str, vectors: np.ndarray, kind: str, blocks: list[tuple[int, int]],
-                        engine: LocalEngine | RayEngine, progress: bool) -> None:
+                        engine: LocalEngine | RayEngine, progress: bool, train_size: int = 200_000) -> None:
     """Train on a sample, fill the index blocks (rows [start, end)) on ``engine`` (finished blocks are kept
     across a kill), merge them into ``<modality>.ivfdata`` and write ``<modality>.faiss``."""
     import faiss
@@ -273,7 +276,7 @@ def write_on_disk_index(folder: Path, modality: str, vectors: np.ndarray, kind: 
     trained_file = folder / "blocks" / f"{modality}-trained.faiss"
     if not trained_file.exists():
         with atomic_path(trained_file) as tmp:
-            faiss.write_index(trained_ivf(vectors, kind), str(tmp))
+            faiss.write_index(trained_ivf(vectors, kind, train_size=train_size), str(tmp))
     tasks = [{"block": n, "start": start, "end": end} for n, (start, end) in enumerate(blocks)
              if not block_file(folder, modality, n).exists()]
     for _ in engine.map(IndexBlockWorker(str(folder), modality), tasks, desc=f"Index blocks ({modality})",
@@ -353,7 +356,7 @@ class EmbedWorker:
 def build_memory(folder: str | Path, items: Sequence[MemoryItem], encoder: Any, *, shard_size: int = 10_000,
                  index: str | None = None, progress: bool = True, image_batch_size: int = 64,
                  workers: int = 1, on_disk: bool = False, engine: LocalEngine | RayEngine | None = None,
-                 spec: str | None = None) -> Path:
+                 spec: str | None = None, train_size: int = 200_000) -> Path:
     """Embed items with a frozen encoder, shard by shard (each shard kept once done), then index them.
 
     Killed at any point, a re-run skips the finished shards (and index blocks) and produces the same memory.
@@ -374,6 +377,6 @@ def build_memory(folder: str | Path, items: Sequence[MemoryItem], encoder: Any, 
     identity = {"name": encoder.name, "fingerprint": encoder.fingerprint()}
     assemble_memory(folder, {m: [p / f"{m}.npy" for p in parts] for m in MODALITIES}, meta_table(items),
                     index=index, encoder=identity, on_disk=on_disk, engine=engine, progress=progress,
-                    block_size=shard_size)
+                    block_size=shard_size, train_size=train_size)
     shutil.rmtree(shards, ignore_errors=True)
     return folder
