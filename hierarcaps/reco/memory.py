@@ -309,14 +309,16 @@ class IndexBlockWorker:
 
     folder: str
     modality: str
+    trained: Any = None                     # read once per worker, not once per block
 
     def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
         import faiss
 
         folder = Path(self.folder)
-        trained = faiss.read_index(str(folder / "blocks" / f"{self.modality}-trained.faiss"))
+        if self.trained is None:
+            self.trained = faiss.read_index(str(folder / "blocks" / f"{self.modality}-trained.faiss"))
         vectors = np.load(folder / f"{self.modality}.npy", mmap_mode="r")
-        block = add_block(trained, vectors[task["start"]:task["end"]], task["start"])
+        block = add_block(self.trained, vectors[task["start"]:task["end"]], task["start"])
         with atomic_path(block_file(folder, self.modality, task["block"])) as tmp:
             faiss.write_index(block, str(tmp))
         return {"block": task["block"]}
