@@ -13,6 +13,7 @@ number, never from the worker that runs it.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 from collections.abc import Callable, Iterator
@@ -75,6 +76,23 @@ class RayEngine:
 
     def map(self, worker: Worker, tasks: list[Task], *, desc: str, progress: bool = True,
             gpus: float = 0.0) -> Iterator[Task]:
+        """Results in task order; a failed job raises a detached error (see ``detached_error``)."""
+        stream = self._stream(worker, tasks, desc=desc, progress=progress, gpus=gpus)
+        failure, finished = None, False
+        try:
+            yield from stream
+            finished = True
+        except Exception as exc:
+            failure = detached_error(exc, desc)
+        finally:
+            if not finished:                # Ray Data frees an unfinished job's actors when its executor is
+                del stream                  # collected, and the executor sits in reference cycles
+                gc.collect()
+        if failure is not None:
+            raise failure
+
+    def _stream(self, worker: Worker, tasks: list[Task], *, desc: str, progress: bool,
+                gpus: float) -> Iterator[Task]:
         from tqdm.auto import tqdm
 
         if not tasks:
@@ -88,12 +106,23 @@ class RayEngine:
         results = dataset.map_batches(_RayActor, fn_constructor_args=(worker,), batch_size=1, batch_format="numpy",
                                       compute=ray.data.ActorPoolStrategy(size=min(actors, len(tasks))),
                                       num_cpus=cpus, num_gpus=per_gpu)
-        try:
-            for row in tqdm(results.iter_rows(), total=len(tasks), desc=f"{desc} (ray)", unit="shard",
-                            disable=not progress):
-                yield json.loads(row["result"])
-        except Exception as exc:
-            raise own_error(exc) or exc from None
+        for row in tqdm(results.iter_rows(), total=len(tasks), desc=f"{desc} (ray)", unit="shard",
+                        disable=not progress):
+            yield json.loads(row["result"])
+
+
+def detached_error(exc: Exception, desc: str) -> HierarcapsError:
+    """The error a failed Ray job raises, cut loose from Ray's frames.
+
+    Ray Data releases a job's actors by reference counting; a traceback that keeps its frames alive (an
+    exception held by a notebook or ``pytest.raises``) would keep the actors and their CPUs, and the next job
+    on the cluster would wait for them forever. So the error carries the message, never the frames.
+    """
+    error = own_error(exc) or HierarcapsError(f"{desc}: the Ray job failed: {exc}")
+    error.__traceback__ = None
+    error.__context__ = None
+    error.__suppress_context__ = True
+    return error
 
 
 def own_error(exc: BaseException | None) -> HierarcapsError | None:
