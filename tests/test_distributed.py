@@ -104,6 +104,13 @@ def test_memory_under_ray_writes_the_local_bytes(tmp_path: Path, ray_address: st
     with pytest.raises(HierarcapsError, match="no-such-model"):
         build_memory(tmp_path / "broken", items, encoder, shard_size=15, progress=False,
                      engine=RayEngine(address=ray_address), spec="no-such-model")
+    # images travel to actors inside their shard's task, so they must be paths or URLs there
+    from PIL import Image
+
+    in_ram = [dataclasses.replace(items[0], image=Image.open(items[0].image)), *items[1:]]
+    with pytest.raises(HierarcapsError, match="'p0'.*paths or URLs, not as JpegImageFile"):
+        build_memory(tmp_path / "in-ram", in_ram, encoder, shard_size=15, progress=False,
+                     engine=RayEngine(address=ray_address), spec=clip)
     # ... and the failed job's actors give their CPUs back, though the error is still held here (a held error
     # used to keep them: the next job then waited for CPUs forever)
     assert cpus_free_within(10.0) == 2.0

@@ -326,12 +326,12 @@ class IndexBlockWorker:
 
 @dataclasses.dataclass
 class EmbedWorker:
-    """An engine's worker: embeds one shard of items into ``shards/shard-NNNNN`` (image.npy, text.npy, DONE).
+    """An engine's worker: embeds one shard into ``shards/shard-NNNNN`` (image.npy, text.npy, DONE).
+
+    A task carries its shard's captions and images, so an actor only ever receives its own shards' items.
     The encoder is the one given (local engine), or loaded once per Ray actor from its spec."""
 
     shards: str
-    items: Sequence[MemoryItem]
-    shard_size: int
     spec: str | None = None
     encoder: Any = None
     image_batch_size: int = 64
@@ -343,16 +343,31 @@ class EmbedWorker:
 
             self.encoder = load_encoder(str(self.spec), lazy=True)
         number = int(task["shard"])
-        chunk = self.items[number * self.shard_size:(number + 1) * self.shard_size]
         shard = Path(self.shards) / f"shard-{number:05d}"
         shutil.rmtree(shard, ignore_errors=True)
         shard.mkdir(parents=True)
-        np.save(shard / "text.npy", self.encoder.encode_text([i.caption for i in chunk]), allow_pickle=False)
-        np.save(shard / "image.npy", self.encoder.encode_image([i.image for i in chunk],
-                                                               batch_size=self.image_batch_size,
+        np.save(shard / "text.npy", self.encoder.encode_text(task["captions"]), allow_pickle=False)
+        np.save(shard / "image.npy", self.encoder.encode_image(task["images"], batch_size=self.image_batch_size,
                                                                workers=self.workers), allow_pickle=False)
-        (shard / "DONE").write_text(str(len(chunk)))
-        return {"shard": number, "items": len(chunk)}
+        (shard / "DONE").write_text(str(len(task["captions"])))
+        return {"shard": number, "items": len(task["captions"])}
+
+
+def embed_tasks(items: Sequence[MemoryItem], shard_size: int, shards: Path, *, portable: bool) -> list[dict]:
+    """One task per unfinished shard, holding that shard's captions and images. ``portable``: tasks leave this
+    process (as JSON), so images must be paths or URLs."""
+    tasks = []
+    for number in range(-(-len(items) // shard_size)):
+        if (shards / f"shard-{number:05d}" / "DONE").exists():
+            continue
+        chunk = items[number * shard_size:(number + 1) * shard_size]
+        if portable:
+            for item in chunk:
+                if not isinstance(item.image, str | None):
+                    raise HierarcapsError(f"memory item {item.id!r}: the ray engine sends images to its actors "
+                                          f"as paths or URLs, not as {type(item.image).__name__}")
+        tasks.append({"shard": number, "captions": [i.caption for i in chunk], "images": [i.image for i in chunk]})
+    return tasks
 
 
 def build_memory(folder: str | Path, items: Sequence[MemoryItem], encoder: Any, *, shard_size: int = 10_000,
@@ -371,8 +386,8 @@ def build_memory(folder: str | Path, items: Sequence[MemoryItem], encoder: Any, 
         raise HierarcapsError("the ray engine loads the encoder in every actor: give its spec")
     shards = folder / "shards"
     count = -(-len(items) // shard_size)
-    worker = EmbedWorker(str(shards), items, shard_size, spec, encoder if local else None, image_batch_size, workers)
-    tasks = [{"shard": n} for n in range(count) if not (shards / f"shard-{n:05d}" / "DONE").exists()]
+    worker = EmbedWorker(str(shards), spec, encoder if local else None, image_batch_size, workers)
+    tasks = embed_tasks(items, shard_size, shards, portable=not local)
     for _ in engine.map(worker, tasks, desc="Memory shards", progress=progress, gpus=1.0):   # GPU actors where
         pass                                                                                # the cluster has GPUs
     parts = [shards / f"shard-{n:05d}" for n in range(count)]
