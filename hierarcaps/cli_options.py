@@ -28,7 +28,7 @@ def engine_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", choices=["local", "ray"], default="local",
                         help="local: this process; ray: Ray Data actor pools (same outputs, resumable by either)")
     parser.add_argument("--address", help="Ray cluster address (auto, ray://host:10001); default: a local cluster")
-    parser.add_argument("--actors", type=int, help="actors per stage (default: one per GPU for GPU stages, "
+    parser.add_argument("--actors", type=int, help="the most actors per stage (default: one per GPU for GPU stages, "
                                                    "else one per --cpus-per-actor CPUs)")
     parser.add_argument("--cpus-per-actor", type=float, help="CPUs each actor reserves (default: 1)")
     parser.add_argument("--gpus-per-actor", type=float, help="GPUs each actor of a GPU stage reserves (default: 1)")

@@ -43,8 +43,10 @@ class RayEngine:
     """Tasks on a Ray cluster through Ray Data, an actor pool per job.
 
     ``address``: a running cluster (``auto``, ``ray://host:10001``) or None for a local one (or the one this
-    process already joined). ``actors``: pool size (default: one per GPU when the job uses GPUs, else one
-    per ``cpus_per_actor`` CPUs). GPU jobs give each actor ``gpus_per_actor`` GPUs when the cluster has any.
+    process already joined). ``actors``: the most actors a job's pool grows to (default: one per GPU when the
+    job uses GPUs, else one per ``cpus_per_actor`` CPUs); a pool starts once one actor fits, so a job on a
+    busy or autoscaling cluster, or one asking for more actors than the cluster holds, never waits for all of
+    them. GPU jobs give each actor ``gpus_per_actor`` GPUs when the cluster has any.
     """
 
     address: str | None = None
@@ -76,17 +78,26 @@ class RayEngine:
 
     def map(self, worker: Worker, tasks: list[Task], *, desc: str, progress: bool = True,
             gpus: float = 0.0) -> Iterator[Task]:
-        """Results in task order; a failed job raises a detached error (see ``detached_error``)."""
+        """Results as shards finish. A worker's own error does not stop the job: the other shards finish (and
+        stay done), then the error of the earliest failed task is raised, as the local engine would have.
+
+        Why not stop at once: Ray Data frees a job's actors by reference counting, and an aborted job's
+        executor can outlive the abort (held by the error's frames or by reference cycles), keeping its actors
+        and their CPUs; the next job on the cluster then waits for them forever. A job that runs to its end
+        always frees them. Errors that are not the package's own (a bug, a lost node) still abort the job.
+        """
         stream = self._stream(worker, tasks, desc=desc, progress=progress, gpus=gpus)
         failure, finished = None, False
         try:
             yield from stream
             finished = True
+        except HierarcapsError as exc:
+            failure = exc
         except Exception as exc:
             failure = detached_error(exc, desc)
         finally:
-            if not finished:                # Ray Data frees an unfinished job's actors when its executor is
-                del stream                  # collected, and the executor sits in reference cycles
+            if not finished:                # give an aborted job's executor (and so its actors) back now
+                del stream
                 gc.collect()
         if failure is not None:
             raise failure
@@ -100,41 +111,51 @@ class RayEngine:
         ray = self._connect()
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
-        context.raise_original_map_exception = True         # a worker's own error, not Ray Data's wrapper
+        context.raise_original_map_exception = True
         actors, cpus, per_gpu = self.pool(ray, gpus)
-        dataset = ray.data.from_items([{"task": json.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
+        order = {json.dumps(t): n for n, t in enumerate(tasks)}
+        dataset = ray.data.from_items([{"task": task} for task in order], override_num_blocks=len(tasks))
         results = dataset.map_batches(_RayActor, fn_constructor_args=(worker,), batch_size=1, batch_format="numpy",
-                                      compute=ray.data.ActorPoolStrategy(size=min(actors, len(tasks))),
+                                      compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(actors, len(tasks))),
                                       num_cpus=cpus, num_gpus=per_gpu)
+        failures = {}
         for row in tqdm(results.iter_rows(), total=len(tasks), desc=f"{desc} (ray)", unit="shard",
                         disable=not progress):
-            yield json.loads(row["result"])
+            result = json.loads(row["result"])
+            if ERROR_KEY in result:
+                failures[order[str(row["task"])]] = result[ERROR_KEY]
+            else:
+                yield result
+        if failures:
+            raise rebuilt_error(failures[min(failures)])
 
 
-def detached_error(exc: Exception, desc: str) -> HierarcapsError:
-    """The error a failed Ray job raises, cut loose from Ray's frames.
+ERROR_KEY = "__hierarcaps_error__"
+"""The key of a result that carries a worker's error instead of its output."""
 
-    Ray Data releases a job's actors by reference counting; a traceback that keeps its frames alive (an
-    exception held by a notebook or ``pytest.raises``) would keep the actors and their CPUs, and the next job
-    on the cluster would wait for them forever. So the error carries the message, never the frames.
-    """
-    error = own_error(exc) or HierarcapsError(f"{desc}: the Ray job failed: {exc}")
-    error.__traceback__ = None
-    error.__context__ = None
-    error.__suppress_context__ = True
+
+def portable_error(error: HierarcapsError) -> dict[str, Any]:
+    """A package error as JSON: its class name, message and (JSON-safe) attributes."""
+    attributes = {k: v for k, v in vars(error).items() if isinstance(v, str | int | float | bool | None)}
+    return {"type": type(error).__name__, "message": str(error), "attributes": attributes}
+
+
+def rebuilt_error(payload: dict[str, Any]) -> HierarcapsError:
+    """The error ``portable_error`` described, of the same class (one of ``errors``'s) where it is known."""
+    from . import errors
+
+    kind = getattr(errors, str(payload.get("type")), HierarcapsError)
+    if not (isinstance(kind, type) and issubclass(kind, HierarcapsError)):
+        kind = HierarcapsError
+    error = kind.__new__(kind)
+    Exception.__init__(error, payload["message"])
+    vars(error).update(payload.get("attributes", {}))
     return error
 
 
-def own_error(exc: BaseException | None) -> HierarcapsError | None:
-    """The package's own error inside Ray's wrappers, the innermost one (a worker's bad input then reads as it
-    would under the local engine)."""
-    found, seen = None, set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, HierarcapsError):
-            found = exc
-        seen.add(id(exc))
-        exc = getattr(exc, "cause", None) or exc.__cause__
-    return found
+def detached_error(exc: Exception, desc: str) -> HierarcapsError:
+    """The error an aborted Ray job raises: the message, not Ray's frames (which hold its executor)."""
+    return HierarcapsError(f"{desc}: the Ray job failed: {exc}")
 
 
 class _RayActor:
@@ -145,7 +166,13 @@ class _RayActor:
         self.worker = worker
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
-        return {"result": [json.dumps(self.worker(json.loads(str(task)))) for task in batch["task"]]}
+        return {"task": list(batch["task"]), "result": [self.run(json.loads(str(task))) for task in batch["task"]]}
+
+    def run(self, task: Task) -> str:
+        try:
+            return json.dumps(self.worker(task))
+        except HierarcapsError as exc:
+            return json.dumps({ERROR_KEY: portable_error(exc)})
 
 
 ENGINES: dict[str, Callable[..., Any]] = {"local": LocalEngine, "ray": RayEngine}

@@ -108,7 +108,7 @@ def test_memory_under_ray_writes_the_local_bytes(tmp_path: Path, ray_address: st
     from PIL import Image
 
     in_ram = [dataclasses.replace(items[0], image=Image.open(items[0].image)), *items[1:]]
-    with pytest.raises(HierarcapsError, match="'p0'.*paths or URLs, not as JpegImageFile"):
+    with pytest.raises(HierarcapsError, match=r"'p0'.*paths or URLs, not as JpegImageFile"):
         build_memory(tmp_path / "in-ram", in_ram, encoder, shard_size=15, progress=False,
                      engine=RayEngine(address=ray_address), spec=clip)
     # ... and the failed job's actors give their CPUs back, though the error is still held here (a held error
@@ -118,16 +118,37 @@ def test_memory_under_ray_writes_the_local_bytes(tmp_path: Path, ray_address: st
         "image.faiss", "image.ivfdata", "image.npy", "manifest.json", "meta.parquet", "text.faiss", "text.ivfdata",
         "text.npy"]
 
-    # IVF-PQ blocks of precomputed embeddings, through the command line (a second driver on the cluster)
+    # IVF-PQ blocks of precomputed embeddings, through the command line (a second driver on the cluster,
+    # asking for more actors than the cluster has CPUs: its pools start with those that fit)
     image, text, _ = random_pairs(3000)
     np.savez(tmp_path / "pairs.npz", image=image, text=text, groups=np.arange(3000) // 3)
-    for name, engine in (("pq-local", []), ("pq-ray", ["--engine", "ray", "--address", ray_address])):
+    for name, engine in (("pq-local", []), ("pq-ray", ["--engine", "ray", "--address", ray_address, "--actors", "4"])):
         done = subprocess.run([sys.executable, "-m", "hierarcaps", "reco", "memory", str(tmp_path / "pairs.npz"),
                                "--out", str(tmp_path / name), "--index", "ivfpq", "--on-disk", "--shard-size", "700",
                                *engine], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr[-2000:]
     same_files(tmp_path / "pq-local", tmp_path / "pq-ray", "*")
     assert Memory(tmp_path / "pq-ray").manifest["on_disk"] is True
+
+
+def test_a_workers_error_lets_the_other_shards_finish_and_comes_back_whole(tmp_path: Path,
+                                                                         ray_address: str) -> None:
+    from hierarcaps.errors import DataError
+
+    def worker(task: dict) -> dict:          # shards 3 and 1 have bad rows; the others write their marker
+        if task["shard"] in (3, 1):
+            raise DataError("not a caption", file="captions.csv", row=10 * task["shard"], field="caption")
+        (tmp_path / f"shard-{task['shard']}.done").write_text("done")
+        return {"shard": task["shard"]}
+
+    tasks = [{"shard": n} for n in range(6)]
+    with pytest.raises(DataError) as raised:
+        list(RayEngine(address=ray_address).map(worker, tasks, desc="bad rows", progress=False))
+    # the earliest failed task's error, of its own class, with the place it names
+    assert (raised.value.file, raised.value.row, raised.value.field) == ("captions.csv", 10, "caption")
+    assert str(raised.value) == "captions.csv, row 10, field 'caption': not a caption"
+    assert sorted(p.name for p in tmp_path.glob("*.done")) == [f"shard-{n}.done" for n in (0, 2, 4, 5)]
+    assert cpus_free_within(10.0) == 2.0
 
 
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
