@@ -16,6 +16,7 @@ import dataclasses
 import gc
 import json
 import os
+import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -56,14 +57,21 @@ class RayEngine:
 
     name = "ray"
 
+    def __post_init__(self) -> None:
+        if self.address:                       # at once, not after the driver's own work (a memory's training)
+            check_reachable(self.address)
+
     def _connect(self) -> Any:
         try:
             import ray
         except ImportError as exc:
             raise HierarcapsError("the ray engine needs Ray: pip install 'hierarcaps[distributed]'") from exc
         if not ray.is_initialized():
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
+                         runtime_env={"env_vars": {"TOKENIZERS_PARALLELISM": "false"}})
+            except ConnectionError as exc:
+                raise HierarcapsError(f"no Ray cluster at {self.address!r}: {exc}") from None
         return ray
 
     def pool(self, ray: Any, gpus: float) -> tuple[int, float, float]:
@@ -151,6 +159,18 @@ def rebuilt_error(payload: dict[str, Any]) -> HierarcapsError:
     Exception.__init__(error, payload["message"])
     vars(error).update(payload.get("attributes", {}))
     return error
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds on a cluster address that nothing answers at (Ray itself retries for minutes)."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if address == "auto" or not port.isdigit():
+        return                                         # Ray finds or refuses these itself, at once
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise HierarcapsError(f"no Ray cluster answers at {address} ({exc.strerror or exc}); start one with "
+                              "`ray start --head`, or leave out --address for a cluster on this machine") from None
 
 
 def detached_error(exc: Exception, desc: str) -> HierarcapsError:

@@ -151,6 +151,25 @@ def test_a_workers_error_lets_the_other_shards_finish_and_comes_back_whole(tmp_p
     assert cpus_free_within(10.0) == 2.0
 
 
+def test_a_cluster_address_nobody_answers_at_fails_in_seconds_with_one_line(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    import socket
+
+    with socket.socket() as probe:                     # a port that was free a moment ago: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    np.savez(tmp_path / "pairs.npz", image=random_pairs(3000)[0], text=random_pairs(3000)[1])
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "hierarcaps", "reco", "memory", str(tmp_path / "pairs.npz"), "--out",
+                           str(tmp_path / "memory"), "--index", "ivf", "--on-disk", "--shard-size", "1000",
+                           "--engine", "ray", "--address", f"127.0.0.1:{port}"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0 and time.monotonic() - started < 60      # Ray alone retries for minutes
+    assert done.stderr.strip().splitlines() == [
+        f"hierarcaps reco: no Ray cluster answers at 127.0.0.1:{port} (Connection refused); start one with "
+        "`ray start --head`, or leave out --address for a cluster on this machine"]
+
+
 def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)]))
 
