@@ -121,8 +121,9 @@ class RayEngine:
         context.enable_progress_bars = False
         context.raise_original_map_exception = True
         actors, cpus, per_gpu = self.pool(ray, gpus)
-        order = {json.dumps(t): n for n, t in enumerate(tasks)}
-        dataset = ray.data.from_items([{"task": task} for task in order], override_num_blocks=len(tasks))
+        texts = [json.dumps(t) for t in tasks]
+        order = {text: n for n, text in reversed(list(enumerate(texts)))}     # a task's first position
+        dataset = ray.data.from_items([{"task": text} for text in texts], override_num_blocks=len(tasks))
         results = dataset.map_batches(_RayActor, fn_constructor_args=(worker,), batch_size=1, batch_format="numpy",
                                       compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(actors, len(tasks))),
                                       num_cpus=cpus, num_gpus=per_gpu)
