@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import importlib.util
 import json
 import os
 import socket
@@ -58,14 +59,15 @@ class RayEngine:
     name = "ray"
 
     def __post_init__(self) -> None:
-        if self.address:                       # at once, not after the driver's own work (a memory's training)
+        """Refuse at once what would fail later, after the driver's own work (a memory's index training)."""
+        if importlib.util.find_spec("ray") is None:
+            raise HierarcapsError("the ray engine needs Ray: pip install 'hierarcaps[distributed]'")
+        if self.address:
             check_reachable(self.address)
 
     def _connect(self) -> Any:
-        try:
-            import ray
-        except ImportError as exc:
-            raise HierarcapsError("the ray engine needs Ray: pip install 'hierarcaps[distributed]'") from exc
+        import ray
+
         if not ray.is_initialized():
             try:
                 ray.init(address=self.address, include_dashboard=False, log_to_driver=False,

@@ -151,6 +151,15 @@ def test_a_workers_error_lets_the_other_shards_finish_and_comes_back_whole(tmp_p
     assert cpus_free_within(10.0) == 2.0
 
 
+def test_the_ray_engine_without_ray_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    with pytest.raises(HierarcapsError, match=r"pip install 'hierarcaps\[distributed\]'"):
+        RayEngine()
+
+
 def test_a_cluster_address_nobody_answers_at_fails_in_seconds_with_one_line(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     import socket
