@@ -103,8 +103,8 @@ class RayEngine:
             finished = True
         except HierarcapsError as exc:
             failure = exc
-        except Exception as exc:
-            failure = detached_error(exc, desc)
+        except Exception as exc:            # the message only: Ray's frames would hold the executor
+            failure = HierarcapsError(f"{desc}: the Ray job failed: {exc}")
         finally:
             if not finished:                # give an aborted job's executor (and so its actors) back now
                 del stream
@@ -123,9 +123,8 @@ class RayEngine:
         context.enable_progress_bars = False
         context.raise_original_map_exception = True
         actors, cpus, per_gpu = self.pool(ray, gpus)
-        texts = [json.dumps(t) for t in tasks]
-        order = {text: n for n, text in reversed(list(enumerate(texts)))}     # a task's first position
-        dataset = ray.data.from_items([{"task": text} for text in texts], override_num_blocks=len(tasks))
+        dataset = ray.data.from_items([{"position": n, "task": json.dumps(t)} for n, t in enumerate(tasks)],
+                                      override_num_blocks=len(tasks))
         results = dataset.map_batches(_RayActor, fn_constructor_args=(worker,), batch_size=1, batch_format="numpy",
                                       compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(actors, len(tasks))),
                                       num_cpus=cpus, num_gpus=per_gpu)
@@ -134,7 +133,7 @@ class RayEngine:
                         disable=not progress):
             result = json.loads(row["result"])
             if ERROR_KEY in result:
-                failures[order[str(row["task"])]] = result[ERROR_KEY]
+                failures[int(row["position"])] = result[ERROR_KEY]
             else:
                 yield result
         if failures:
@@ -176,11 +175,6 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
                               "`ray start --head`, or leave out --address for a cluster on this machine") from None
 
 
-def detached_error(exc: Exception, desc: str) -> HierarcapsError:
-    """The error an aborted Ray job raises: the message, not Ray's frames (which hold its executor)."""
-    return HierarcapsError(f"{desc}: the Ray job failed: {exc}")
-
-
 class _RayActor:
     """One actor of a pool: holds a worker (and the models it loads) for every task it is given."""
 
@@ -189,7 +183,8 @@ class _RayActor:
         self.worker = worker
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:
-        return {"task": list(batch["task"]), "result": [self.run(json.loads(str(task))) for task in batch["task"]]}
+        return {"position": list(batch["position"]),
+                "result": [self.run(json.loads(str(task))) for task in batch["task"]]}
 
     def run(self, task: Task) -> str:
         try:

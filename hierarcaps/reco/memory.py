@@ -324,6 +324,10 @@ class IndexBlockWorker:
         return {"block": task["block"]}
 
 
+def shard_folder(shards: str | Path, number: int) -> Path:
+    return Path(shards) / f"shard-{number:05d}"
+
+
 @dataclasses.dataclass
 class EmbedWorker:
     """An engine's worker: embeds one shard into ``shards/shard-NNNNN`` (image.npy, text.npy, DONE).
@@ -343,7 +347,7 @@ class EmbedWorker:
 
             self.encoder = load_encoder(str(self.spec), lazy=True)
         number = int(task["shard"])
-        shard = Path(self.shards) / f"shard-{number:05d}"
+        shard = shard_folder(self.shards, number)
         shutil.rmtree(shard, ignore_errors=True)
         shard.mkdir(parents=True)
         np.save(shard / "text.npy", self.encoder.encode_text(task["captions"]), allow_pickle=False)
@@ -358,7 +362,7 @@ def embed_tasks(items: Sequence[MemoryItem], shard_size: int, shards: Path, *, p
     process (as JSON), so images must be paths or URLs."""
     tasks = []
     for number in range(-(-len(items) // shard_size)):
-        if (shards / f"shard-{number:05d}" / "DONE").exists():
+        if (shard_folder(shards, number) / "DONE").exists():
             continue
         chunk = items[number * shard_size:(number + 1) * shard_size]
         if portable:
@@ -390,7 +394,7 @@ def build_memory(folder: str | Path, items: Sequence[MemoryItem], encoder: Any, 
     tasks = embed_tasks(items, shard_size, shards, portable=not local)
     for _ in engine.map(worker, tasks, desc="Memory shards", progress=progress, gpus=1.0):   # GPU actors where
         pass                                                                                # the cluster has GPUs
-    parts = [shards / f"shard-{n:05d}" for n in range(count)]
+    parts = [shard_folder(shards, n) for n in range(count)]
     identity = {"name": encoder.name, "fingerprint": encoder.fingerprint()}
     assemble_memory(folder, {m: [p / f"{m}.npy" for p in parts] for m in MODALITIES}, meta_table(items),
                     index=index, encoder=identity, on_disk=on_disk, engine=engine, progress=progress,
