@@ -8,11 +8,11 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import sys
+import os
 from collections.abc import Callable, Sequence
 
 from . import __version__
-from .cli_options import image_options, image_store
+from .cli_options import echo, image_options, image_store
 from .errors import HierarcapsError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -50,7 +50,7 @@ def _export(args: argparse.Namespace) -> int:
                  image_source=args.image_source)
     card = (out / "README.md").read_text()
     images = "no images" if "No images are embedded" in card else "the test images embedded"
-    print(f"wrote {out} with {images} (load with datasets.load_dataset({str(out)!r}, 'test'))")
+    echo(f"wrote {out} with {images} (load with datasets.load_dataset({str(out)!r}, 'test'))")
     return 0
 
 
@@ -70,8 +70,8 @@ def _validate(args: argparse.Namespace) -> int:
     if args.images:
         messages.extend(_image_problems(records, args))
     for message in messages:
-        print(message)
-    print(f"{args.file}: {len(records)} record(s), {len(messages)} problem(s)", file=sys.stderr)
+        echo(message)
+    echo(f"{args.file}: {len(records)} record(s), {len(messages)} problem(s)", err=True)
     return 1 if messages else 0
 
 
@@ -91,7 +91,7 @@ def _models(args: argparse.Namespace) -> int:
             ("FOLDER", "a local model folder, detected from its files", "hierarcaps")]
     width = max(len(r[0]) for r in rows)
     for spec, description, origin in rows:
-        print(f"{spec.ljust(width)}  {description}" + (f"  [{origin}]" if origin != "hierarcaps" else ""))
+        echo(f"{spec.ljust(width)}  {description}" + (f"  [{origin}]" if origin != "hierarcaps" else ""))
     return 0
 
 
@@ -108,7 +108,7 @@ def _download(args: argparse.Namespace) -> int:
 
     store = ImageStore(args.image_dir, download=True)
     paths = store.resolve(load_official(args.split))
-    print(f"{len(paths)} image(s) verified; cache: {store.cache}")
+    echo(f"{len(paths)} image(s) verified; cache: {store.cache}")
     return 0
 
 
@@ -125,13 +125,15 @@ def _split(args: argparse.Namespace) -> int:
 
     records = offline_train_split()
     write_csv(records, args.out, fmt="pairs")
-    print(f"wrote {len(records)} rows to {args.out} ({content_checksum(records)})")
+    echo(f"wrote {len(records)} rows to {args.out} ({content_checksum(records)})")
     return 0
 
 
 def _leakage_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="training file (path or URL) to check against the test set")
     p.add_argument("--out", help="write the rows that survive the check here")
+    p.add_argument("--image-dir", help="the training images: compared with the test images by content (SHA-256), "
+                                       "so renamed copies are found too")
 
 
 @command("leakage", "check a training file against the test set (shared images, repeated captions)", _leakage_args)
@@ -140,14 +142,28 @@ def _leakage(args: argparse.Namespace) -> int:
     from .data.splits import check_leakage
 
     records = read_hierarchies(args.file, n_tiers=None)
-    kept, report = check_leakage(records)
-    print(json.dumps({"file": args.file, "rows": len(records), "shared_images": len(report.shared_images),
+    digests = _image_digests(records, args.image_dir) if args.image_dir else None
+    kept, report = check_leakage(records, train_digests=digests)
+    echo(json.dumps({"file": args.file, "rows": len(records), "shared_images": len(report.shared_images),
                       "overlapping_rows": len(report.overlapping_rows), "kept": report.kept}))
     if report.shared_images:
         raise HierarcapsError(f"{args.file}: {report.summary()}; refusing a file that shares test images")
     if args.out:
         write_csv(kept, args.out, fmt="pairs")
     return 0
+
+
+def _image_digests(records, image_dir: str) -> dict[str, str]:
+    """SHA-256 of each training image that lies in ``image_dir`` (regular files only)."""
+    from pathlib import Path
+
+    from ._io import sha256_file
+
+    folder = Path(image_dir)
+    if not folder.is_dir():
+        raise HierarcapsError(f"image folder {image_dir} does not exist")
+    names = {r.image_file for r in records if r.image_file}
+    return {name: sha256_file(folder / name) for name in sorted(names) if (folder / name).is_file()}
 
 
 # -- entry point --------------------------------------------------------------------------------------
@@ -169,12 +185,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except HierarcapsError as exc:
-        print(f"hierarcaps {args.command}: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
-        print(f"hierarcaps {args.command}: interrupted", file=sys.stderr)
+        echo(f"hierarcaps {args.command}: interrupted", err=True)
         return 130
+    except Exception as exc:
+        if os.environ.get(DEBUG_ENV) and not isinstance(exc, HierarcapsError):
+            raise
+        echo(f"hierarcaps {args.command}: {problem_line(exc)}", err=True)
+        return 1
+
+
+DEBUG_ENV = "HIERARCAPS_DEBUG"
+
+
+def problem_line(exc: Exception) -> str:
+    """One line for a failure: the package's own message; for a file the system refused, the file and why; for
+    anything else (a bug) its type and message, and how to get the traceback."""
+    if isinstance(exc, HierarcapsError):
+        message = str(exc)
+    elif isinstance(exc, OSError) and exc.strerror:
+        message = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    elif isinstance(exc, MemoryError):
+        message = "out of memory"
+    else:
+        message = (f"unexpected {type(exc).__name__}: {exc} (a bug: rerun with {DEBUG_ENV}=1 for the traceback, "
+                   "and report it)")
+    return " ".join(message.split())
 
 
 def run() -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from .data.images import DEFAULT_IMAGE_SOURCE, IMAGE_SOURCES
@@ -42,3 +43,12 @@ def engine(args: argparse.Namespace) -> Any:
         return make_engine("local")
     return make_engine("ray", address=args.address, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
                        gpus_per_actor=args.gpus_per_actor)
+
+
+def echo(text: object = "", *, err: bool = False) -> None:
+    """Print command output with every character a reader cannot see escaped (newlines kept): output echoes
+    ids, names and file names from the user's files, which must not move the cursor or reorder the line."""
+    from .textsafe import escape_controls
+
+    lines = str(text).split("\n")
+    print("\n".join(escape_controls(line) for line in lines), file=sys.stderr if err else sys.stdout, flush=True)

@@ -6,13 +6,14 @@ import itertools
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy.stats import kendalltau
 
 from hierarcaps.data import load_official
 from hierarcaps.errors import HierarcapsError
 from hierarcaps.metrics import EmbeddedBenchmark, kendall_tau_rows, length_baselines, per_unit_metrics, score
 from hierarcaps.metrics.bootstrap import bootstrap_cis
-from hierarcaps.metrics.hierarchy import kendall_tau_a_rows
 from hierarcaps.metrics.retrieval import recall_at_k
 
 from .reference_protocol import reference_scores
@@ -70,20 +71,64 @@ def test_several_references_per_image() -> None:
     np.testing.assert_allclose(per_unit["recall"], [1.0])
 
 
+def upstream_tau(row: np.ndarray) -> float:
+    """The reference implementation's d_corr of one row: tau between the stable argsort and the tier order."""
+    return kendalltau(np.argsort(row, kind="stable"), np.arange(1, len(row) + 1)).statistic
+
+
 def test_d_corr_on_known_orders_and_against_scipy() -> None:
     np.testing.assert_allclose(kendall_tau_rows(np.array([[1, 2, 3, 4], [4, 3, 2, 1], [1, 3, 2, 4.0]])),
                                [1, -1, 4 / 6])
     radii = np.random.default_rng(1).random((300, 4))
-    expected = [kendalltau(np.argsort(r, kind="stable"), [1, 2, 3, 4]).statistic for r in radii]
-    np.testing.assert_allclose(kendall_tau_rows(radii), expected, atol=1e-12)
+    np.testing.assert_allclose(kendall_tau_rows(radii), [upstream_tau(r) for r in radii], atol=1e-12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=2, max_size=7, unique=True))
+def test_d_corr_equals_the_upstream_value_on_every_row_without_ties(row: list[float]) -> None:
+    assert kendall_tau_rows(np.array([row]))[0] == pytest.approx(upstream_tau(np.array(row)), abs=1e-12)
+
+
+@pytest.mark.parametrize("collapse", ["constant", "repeated_in_chain", "zero", "constant_radii"])
+def test_a_collapsed_model_scores_zero_d_corr_and_chance_retrieval_never_one(collapse: str) -> None:
+    bench = _random_bench(40, 0, False)
+    text, radii = bench.text_emb.copy(), None
+    if collapse == "constant":
+        text[:] = text[0, 0]
+    elif collapse == "repeated_in_chain":
+        text[:] = text[:, :1]                       # every tier of a row is its tier-1 vector
+    elif collapse == "zero":
+        text[:] = 0.0                               # what rows whose norm overflowed would normalise to
+    else:
+        radii = np.full(bench.texts.shape, 0.5)
+    collapsed = EmbeddedBenchmark(bench.texts, text, bench.root, bench.image_emb, bench.row_image, text_radii=radii)
+    scores = score(collapsed, resamples=10)
+    assert scores["d_corr"]["value"] == 0.0
+    assert score(bench, resamples=10)["d_corr"]["value"] != 0.0          # the control: a real spread is scored
+    if collapse in ("constant", "zero"):         # every caption ties for every image: chance, not a perfect score
+        assert scores["i2t_R@1"]["value"] == pytest.approx(1 / 40)
+        assert scores["t2i_R@1"]["value"] == pytest.approx(1 / 40)
 
 
 def test_retrieval_recall_at_k_counts_strictly_higher_negatives() -> None:
     sim = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.8], [0.5, 0.1, 0.5]])
     positive = np.eye(3, dtype=bool)
     hits = recall_at_k(sim, positive, (1, 2))
-    np.testing.assert_array_equal(hits[1], [1, 0, 1])   # row 2 ties with a negative: not counted against it
+    np.testing.assert_array_equal(hits[1], [1, 0, 0.5])   # row 2 ties with a negative: a coin flip, not a hit
     np.testing.assert_array_equal(hits[2], [1, 1, 1])
+
+
+def test_tied_retrieval_scores_the_mean_over_every_tie_break() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(2, 7))
+        sims = rng.integers(0, 3, size=n).astype(float)
+        positive = np.zeros(n, dtype=bool)
+        positive[rng.choice(n, int(rng.integers(1, n + 1)), replace=False)] = True
+        for k in range(1, n + 1):
+            brute = np.mean([any(positive[i] for i in sorted(range(n), key=lambda i: (-sims[i], p[i]))[:k])
+                             for p in itertools.permutations(range(n))])
+            assert recall_at_k(sims[None], positive[None], (k,))[k][0] == pytest.approx(brute, abs=1e-12)
 
 
 def _random_bench(rows: int, seed: int, share_images: bool) -> EmbeddedBenchmark:
@@ -116,14 +161,14 @@ def mean_tau_over_tie_breaks(row: np.ndarray) -> float:
     return float(np.mean([kendalltau(order, np.arange(len(row))).statistic for order in orders]))
 
 
-def test_tied_lengths_count_half_concordant_half_discordant() -> None:
-    assert kendall_tau_a_rows(np.array([[1.0, 1, 2, 3]]))[0] == pytest.approx(5 / 6)   # the tie counts 0
-    assert kendall_tau_a_rows(np.array([[1.0, 1, 1, 1]]))[0] == 0
-    assert kendall_tau_a_rows(np.array([[4.0, 3, 2, 1]]))[0] == -1
+def test_a_tied_pair_counts_half_concordant_half_discordant() -> None:
+    assert kendall_tau_rows(np.array([[1.0, 1, 2, 3]]))[0] == pytest.approx(5 / 6)   # the tie counts 0
+    assert kendall_tau_rows(np.array([[1.0, 1, 1, 1]]))[0] == 0
+    assert kendall_tau_rows(np.array([[4.0, 3, 2, 1]]))[0] == -1
     rows = np.random.default_rng(0).integers(1, 4, size=(60, 4)).astype(float)
-    np.testing.assert_allclose(kendall_tau_a_rows(rows), [mean_tau_over_tie_breaks(r) for r in rows], atol=1e-12)
-    # a stable sort breaks ties in tier order: the leak the fair baseline removes
-    assert kendall_tau_rows(np.array([[1.0, 1, 1, 1]]))[0] == 1
+    np.testing.assert_allclose(kendall_tau_rows(rows), [mean_tau_over_tie_breaks(r) for r in rows], atol=1e-12)
+    # the reference's stable sort breaks ties in tier order: the leak this package removes
+    assert upstream_tau(np.array([1.0, 1, 1, 1])) == 1
 
 
 def test_length_baseline_on_the_real_test_set() -> None:

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from ..cli import command
+from ..cli_options import echo
 
 
 def _server_options(p: argparse.ArgumentParser) -> None:
@@ -46,11 +47,11 @@ def _annotate(args: argparse.Namespace) -> int:
                       image_dir=args.image_dir, document_root=args.document_root, generator=args.generator,
                       batch_size=args.batch_size, limit=args.limit, progress=not args.no_progress,
                       overlap=args.overlap)
-        print(f"project {result['project']!r} (id {result['project_id']}): {result['created']} task(s) created, "
+        echo(f"project {result['project']!r} (id {result['project_id']}): {result['created']} task(s) created, "
               f"{result['already_there']} already there")
         return 0
     stats = pull(args.project, args.out, server=server, nli_model=args.nli)
-    print(json.dumps({k: stats[k] for k in ("tasks", "completed", "pending", "skipped", "accepted_as_is", "edited",
+    echo(json.dumps({k: stats[k] for k in ("tasks", "completed", "pending", "skipped", "accepted_as_is", "edited",
                                             "rejected", "failed_checks", "records", "agreement")}, indent=2))
-    print(f"wrote the curated split to {args.out}")
+    echo(f"wrote the curated split to {args.out}")
     return 0

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from ..cli import command
-from ..cli_options import image_options
+from ..cli_options import echo, image_options
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
@@ -38,7 +37,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .table import result_table
 
     if args.steps != 50:
-        print(f"note: --steps {args.steps} is not the hierarcaps-v1 protocol; the result records it", file=sys.stderr)
+        echo(f"note: --steps {args.steps} is not the hierarcaps-v1 protocol; the result records it", err=True)
     options = EvalOptions(split=args.split, data=args.data, image_dir=args.image_dir, download=args.download,
                           image_source=args.image_source,
                           text_only=args.text_only, text_batch_size=args.text_batch_size,
@@ -49,17 +48,17 @@ def _evaluate(args: argparse.Namespace) -> int:
         options.workers = args.workers
     result = evaluate(args.model, options)
     path = save_result(result, args.out)
-    print(result_table(result))
+    echo(result_table(result))
     timings = result["timings"]
-    print(f"\nsaved {path} ({timings['total_s']:.1f} s, {timings['embedding_cache_hits']} cache hit(s))")
+    echo(f"\nsaved {path} ({timings['total_s']:.1f} s, {timings['embedding_cache_hits']} cache hit(s))")
     if args.plots:
         for plot in _plots(args.model, options, path.parent):
-            print(f"plot {plot}")
+            echo(f"plot {plot}")
     if args.export_submission:
         from .harness import export_submission
 
         folder = export_submission(args.model, options, args.export_submission)
-        print(f"submission written to {folder} (edit submission.json, then `hierarcaps leaderboard validate`)")
+        echo(f"submission written to {folder} (edit submission.json, then `hierarcaps leaderboard validate`)")
     return 0
 
 
@@ -103,7 +102,7 @@ def _report(args: argparse.Namespace) -> int:
     if args.out:
         with atomic_open(args.out) as handle:
             handle.write(text if text.endswith("\n") else text + "\n")
-        print(f"wrote {args.out}")
+        echo(f"wrote {args.out}")
     else:
-        print(text)
+        echo(text)
     return 0

@@ -16,6 +16,7 @@ from typing import Any
 from ..errors import HierarcapsError
 from ..metrics.catalogue import headline, label, main_score
 from ..results import Result
+from ..textsafe import markdown_cell, spreadsheet_cell
 
 BASELINE_LABELS = {"random": "random embeddings", "length_chars": "caption length (characters)",
                    "length_words": "caption length (words)"}
@@ -114,14 +115,15 @@ def report(results: Sequence[dict[str, Any]], output: str = "text", metrics: Seq
                 entry = r["metrics"].get(m)
                 values += ["", "", ""] if entry is None else [entry["value"], *entry["ci95"]]
             main = r["metrics"].get(r["main_score"])
-            writer.writerow([r["model"], r["split"], r["kind"], r["images"], r["main_score"],
-                             "" if main is None else main["value"], *values])
+            labels = [spreadsheet_cell(str(cell)) for cell in (r["model"], r["split"], r["kind"], r["images"],
+                                                              r["main_score"])]
+            writer.writerow([*labels, "" if main is None else main["value"], *values])
         return buffer.getvalue()
     header = ["model", "split", f"main score ({label(rows[0]['main_score'])})", *(label(m) for m in metrics)]
-    table = [[r["model"] + (" [baseline]" if r["kind"] == "baseline" else ""), r["split"],
+    escape = markdown_cell if output == "markdown" else str
+    table = [[escape(r["model"]) + (" [baseline]" if r["kind"] == "baseline" else ""), escape(r["split"]),
               fmt(r["metrics"].get(r["main_score"])), *(fmt(r["metrics"].get(m)) for m in metrics)] for r in rows]
     if output == "markdown":
-        escape = lambda text: str(text).replace("|", "\\|")  # noqa: E731
-        return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-                          *("| " + " | ".join(escape(c) for c in row) + " |" for row in table)])
+        return "\n".join(["| " + " | ".join(map(markdown_cell, header)) + " |", "|" + "---|" * len(header),
+                          *("| " + " | ".join(row) + " |" for row in table)])
     return render_rows(header, table)

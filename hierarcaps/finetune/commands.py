@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..cli import command
+from ..cli_options import echo
 from ..models.registry import spec_help
 from .losses import NEGATIVE_PAIRINGS
 from .trainer import FinetuneConfig
@@ -48,7 +49,7 @@ def _finetune(args: argparse.Namespace) -> int:
     trainer = Trainer(config)
     final = trainer.train()
     last = next((e for e in reversed(trainer.log) if "val_loss" in e), {})
-    print(f"saved {final} after {trainer.step} steps; held-out loss {last.get('val_loss', float('nan')):.4f}, "
+    echo(f"saved {final} after {trainer.step} steps; held-out loss {last.get('val_loss', float('nan')):.4f}, "
           f"held-out d_corr {last.get('val_d_corr', float('nan')):.4f}")
-    print(f"score it: hierarcaps evaluate --model {final}")
+    echo(f"score it: hierarcaps evaluate --model {final}")
     return 0

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..cli import command
-from ..cli_options import engine, engine_options
+from ..cli_options import echo, engine, engine_options
 from .config import STAGES
 
 
@@ -37,15 +37,15 @@ def _generate(args: argparse.Namespace) -> int:
         from .runner import rethreshold
 
         for stage, counts in rethreshold(config).items():
-            print(f"{stage}: " + ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items())))
-        print(f"re-decided {config.out}; run without --rethreshold to rebuild distill, build and export")
+            echo(f"{stage}: " + ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items())))
+        echo(f"re-decided {config.out}; run without --rethreshold to rebuild distill, build and export")
         return 0
     folder = run_generation(config, until=args.until, progress=not args.no_progress, engine=engine(args))
     stats = folder / "stats.json"
     if stats.exists():
         summary = json.loads(stats.read_text())
-        print((folder / "stats.md").read_text())
-        print(f"wrote {summary['export']['hierarchies']} hierarchies to {folder}")
+        echo((folder / "stats.md").read_text())
+        echo(f"wrote {summary['export']['hierarchies']} hierarchies to {folder}")
     else:
-        print(f"stage {args.until} done: {folder}")
+        echo(f"stage {args.until} done: {folder}")
     return 0

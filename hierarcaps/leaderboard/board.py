@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import __version__
-from .._io import atomic_open, current_umask
+from .._io import atomic_open, current_umask, exclusive_lock
 from ..data.official import load_official
 from ..data.records import content_checksum
 from ..errors import HierarcapsError
@@ -58,7 +58,8 @@ def score_submission(sub: Submission) -> dict[str, Any]:
                   "bootstrap": {"resamples": DEFAULT_RESAMPLES, "seed": DEFAULT_SEED, "level": LEVEL}},
         dataset={"split": "test", "rows": n, "checksum": content_checksum(records)},
         metrics=score(bench), package={"name": "hierarcaps", "version": __version__},
-        extra={"text_radii_declared": sub.text_radii is not None, "embeddings_sha256": sub.embeddings_sha256},
+        extra={"text_radii_declared": sub.text_radii is not None, "embeddings_sha256": sub.embeddings_sha256,
+               **({"validation_notes": sub.notes} if sub.notes else {})},
     ).to_dict()
 
 
@@ -70,12 +71,22 @@ def dumps(document: Any) -> str:
     return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
 
+LOCK_FILE = ".lock"
+
+
+def board_lock(board: Path):
+    """The board's writer lock: ``add``, ``--replace`` and ``build`` hold it, so two at once take turns."""
+    return exclusive_lock(board / LOCK_FILE, what=f"the board {board}")
+
+
 def add(path: str | Path, board: str | Path = "leaderboard", *, replace: str | None = None) -> tuple[Path, str]:
     """Validate, score and store a submission. Returns (entry folder, 'added' | 'unchanged' | 'replaced').
 
-    The entry is staged beside the board and renamed into place, so a killed ``add`` leaves no half entry.
-    Another result under the same model and revision, or the same embeddings under another entry, is refused
-    unless ``replace`` names that entry (``<model>/<revision>`` as its folder is named); it is then removed.
+    Scoring runs first, unlocked; the decision and the store hold the board's lock, so two ``add`` at once take
+    turns and the second decides against what the first wrote. The entry is staged in a folder of its own and
+    renamed into place, so a killed ``add`` leaves no half entry. Another result under the same model and
+    revision, the same embeddings under another entry, or a name a reader cannot tell from an existing entry's,
+    is refused unless ``replace`` names that entry (``<model>/<revision>`` as its folder is named).
     """
     board = Path(board)
     sub, report = validate(path)
@@ -84,20 +95,32 @@ def add(path: str | Path, board: str | Path = "leaderboard", *, replace: str | N
                               + "; ".join(report.problems[:5]))
     folder = entry_folder(board, sub.meta)
     result = dumps(score_submission(sub))
-    old = _replaced_entry(board, replace) if replace else None
-    complete = (folder / RESULT_FILE).is_file() and (folder / SUBMISSION_FILE).is_file()
-    if complete and (folder / RESULT_FILE).read_text() == result:
-        return folder, "unchanged"
-    clashes = [f for f in _entries_with_embeddings(board, sub.embeddings_sha256) if f != folder]
-    if complete:            # an incomplete folder (an older add killed half-way) is simply rewritten
-        clashes.insert(0, folder)
-    for clash in clashes:
-        if clash != old:
-            what = "another result for this model and revision" if clash == folder else "the same embeddings"
-            raise HierarcapsError(f"{clash} already holds {what}; bump the revision, or pass "
-                                  f"--replace {clash.parent.name}/{clash.name} to replace that entry")
-    _store(board, folder, {RESULT_FILE: result, SUBMISSION_FILE: dumps(sub.meta)}, old)
+    with board_lock(board):
+        old = _replaced_entry(board, replace) if replace else None
+        complete = (folder / RESULT_FILE).is_file() and (folder / SUBMISSION_FILE).is_file()
+        if complete and (folder / RESULT_FILE).read_text() == result:
+            return folder, "unchanged"
+        for clash, what in _clashes(board, folder, sub, complete):
+            if clash != old:
+                raise HierarcapsError(f"{clash} already holds {what}; bump the revision, or pass "
+                                      f"--replace {clash.parent.name}/{clash.name} to replace that entry")
+        _store(board, folder, {RESULT_FILE: result, SUBMISSION_FILE: dumps(sub.meta)}, old)
     return folder, "replaced" if old else "added"
+
+
+def _clashes(board: Path, folder: Path, sub: Submission, complete: bool) -> list[tuple[Path, str]]:
+    """Entries this submission may not sit beside: its own folder holding another result (an incomplete folder
+    from an add killed half-way is simply rewritten), the same embeddings elsewhere, and look-alike names."""
+    found = [(folder, "another result for this model and revision")] if complete else []
+    model = sub.meta["model"]
+    for other, result in load_entries(board):
+        if other == folder:
+            continue
+        if result.get("embeddings_sha256") == sub.embeddings_sha256:
+            found.append((other, "the same embeddings"))
+        elif (why := names.lookalike(model, result.get("model"))) is not None:
+            found.append((other, why))
+    return found
 
 
 def _replaced_entry(board: Path, name: str) -> Path:
@@ -108,14 +131,12 @@ def _replaced_entry(board: Path, name: str) -> Path:
     return folder
 
 
-def _entries_with_embeddings(board: Path, digest: str) -> list[Path]:
-    return [folder for folder, result in load_entries(board) if result.get("embeddings_sha256") == digest]
-
-
 def _store(board: Path, folder: Path, files: dict[str, str], old: Path | None) -> None:
-    """Write the entry's files into a staging folder, then move it into place (removing ``old`` if given)."""
+    """Write the entry's files into a staging folder of its own, then move it into place (removing ``old`` if
+    given). Called under the board's lock, so staging folders left by killed adds are cleared first."""
     staging = board / STAGING
-    staging.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
     unit = Path(tempfile.mkdtemp(prefix="entry-", dir=staging))
     try:
         for name, text in files.items():
@@ -130,7 +151,6 @@ def _store(board: Path, folder: Path, files: dict[str, str], old: Path | None) -
         if old is not None and old.parent.exists() and not any(old.parent.iterdir()):
             old.parent.rmdir()
     finally:
-        shutil.rmtree(unit, ignore_errors=True)
         shutil.rmtree(staging, ignore_errors=True)
 
 
@@ -166,15 +186,16 @@ def rendered(board: Path) -> dict[str, str]:
 def build(board: str | Path = "leaderboard") -> list[Path]:
     """Render README.md and index.html; refused, one line per problem, while any entry is malformed."""
     board = Path(board)
-    problems = entry_problems(board)
-    if problems:
-        raise HierarcapsError(f"{board}: {len(problems)} problem(s) with the entries, nothing rendered: "
-                              + "; ".join(problems[:5]))
     written = []
-    for name, text in rendered(board).items():
-        with atomic_open(board / name) as handle:
-            handle.write(text)
-        written.append(board / name)
+    with board_lock(board):
+        problems = entry_problems(board)
+        if problems:
+            raise HierarcapsError(f"{board}: {len(problems)} problem(s) with the entries, nothing rendered: "
+                                  + "; ".join(problems[:5]))
+        for name, text in rendered(board).items():
+            with atomic_open(board / name) as handle:
+                handle.write(text)
+            written.append(board / name)
     return written
 
 
@@ -197,6 +218,7 @@ def entry_problems(board: Path) -> list[str]:
     problems: list[str] = []
     seen_names: dict[tuple[str, str], Path] = {}
     seen_embeddings: dict[str, Path] = {}
+    seen_models: list[tuple[Path, dict[str, Any]]] = []
     entries = board / "entries"
     stray = [p for p in (entries.iterdir() if entries.is_dir() else []) if not p.is_dir()]
     stray += [p for p in entries.glob("*/*") if not p.is_dir()]
@@ -205,10 +227,13 @@ def entry_problems(board: Path) -> list[str]:
         result = _entry_result(board, folder, problems)
         if result is None:
             continue
-        key = (result["model"]["name"], result["model"]["revision"])
+        key = (names.normalised(result["model"]["name"]), names.normalised(result["model"]["revision"]))
         if key in seen_names:
             problems.append(f"{folder}: duplicates {seen_names[key]} (same model and revision)")
+        problems += [f"{folder}: looks like {other} ({why})" for other, other_model in seen_models
+                     if (why := names.lookalike(result["model"], other_model)) is not None]
         seen_names[key] = folder
+        seen_models.append((folder, result["model"]))
         digest = result["embeddings_sha256"]
         if digest in seen_embeddings:
             problems.append(f"{folder}: the same embeddings as {seen_embeddings[digest]}")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from ..cli import command
+from ..cli_options import echo
 from ..errors import HierarcapsError
 
 DEFAULT_BOARD = "leaderboard"
@@ -36,28 +36,28 @@ def _leaderboard(args: argparse.Namespace) -> int:
     from .validate import validate
 
     if args.action == "template":
-        print(f"wrote {write_template(args.out_dir)}: fill submission.json, add embeddings.npz with rows in id order")
+        echo(f"wrote {write_template(args.out_dir)}: fill submission.json, add embeddings.npz with rows in id order")
         return 0
     if args.action == "validate":
         sub, report = validate(args.path)
         for line in report.problems:
-            print(f"problem: {line}")
+            echo(f"problem: {line}")
         for line in report.notes:
-            print(f"note: {line}")
-        print(f"{args.path}: {'valid' if sub else 'invalid'} ({len(report.problems)} problem(s))", file=sys.stderr)
+            echo(f"note: {line}")
+        echo(f"{args.path}: {'valid' if sub else 'invalid'} ({len(report.problems)} problem(s))", err=True)
         return 0 if sub else 1
     if args.action == "add":
         folder, status = board.add(args.path, args.board, replace=args.replace)
-        print(f"{status}: {folder}")
+        echo(f"{status}: {folder}")
         return 0
     if args.action == "build":
         for path in board.build(args.board):
-            print(f"wrote {path}")
+            echo(f"wrote {path}")
         return 0
     problems = board.check(args.board)
     for line in problems:
-        print(line)
+        echo(line)
     if problems:
         raise HierarcapsError(f"{args.board}: {len(problems)} problem(s)")
-    print(f"{args.board}: ok")
+    echo(f"{args.board}: ok")
     return 0

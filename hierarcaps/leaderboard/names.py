@@ -1,17 +1,24 @@
-"""What a submitted name, revision, link or number may be, and how text reaches the pages safely.
+"""What a submitted name, revision, link or number may be, and how names become folders.
 
-A name never becomes a path as given: the entry folder is a slug of it (letters, digits, ``.``, ``_``, ``-``;
-never empty, ``.`` or ``..``; at most ``MAX_NAME_CHARS``), and the folder is checked to lie inside
-``entries/`` at depth two. Links are ``http(s)://`` only. Every markdown cell is escaped.
+Names are NFKC-normalised (so NFC and NFD spellings are one name) and may hold no character a reader cannot
+see (controls, bidi and other format characters). A name never becomes a path as given: the entry folder is a
+slug of it (letters, digits, ``.``, ``_``, ``-``; never empty, ``.``, ``..`` or a name Windows reserves; at
+most ``MAX_NAME_CHARS``), checked to lie inside ``entries/`` at depth two. Two entries whose names look alike
+(the same confusable skeleton: case, accents, look-alike letters of other scripts, l/1, o/0, separators) are
+refused, as package registries refuse look-alike project names: on a page, and in a checkout on a
+case-insensitive disk, they would be one entry. Links are ``http(s)://`` only.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import HierarcapsError
+from ..textsafe import escape_controls, skeleton, unseen_characters
 
 MAX_NAME_CHARS = 100
 """A model name or revision, and the folder made of it."""
@@ -20,7 +27,13 @@ MAX_TEXT_CHARS = 2000
 MAX_PARAMETERS = 10**13
 """Parameter counts are 0 (unknown) up to this bound."""
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)),
+                              *(f"LPT{i}" for i in range(10))})
+
+
+def normalised(value: str) -> str:
+    """The form a name is stored and compared in (NFKC)."""
+    return unicodedata.normalize("NFKC", value)
 
 
 def name_problem(value: str) -> str | None:
@@ -29,25 +42,47 @@ def name_problem(value: str) -> str | None:
         return "empty"
     if len(value) > MAX_NAME_CHARS:
         return f"{len(value)} characters, over the limit of {MAX_NAME_CHARS}"
-    if _CONTROL.search(value):
-        return "contains control characters (newlines, tabs)"
+    if hidden := unseen_characters(value):
+        return ("contains control characters or others a reader cannot see (newlines, tabs, bidi or zero-width "
+                f"marks: {escape_controls(''.join(dict.fromkeys(hidden)))[:60]})")
+    value = normalised(value)
     if value.startswith(("/", "~", "\\", "./", "../")) or re.match(r"^[A-Za-z]:[\\/]", value):
         return "looks like a file path; give the model's name (a folder path is never a name)"
     if not slug(value):
         return "has no letter or digit to name a folder with"
+    if slug(value).split(".")[0].upper() in WINDOWS_RESERVED:
+        return f"makes the folder {slug(value)!r}, a name Windows reserves for devices"
     return None
 
 
 def slug(text: str) -> str:
     """The folder name for a name or revision: safe characters only, no leading or trailing dots; may be ''."""
-    return _UNSAFE.sub("_", text).strip("._-")[:MAX_NAME_CHARS]
+    return _UNSAFE.sub("_", normalised(text)).strip("._-")[:MAX_NAME_CHARS]
+
+
+def lookalike(model: dict[str, Any], other: Any) -> str | None:
+    """Why an entry of ``model`` (name, revision) cannot sit beside ``other``'s entry, or None: another model
+    whose name looks the same, or a revision of the same model that looks like one already there."""
+    if not isinstance(other, dict) or not all(isinstance(other.get(k), str) for k in ("name", "revision")):
+        return None
+    name, other_name = normalised(model["name"]), normalised(other["name"])
+    if name != other_name:
+        if skeleton(name) == skeleton(other_name):
+            return f"the model {escape_controls(other_name)!r}, a name that looks the same as {escape_controls(name)!r}"
+        return None
+    revision, other_revision = normalised(model["revision"]), normalised(other["revision"])
+    if revision != other_revision and skeleton(revision) == skeleton(other_revision):
+        return (f"revision {escape_controls(other_revision)!r} of this model, which looks the same as "
+                f"{escape_controls(revision)!r}")
+    return None
 
 
 def entry_folder(board: Path, name: str, revision: str) -> Path:
     """``<board>/entries/<slug(name)>/<slug(revision)>``, refused if it would lie anywhere else."""
     parts = (slug(name), slug(revision))
     if not all(parts) or any(p in (".", "..") for p in parts):
-        raise HierarcapsError(f"model name {name[:80]!r} / revision {revision[:80]!r} give no safe folder name")
+        raise HierarcapsError(f"model name {escape_controls(name[:80])!r} / revision "
+                              f"{escape_controls(revision[:80])!r} give no safe folder name")
     entries = (board / "entries").resolve()
     folder = (entries / parts[0] / parts[1]).resolve()
     if folder.parent.parent != entries:
@@ -56,19 +91,11 @@ def entry_folder(board: Path, name: str, revision: str) -> Path:
 
 
 def link_problem(value: str) -> str | None:
-    """Links are empty or http(s) URLs with a host and no whitespace."""
+    """Links are empty or http(s) URLs with a host and no whitespace or invisible characters."""
     if not value:
         return None
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc or re.search(r"[\s<>\"'`]", value) \
-            or _CONTROL.search(value):
+            or unseen_characters(value):
         return "must be an http:// or https:// URL (or empty)"
     return None
-
-
-def markdown_cell(text: str) -> str:
-    """Text that stays inside one markdown table cell and renders no HTML or link."""
-    text = re.sub(r"[\r\n]+", " ", str(text))
-    for char in "\\|<>[]`*_":
-        text = text.replace(char, "\\" + char)
-    return text

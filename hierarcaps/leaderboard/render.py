@@ -7,7 +7,8 @@ from typing import Any
 
 from ..metrics.catalogue import headline, label, main_score
 from ..metrics.hierarchy import PROTOCOL
-from .names import MAX_PARAMETERS, link_problem, markdown_cell
+from ..textsafe import markdown_cell
+from .names import MAX_PARAMETERS, link_problem
 
 
 def columns() -> tuple[tuple[str, str], ...]:

@@ -20,7 +20,7 @@ from ..data.official import load_official
 from ..data.records import content_checksum
 from ..metrics.hierarchy import PROTOCOL
 from .archive import MAX_FILE_BYTES, ArchiveRefused, opened
-from .names import MAX_PARAMETERS, MAX_TEXT_CHARS, link_problem, name_problem
+from .names import MAX_PARAMETERS, MAX_TEXT_CHARS, link_problem, name_problem, normalised
 from .readers import UnreadableEmbeddings, read_npz, read_parquet, read_safetensors
 from .submission import EMBEDDING_FILES, ID_FILES, PLACEHOLDERS, SCHEMA, SUBMISSION_FILE, image_ids, text_ids
 
@@ -250,15 +250,29 @@ def check_vectors(name: str, array: np.ndarray, dim: int | None, report: Report)
     if bad.any():
         report.problem(name, f"{int(bad.sum())} row(s) with NaN or infinite values (first row {int(np.argmax(bad))})")
         return None
-    norms = np.linalg.norm(array.astype(np.float64), axis=1)
-    if (norms == 0).any():
-        report.problem(name, f"{int((norms == 0).sum())} zero vector(s)")
+    with np.errstate(over="ignore", under="ignore"):
+        norms = np.linalg.norm(array.astype(np.float64), axis=1)
+    unusable = ~(np.isfinite(norms) & (norms > 0))
+    if unusable.any():
+        report.problem(name, f"{int(unusable.sum())} zero vector(s) or row(s) whose length overflows float64 "
+                       f"(first row {int(np.argmax(unusable))}): they cannot be normalised")
         return None
     off = np.abs(norms - 1) > UNIT_TOLERANCE
     if off.any():
         report.note(name, f"{int(off.sum())} vector(s) were not unit length "
-                    f"(norms {norms.min():.3f}..{norms.max():.3f}); normalised before scoring")
-    return (array / norms[:, None]).astype(np.float32)
+                    f"(norms {norms.min():.3g}..{norms.max():.3g}); normalised before scoring")
+    with np.errstate(under="ignore"):
+        return (array / norms[:, None]).astype(np.float32)
+
+
+def collapsed_captions_note(text: np.ndarray, records: list[Any], report: Report) -> None:
+    """Say so when different captions share a vector: a model that collapses them knows less than it seems
+    (such ties score as chance, never as the right order)."""
+    captions = len({t for r in records for t in r.positive})
+    vectors = len(np.unique(text, axis=0))
+    if vectors < captions:
+        report.note("text", f"{vectors} distinct vector(s) for {captions} distinct captions: different captions "
+                    "share an embedding (ties in d_corr and retrieval count as chance)")
 
 
 def validate(path: str | Path) -> tuple[Submission | None, Report]:
@@ -288,6 +302,8 @@ def validate(path: str | Path) -> tuple[Submission | None, Report]:
     else:
         text = check_vectors("text", arrays["text"], root.shape[0], report)
         text = _aligned("text", text, ids.get("text"), text_ids(records), report) if text is not None else None
+        if text is not None:
+            collapsed_captions_note(text, records, report)
     image = None
     if with_images:
         if "image" not in arrays:
@@ -301,7 +317,8 @@ def validate(path: str | Path) -> tuple[Submission | None, Report]:
     radii = _check_radii(meta, arrays, ids.get("text"), text_ids(records), report)
     if report.problems:
         return None, report
-    return Submission(meta, checked_root[0], text, image, radii, digest, report.notes), report
+    model = {**meta["model"], **{k: normalised(meta["model"][k]) for k in ("name", "revision")}}
+    return Submission({**meta, "model": model}, checked_root[0], text, image, radii, digest, report.notes), report
 
 
 def _check_radii(meta: dict[str, Any], arrays: dict[str, np.ndarray], given: list[str] | None,

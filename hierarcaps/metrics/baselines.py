@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, summarise_all
-from .hierarchy import kendall_tau_a_rows
+from .hierarchy import kendall_tau_rows
 from .scoring import EmbeddedBenchmark, score
 
 
@@ -28,7 +28,7 @@ def length_radii(texts: np.ndarray, unit: str) -> np.ndarray:
 def length_baselines(texts: np.ndarray, *, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED
                      ) -> dict[str, dict[str, dict[str, Any]]]:
     """d_corr of caption length (characters, words) as the radius, ties counted as half."""
-    return {f"length_{unit}": summarise_all({"d_corr": kendall_tau_a_rows(length_radii(texts, unit))},
+    return {f"length_{unit}": summarise_all({"d_corr": kendall_tau_rows(length_radii(texts, unit))},
                                             resamples=resamples, seed=seed)
             for unit in ("chars", "words")}
 

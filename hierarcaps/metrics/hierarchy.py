@@ -3,7 +3,8 @@
 Definitions follow the reference implementation exactly (see ARCHITECTURE.md / the protocol notes):
 radii from the root, 50 inclusive thresholds from min to max radius, one best-matching text per threshold
 (first in row-major order on ties), consecutive duplicates collapsed by string, set precision and
-per-tier recall against every reference chain of the query, Kendall's tau between radius order and tier.
+per-tier recall against every reference chain of the query, Kendall's tau between radius and tier (a tie
+counting half, never in tier order).
 The per-threshold argmax is computed for all queries at once: thresholds are nested, so each text
 enters at one threshold and a running best over those blocks equals the masked argmax.
 """
@@ -26,25 +27,14 @@ def radii(text_emb: np.ndarray, root: np.ndarray) -> np.ndarray:
     return np.linalg.norm(text_emb.astype(np.float64) - root.astype(np.float64), axis=-1)
 
 
-def kendall_tau_rows(row_radii: np.ndarray) -> np.ndarray:
-    """Per row: Kendall's tau between the order of radii (stable argsort) and the tier index.
+def kendall_tau_rows(row_values: np.ndarray) -> np.ndarray:
+    """Per row: Kendall's tau between the values (radii) and the tier index, a tied pair counting 0.
 
-    The argsort of a row is a permutation, so tau-b reduces to (concordant - discordant) / pairs,
-    which equals ``scipy.stats.kendalltau(argsort(r), [1..K])``.
-    """
-    order = np.argsort(row_radii, axis=1, kind="stable")
-    k = order.shape[1]
-    i, j = np.triu_indices(k, 1)
-    signs = np.sign(order[:, j] - order[:, i])
-    return signs.sum(axis=1) / len(i)
-
-
-def kendall_tau_a_rows(row_values: np.ndarray) -> np.ndarray:
-    """Per row: Kendall's tau-a between the values and the tier index, a tied pair counting 0.
-
-    A tie counts as half concordant, half discordant: the mean of ``kendall_tau_rows`` over every way of
-    breaking the ties. Fair for integer radii such as caption lengths, where a stable sort would break ties
-    in tier order and leak the answer.
+    (concordant - discordant) / pairs. On a row without ties this is exactly the reference implementation's
+    ``scipy.stats.kendalltau(argsort(r), [1..K])``, so every real model scores as upstream. A tie counts as
+    half concordant, half discordant (the mean over every way of breaking it), never in tier order: the
+    reference's stable argsort would count it as right, and a model whose tiers share one vector (or one
+    radius) would score 1.0; here it scores 0.
     """
     k = row_values.shape[1]
     i, j = np.triu_indices(k, 1)

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from ..cli import command
-from ..cli_options import engine, engine_options, image_options
+from ..cli_options import echo, engine, engine_options, image_options
 from ..models.registry import spec_help
 
 
@@ -53,7 +53,7 @@ def _reco(args: argparse.Namespace) -> int:
     from .memory import Memory
 
     if args.action == "stats":
-        print(json.dumps(Memory(args.memory).stats(), indent=2))
+        echo(json.dumps(Memory(args.memory).stats(), indent=2))
         return 0
     if args.action == "memory":
         from .memory import build_memory, write_memory
@@ -74,7 +74,7 @@ def _reco(args: argparse.Namespace) -> int:
             build_memory(args.out, items, load_encoder(args.model, lazy=True), shard_size=args.shard_size,
                          index=args.index, on_disk=args.on_disk, engine=engine(args), spec=args.model,
                          train_size=args.train_size)
-        print(json.dumps(Memory(args.out).stats(), indent=2))
+        echo(json.dumps(Memory(args.out).stats(), indent=2))
         return 0
     from .train import RecoConfig, RecoTrainer
 
@@ -93,7 +93,7 @@ def _reco(args: argparse.Namespace) -> int:
         image, text, groups = memory.vectors["image"], memory.vectors["text"], memory.groups
     trainer = RecoTrainer(config, image, text, groups)
     out = trainer.train()
-    print(f"saved {out}; score it with: hierarcaps evaluate --model reco:{out}")
+    echo(f"saved {out}; score it with: hierarcaps evaluate --model reco:{out}")
     return 0
 
 
@@ -119,6 +119,6 @@ def _zeroshot(args: argparse.Namespace) -> int:
                                                                                        split=args.split)
     templates = tuple(line for line in Path(args.templates).read_text().splitlines() if "{}" in line) \
         if args.templates else DEFAULT_TEMPLATES
-    print(json.dumps(zero_shot(load_encoder(args.model, lazy=True), images, labels, names, templates,
+    echo(json.dumps(zero_shot(load_encoder(args.model, lazy=True), images, labels, names, templates,
                                workers=args.workers), indent=2))
     return 0
