@@ -8,7 +8,7 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from .errors import DataError, HierarcapsError
 
@@ -178,3 +178,33 @@ def regular_files(folder: str | os.PathLike[str], pattern: str = "*") -> list[Pa
             except OSError:
                 continue
     return sorted(found)
+
+
+def npz_members(path: str | os.PathLike[str]) -> list[tuple[str, tuple[int, ...], Any, int]]:
+    """(name, shape, dtype, compressed bytes) of every array in an ``.npz``, read from the ``.npy`` headers
+    alone: sizes can be checked before a single array is inflated."""
+    import zipfile
+
+    import numpy as np
+
+    members = []
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                reader = np.lib.format.read_array_header_1_0 if version == (1, 0) \
+                    else np.lib.format.read_array_header_2_0
+                shape, _, dtype = reader(member)
+            members.append((info.filename.removesuffix(".npy"), shape, dtype, info.compress_size))
+    return members
+
+
+def check_npz_inflation(path: str | os.PathLike[str]) -> None:
+    """Refuse an ``.npz`` whose arrays would inflate more than ``MAX_INFLATION`` to 1 past the first MiB."""
+    import math
+
+    for name, shape, dtype, packed in npz_members(path):
+        size = math.prod(shape) * dtype.itemsize
+        if size > 2**20 and size > MAX_INFLATION * max(packed, 1):
+            raise DataError(f"array {name!r} declares {size} bytes from {packed} compressed (a zip bomb?)",
+                            file=str(path))

@@ -43,9 +43,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                           text_only=args.text_only, text_batch_size=args.text_batch_size,
                           image_batch_size=args.batch_size, steps=args.steps,
                           resamples=args.resamples, seed=args.seed, cache=not args.no_cache, device=args.device,
-                          progress=not args.quiet)
-    if args.workers is not None:
-        options.workers = args.workers
+                          progress=not args.quiet, **({"workers": args.workers} if args.workers is not None else {}))
     result = evaluate(args.model, options)
     path = save_result(result, args.out)
     echo(result_table(result))

@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import __version__
 from .._io import atomic_open
+from ..configs import check_fields, setting
 from ..data.csvio import read_hierarchies
 from ..data.images import DEFAULT_IMAGE_SOURCE, ImageStore, image_recipe
 from ..data.official import load_official
@@ -52,16 +53,19 @@ class EvalOptions:
     download: bool = False
     image_source: str = DEFAULT_IMAGE_SOURCE
     text_only: bool = False
-    text_batch_size: int = 256
-    image_batch_size: int = 64
-    workers: int = dataclasses.field(default_factory=default_workers)
-    steps: int = DEFAULT_STEPS
-    resamples: int = DEFAULT_RESAMPLES
-    seed: int = DEFAULT_SEED
+    text_batch_size: int = setting(256, low=1, high=1 << 20)
+    image_batch_size: int = setting(64, low=1, high=1 << 20)
+    workers: int = setting(factory=default_workers, low=0, high=256)
+    steps: int = setting(DEFAULT_STEPS, low=1, high=100_000)
+    resamples: int = setting(DEFAULT_RESAMPLES, low=1, high=1_000_000)
+    seed: int = setting(DEFAULT_SEED, low=0, high=2**32 - 1)
     cache: bool = True
     cache_dir: str | None = None
     device: str | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def image_store(self) -> ImageStore:
         return ImageStore(self.image_dir, download=self.download, source=self.image_source)

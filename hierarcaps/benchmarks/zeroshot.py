@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .._io import regular_files
 from ..errors import DataError
 from ..models.base import Encoder, normalise
 
@@ -21,15 +22,19 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 def image_folder(folder: str | Path) -> tuple[list[Any], np.ndarray, list[str]]:
     """Images in class subfolders: (paths, labels, class names from folder names, ``_`` read as space)."""
     folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError("no such folder", file=str(folder))
     classes = sorted(p.name for p in folder.iterdir() if p.is_dir())
     if not classes:
         raise DataError("no class subfolders", file=str(folder))
     paths, labels = [], []
     for label, name in enumerate(classes):
-        for path in sorted((folder / name).iterdir()):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
+        for path in regular_files(folder / name):
+            if path.suffix.lower() in IMAGE_SUFFIXES and path.parent == folder / name:
                 paths.append(path)
                 labels.append(label)
+    if not paths:
+        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in the class subfolders", file=str(folder))
     return paths, np.array(labels), [c.replace("_", " ") for c in classes]
 
 
@@ -45,8 +50,22 @@ def dataset_split(path: str, *, image_column: str = "image", label_column: str =
     return list(data[image_column]), np.array(data[label_column]), names
 
 
+MAX_TEMPLATE_BYTES = 2**20
+
+
+def read_templates(path: str | Path) -> tuple[str, ...]:
+    """Prompt templates, one per line with ``{}`` where the class name goes."""
+    from .._io import read_bounded
+
+    text = read_bounded(path, MAX_TEMPLATE_BYTES, what="template file").decode("utf-8-sig", errors="replace")
+    templates = tuple(line for line in text.splitlines() if line.count("{}") == 1)
+    if not templates:
+        raise DataError("no template line with one {} (e.g. 'a photo of a {}.')", file=str(path))
+    return templates
+
+
 def class_embeddings(encoder: Encoder, class_names: list[str], templates: tuple[str, ...]) -> np.ndarray:
-    prompts = [t.format(name) for name in class_names for t in templates]
+    prompts = [t.replace("{}", name) for name in class_names for t in templates]
     vectors = encoder.encode_text(prompts).reshape(len(class_names), len(templates), -1)
     return normalise(vectors.mean(axis=1))
 

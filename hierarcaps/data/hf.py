@@ -16,7 +16,7 @@ from typing import Any
 from .. import __version__
 from ..errors import HierarcapsError, ImagesUnavailableError
 from .csvio import read_hierarchies
-from .images import DEFAULT_IMAGE_SOURCE, ImageStore
+from .images import DEFAULT_IMAGE_SOURCE, ImageStore, portable_bytes
 from .official import OFFICIAL_SPLITS, load_official, manifest
 from .records import Hierarchy, content_checksum
 from .splits import require_no_leakage
@@ -79,7 +79,7 @@ def to_dataset(records: Sequence[Hierarchy], image_paths: dict[str, Path] | None
         if path is None:
             return None
         if embed_images:
-            return {"bytes": path.read_bytes(), "path": record.image_file}
+            return {"bytes": portable_bytes(path), "path": record.image_file}
         return {"bytes": None, "path": str(path)}
 
     columns: dict[str, list[Any]] = {name: [] for name in features()}

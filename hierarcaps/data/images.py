@@ -15,8 +15,9 @@ import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from .._io import sha256_file
+from .._io import regular_file_size, sha256_file
 from ..errors import DataError, HierarcapsError, ImagesUnavailableError
 from .fetch import ChecksumMismatch, SourceUnreachable, cache_dir, download
 from .official import manifest, test_image_sha256
@@ -189,12 +190,53 @@ class ImageStore:
         return done, failures
 
 
-def open_image(path: str | os.PathLike[str]):
-    """Decode an image as RGB, with an error naming the file if it is truncated or not an image."""
+MAX_IMAGE_PIXELS = 64 * 2**20
+"""Pixels of one image (COCO images have about 0.3M); checked from the header, before anything is decoded."""
+HIGH_DEPTH_MODES = {"I;16": 257, "I;16L": 257, "I;16B": 257, "I;16N": 257, "I": 257, "F": 1 / 255}
+"""Pillow modes whose values exceed 8 bits, and the divisor that maps their full range onto 0..255 (16-bit
+integers; floats in 0..1). Pillow's own conversion to RGB clips them instead, which turns most pixels white."""
+
+
+def rgb(image: Any) -> Any:
+    """The RGB picture an image shows: EXIF orientation applied, 16-bit and float values scaled (not clipped)
+    to 8 bits. Applied to a file's image and to a `datasets` image alike, so both give the same pixels."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode in HIGH_DEPTH_MODES:
+        values = np.asarray(image, dtype=np.float64) / HIGH_DEPTH_MODES[image.mode]
+        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), mode="L")
+    return image.convert("RGB")
+
+
+def open_image(path: str | os.PathLike[str]) -> Any:
+    """Decode an image file as RGB (see ``rgb``), refusing one over ``MAX_IMAGE_PIXELS`` before decoding it,
+    with an error naming the file if it is truncated, too large or not an image."""
     from PIL import Image, UnidentifiedImageError
 
     try:
+        regular_file_size(path, what="image")
         with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
+            if image.width * image.height > MAX_IMAGE_PIXELS:
+                raise DataError(f"{image.width} x {image.height} pixels, over the limit of {MAX_IMAGE_PIXELS}",
+                                file=str(path), field="image")
+            return rgb(image)
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"cannot decode image ({exc})", file=str(path), field="image") from None
+
+
+def portable_bytes(path: Path) -> bytes:
+    """The bytes to embed for an image in a `datasets` export: the file itself, unless `datasets` would decode
+    it to other pixels than ``open_image`` (high-depth values, which it leaves unscaled): then a PNG of
+    ``open_image``'s pixels. EXIF orientation is applied by `datasets` too, so such files are kept as they are."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(path) as image:
+        if image.mode not in HIGH_DEPTH_MODES:
+            return path.read_bytes()
+    buffer = io.BytesIO()
+    open_image(path).save(buffer, format="PNG")
+    return buffer.getvalue()

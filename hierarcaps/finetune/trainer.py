@@ -21,6 +21,7 @@ import numpy as np
 from .. import __version__
 from .._io import atomic_open
 from ..checkpoints import CheckpointStore, run_hash
+from ..configs import check_fields, setting
 from ..data.records import content_checksum
 from ..errors import HierarcapsError
 from ..models.registry import CHECKPOINT_FILE, load_encoder
@@ -37,26 +38,29 @@ class FinetuneConfig:
     model: str = "minilm"
     train: str = OFFLINE
     out: str = "runs/finetune"
-    objective: str = "re"
-    negative_pairing: str = "sibling"
-    pullback_weight: float = 10.0
-    main_weight: float = 1.0
-    hard_weight: float = 1.0
-    lr: float = 1e-7
-    weight_decay: float = 0.01
-    warmup_steps: int = 0
-    batch_size: int = 8
-    grad_accum: int = 1
-    epochs: float = 1.0
-    max_steps: int | None = None
-    max_grad_norm: float | None = 1.0
-    val_fraction: float = 0.05
-    val_every: int = 250
-    val_rows: int = 256
-    checkpoint_every: int = 200
-    seed: int = 0
+    objective: str = setting("re", choices=("re", "cone"))
+    negative_pairing: str = setting("sibling", choices=NEGATIVE_PAIRINGS)
+    pullback_weight: float = setting(10.0, low=0.0, high=1e6)
+    main_weight: float = setting(1.0, low=0.0, high=1e6)
+    hard_weight: float = setting(1.0, low=0.0, high=1e6)
+    lr: float = setting(1e-7, low=0.0, high=1.0, open_low=True)
+    weight_decay: float = setting(0.01, low=0.0, high=10.0)
+    warmup_steps: int = setting(0, low=0, high=10**8)
+    batch_size: int = setting(8, low=1, high=65536)
+    grad_accum: int = setting(1, low=1, high=65536)
+    epochs: float = setting(1.0, low=0.0, high=10**6, open_low=True)
+    max_steps: int | None = setting(None, low=1, high=10**8)
+    max_grad_norm: float | None = setting(1.0, low=0.0, open_low=True)
+    val_fraction: float = setting(0.05, low=0.0, high=0.5)
+    val_every: int = setting(250, low=1, high=10**8)
+    val_rows: int = setting(256, low=1, high=10**7)
+    checkpoint_every: int = setting(200, low=1, high=10**8)
+    seed: int = setting(0, low=0, high=2**32 - 1)
     device: str | None = None
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def run_hash(self) -> str:
         return run_hash(self, ignore=("device", "progress", "out"))

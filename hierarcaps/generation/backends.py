@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from ..errors import HierarcapsError
+from ..models.folders import NO_REMOTE_CODE, SAFE_WEIGHTS
 from .config import LLMConfig
 
 
@@ -134,8 +135,9 @@ class TransformersLLM:
         source = model_source(config.model)
         extra = {"gguf_file": config.gguf_file} if config.gguf_file else {}
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left", **extra)
-            self.model = AutoModelForCausalLM.from_pretrained(source, dtype=_torch_dtype(config.dtype), **extra)
+            self.tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left", **extra, **NO_REMOTE_CODE)
+            self.model = AutoModelForCausalLM.from_pretrained(source, dtype=_torch_dtype(config.dtype), **extra,
+                                                              **(NO_REMOTE_CODE if extra else SAFE_WEIGHTS))
         except (OSError, ValueError) as exc:
             raise HierarcapsError(f"cannot load LLM {config.model!r}: {exc}") from exc
         if self.tokenizer.pad_token is None:
@@ -192,7 +194,7 @@ class VllmLLM:
         self.name, self.version = config.model, model_version(config.model)
         source = model_source(config.model)
         model = str(Path(source) / config.gguf_file) if config.gguf_file else source   # vLLM reads GGUF files
-        self.engine = LLM(model=model, dtype=config.dtype, seed=seed, **config.engine_args)
+        self.engine = LLM(model=model, dtype=config.dtype, seed=seed, **{**config.engine_args, **NO_REMOTE_CODE})
         self.chat = chat_formatter(self.engine.get_tokenizer(), config.chat_template)
 
     def complete_json(self, prompts: list[str], fields: list[str], sampling: Sampling, seed: int

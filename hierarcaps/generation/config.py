@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..configs import build_section, check_model_settings, read_yaml, setting
 from ..errors import DataError
 
 STAGES = {"captions": "00-captions", "seed": "10-seed", "filter": "20-filter", "augment": "30-augment",
@@ -20,15 +21,15 @@ STAGES = {"captions": "00-captions", "seed": "10-seed", "filter": "20-filter", "
 
 @dataclasses.dataclass
 class LLMConfig:
-    backend: str = "transformers"          # "transformers" (anywhere) or "vllm" (its own environment)
+    backend: str = setting("transformers", choices=("transformers", "vllm"))   # vllm: its own environment
     model: str = ""                        # hub id, local folder, or pkg:NAME (the folder of an installed package)
     gguf_file: str = ""                    # a GGUF file inside the model folder (transformers de-quantises it)
-    chat_template: str = "auto"            # auto: the tokenizer's chat template when it has one; none: plain
-    max_new_tokens: int = 24               # per tier
-    temperature: float = 0.0               # 0: greedy
-    top_p: float = 1.0
-    batch_size: int = 16
-    dtype: str = "auto"
+    chat_template: str = setting("auto", choices=("auto", "none", "required"))  # auto: the tokenizer's, if any
+    max_new_tokens: int = setting(24, low=1, high=4096)     # per tier
+    temperature: float = setting(0.0, low=0.0, high=10.0)   # 0: greedy
+    top_p: float = setting(1.0, low=0.0, high=1.0, open_low=True)
+    batch_size: int = setting(16, low=1, high=65536)
+    dtype: str = setting("auto", choices=("auto", "float32", "bfloat16", "float16"))
     engine_args: dict[str, Any] = dataclasses.field(default_factory=dict)   # more vllm.LLM(...) arguments,
     # e.g. gpu_memory_utilization (on CPU: the share of RAM it reserves), max_model_len, tensor_parallel_size
 
@@ -38,45 +39,45 @@ class NLIConfig:
     model: str = ""
     scratch: dict[str, Any] | None = None  # BertConfig fields: a random-weight stand-in (packaged MiniLM tokenizer)
     # for runs where no NLI weights can be had; its decisions are noise, so use it only to exercise a pipeline
-    entail_threshold: float = 0.5          # P(entailment) a link caption => t3 => t2 => t1 needs
-    contradict_threshold: float = 0.5      # P(contradiction) a negative needs against the positive tier
+    entail_threshold: float = setting(0.5, low=0.0, high=1.0)       # P(entailment) a link needs
+    contradict_threshold: float = setting(0.5, low=0.0, high=1.0)   # P(contradiction) a negative needs
     generic_not_longer: bool = False       # also require each tier to have no more words than the next
-    batch_size: int = 64
-    max_length: int = 128
+    batch_size: int = setting(64, low=1, high=65536)
+    max_length: int = setting(128, low=8, high=8192)
 
 
 @dataclasses.dataclass
 class AugmentConfig:
-    demonstrations: int = 4                # accepted chains shown per prompt
-    samples_per_caption: int = 1
-    temperature: float = 0.8
-    top_p: float = 0.95
+    demonstrations: int = setting(4, low=0, high=64)         # accepted chains shown per prompt
+    samples_per_caption: int = setting(1, low=0, high=64)
+    temperature: float = setting(0.8, low=0.0, high=10.0)
+    top_p: float = setting(0.95, low=0.0, high=1.0, open_low=True)
 
 
 @dataclasses.dataclass
 class DistillConfig:
     student: str = "google/flan-t5-base"   # hub id or folder; ignored when `scratch` is set
     scratch: dict[str, Any] | None = None  # T5Config fields: a student trained from scratch (own tokenizer)
-    tokenizer_vocab: int = 2000            # vocabulary of the scratch tokenizer
-    max_steps: int = 1000
-    batch_size: int = 16
-    lr: float = 3e-4
-    warmup_steps: int = 0                  # linear warm-up, then constant
-    weight_decay: float = 0.01
-    val_fraction: float = 0.05
-    eval_every: int = 100
-    checkpoint_every: int = 100
-    max_source_length: int = 64
-    max_target_length: int = 48
+    tokenizer_vocab: int = setting(2000, low=100, high=1_000_000)  # vocabulary of the scratch tokenizer
+    max_steps: int = setting(1000, low=0, high=10**8)
+    batch_size: int = setting(16, low=1, high=65536)
+    lr: float = setting(3e-4, low=0.0, high=1.0, open_low=True)
+    warmup_steps: int = setting(0, low=0, high=10**8)        # linear warm-up, then constant
+    weight_decay: float = setting(0.01, low=0.0, high=10.0)
+    val_fraction: float = setting(0.05, low=0.0, high=0.5)
+    eval_every: int = setting(100, low=1, high=10**8)
+    checkpoint_every: int = setting(100, low=1, high=10**8)
+    max_source_length: int = setting(64, low=4, high=8192)
+    max_target_length: int = setting(48, low=4, high=8192)
 
 
 @dataclasses.dataclass
 class BuildConfig:
-    batch_size: int = 32
-    max_new_tokens: int = 48
-    negative_candidates: int = 8           # sampled continuations per negative tier
-    temperature: float = 1.0
-    top_p: float = 0.95
+    batch_size: int = setting(32, low=1, high=65536)
+    max_new_tokens: int = setting(48, low=1, high=4096)
+    negative_candidates: int = setting(8, low=1, high=256)   # sampled continuations per negative tier
+    temperature: float = setting(1.0, low=0.0, high=10.0, open_low=True)
+    top_p: float = setting(0.95, low=0.0, high=1.0, open_low=True)
 
 
 @dataclasses.dataclass
@@ -87,9 +88,9 @@ class GenerationConfig:
     input: str = ""
     out: str = "runs/generate"
     prompts: str = "prompts"
-    shard_size: int = 256
-    seed: int = 0
-    limit: int | None = None
+    shard_size: int = setting(256, low=1, high=10**7)
+    seed: int = setting(0, low=0, high=2**32 - 1)
+    limit: int | None = setting(None, low=1)
     llm: LLMConfig = dataclasses.field(default_factory=LLMConfig)
     nli: NLIConfig = dataclasses.field(default_factory=NLIConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
@@ -112,37 +113,14 @@ PATH_FIELDS = {("", "input"), ("", "prompts"), ("llm", "model"), ("nli", "model"
                ("distill", "student")}
 
 
-def _build(cls: type, raw: dict[str, Any], file: str, section: str) -> Any:
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    for key in raw:
-        if key not in known:
-            where = f"{section}.{key}" if section else key
-            raise DataError(f"unknown setting (known: {', '.join(sorted(known))})", file=file, field=where)
-    return cls(**raw)
-
-
 def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None) -> GenerationConfig:
-    """Read a YAML config; ``overrides`` (e.g. from the command line) replace top-level settings."""
-    import yaml
-
+    """Read a YAML config (bounded, duplicate keys refused, every value type- and range-checked); ``overrides``
+    (e.g. from the command line) replace top-level settings."""
     path = Path(path)
     file = str(path)
-    if not path.exists():
-        raise DataError("no such config file", file=file)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise DataError(f"not valid YAML: {exc}", file=file) from exc
-    if not isinstance(raw, dict):
-        raise DataError("expected a mapping of settings", file=file)
-    raw = {**raw, **(overrides or {})}
-    sections = {}
-    for name, cls in SECTIONS.items():
-        value = raw.pop(name, None) or {}
-        if not isinstance(value, dict):
-            raise DataError("expected a mapping", file=file, field=name)
-        sections[name] = _build(cls, value, file, name)
-    config = _build(GenerationConfig, raw, file, "")
+    raw = {**read_yaml(path), **(overrides or {})}
+    sections = {name: build_section(cls, raw.pop(name, None), file, name) for name, cls in SECTIONS.items()}
+    config = build_section(GenerationConfig, raw, file, "")
     for name, section in sections.items():
         setattr(config, name, section)
     base = path.parent.resolve()
@@ -151,7 +129,20 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
         setattr(holder, field_name, _resolve_path(getattr(holder, field_name), base))
     if not config.input:
         raise DataError("no input captions given", file=file, field="input")
+    check_scratch_models(config, file)
     return config
+
+
+def check_scratch_models(config: GenerationConfig, file: str) -> None:
+    """Scratch model settings name real config fields (transformers would keep a typo silently)."""
+    if config.nli.scratch is None and config.distill.scratch is None:
+        return
+    from transformers import BertConfig, T5Config
+
+    if config.nli.scratch is not None:
+        check_model_settings(config.nli.scratch, BertConfig, "nli.scratch", file)
+    if config.distill.scratch is not None:
+        check_model_settings(config.distill.scratch, T5Config, "distill.scratch", file)
 
 
 def _resolve_path(value: str, base: Path) -> str:

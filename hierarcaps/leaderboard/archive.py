@@ -1,10 +1,12 @@
 """Opening a submission safely: a folder as is, or a .zip / .tar.gz unpacked with strict limits.
 
-Refused: absolute paths, ``..``, links and devices, too many members, members or totals over the size
-limits, and compression ratios that only a bomb has. Every limit is checked before the bytes it guards are
-inflated: zip sizes from the central directory (and again while writing), tar headers one by one as the
-stream reaches them, and every decompressed byte of a tar (headers included) against the running total and
-its ratio to the compressed bytes consumed. Nothing is extracted outside a fresh temporary folder.
+Refused: absolute paths, ``..``, links, devices and other special members, encrypted members, two members of
+one name (case-insensitively), too many members, members or totals over the size limits (declared, and
+counted as the bytes are written), and compression ratios that only a bomb has. Every limit is checked before
+the bytes it guards are inflated: zip sizes from the central directory (and again while writing), tar headers
+one by one as the stream reaches them, and every decompressed byte of a tar (headers included) against the
+running total and its ratio to the compressed bytes consumed. Nothing is extracted outside a fresh temporary
+folder.
 """
 
 from __future__ import annotations
@@ -60,15 +62,43 @@ def _check_sizes(sizes: list[tuple[str, int, int | None]]) -> None:
         raise ArchiveRefused(f"{total} bytes unpacked, over the limit of {MAX_TOTAL_BYTES}")
 
 
-def _write_bounded(source: IO[bytes], dest: Path, limit: int) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with open(dest, "wb") as out:
-        written = 0
-        for block in iter(lambda: source.read(BLOCK), b""):
-            written += len(block)
-            if written > limit:
-                raise ArchiveRefused(f"member {dest.name!r} is larger than its header says")
-            out.write(block)
+class _Written:
+    """Bytes really written so far, against the total limit (headers can lie; the bytes cannot)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def copy(self, source: IO[bytes], dest: Path, limit: int) -> None:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(dest, "xb") as out:        # "x": a member never overwrites an earlier one
+            written = 0
+            for block in iter(lambda: source.read(BLOCK), b""):
+                written += len(block)
+                self.total += len(block)
+                if written > limit:
+                    raise ArchiveRefused(f"member {dest.name!r} is larger than its header says")
+                if self.total > MAX_TOTAL_BYTES:
+                    raise ArchiveRefused(f"more than {MAX_TOTAL_BYTES} bytes unpacked")
+                out.write(block)
+
+
+def _unique(name: str, seen: set[str]) -> None:
+    """Refuse a member whose name repeats an earlier one (case-insensitively: one file on many disks)."""
+    key = str(_safe_name(name)).rstrip("/").casefold()
+    if key in seen:
+        raise ArchiveRefused(f"member {name!r}: a second member of the same name")
+    seen.add(key)
+
+
+def _check_zip_member(info: zipfile.ZipInfo, seen: set[str]) -> None:
+    _unique(info.filename, seen)
+    if info.flag_bits & 0x1:
+        raise ArchiveRefused(f"member {info.filename!r}: encrypted")
+    mode = info.external_attr >> 16
+    if stat.S_ISLNK(mode):
+        raise ArchiveRefused(f"member {info.filename!r}: symbolic link")
+    if mode and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)) and stat.S_IFMT(mode):
+        raise ArchiveRefused(f"member {info.filename!r}: not a regular file")
 
 
 def _extract_zip(path: Path, target: Path) -> None:
@@ -76,16 +106,15 @@ def _extract_zip(path: Path, target: Path) -> None:
         infos = archive.infolist()
         if len(infos) > MAX_MEMBERS:
             raise ArchiveRefused(f"{len(infos)} members, more than the limit of {MAX_MEMBERS}")
+        seen: set[str] = set()
         for info in infos:
-            _safe_name(info.filename)
-            mode = info.external_attr >> 16
-            if stat.S_ISLNK(mode):
-                raise ArchiveRefused(f"member {info.filename!r}: symbolic link")
+            _check_zip_member(info, seen)
         _check_sizes([(i.filename, i.file_size, i.compress_size) for i in infos if not i.is_dir()])
+        written = _Written()
         for info in infos:
             if not info.is_dir():
                 with archive.open(info) as source:
-                    _write_bounded(source, target / _safe_name(info.filename), info.file_size)
+                    written.copy(source, target / _safe_name(info.filename), info.file_size)
 
 
 class _BoundedInflation:
@@ -116,18 +145,18 @@ def _extract_tar(path: Path, target: Path) -> None:
         inflated: IO[bytes] = gzip.GzipFile(fileobj=raw, mode="rb") if path.name.lower().endswith(("gz", "tgz")) \
             else raw
         stream = _BoundedInflation(inflated, raw)
-        total, count = 0, 0
+        total, count, seen, written = 0, 0, set(), _Written()
         with tarfile.open(fileobj=stream, mode="r|") as archive:  # type: ignore[call-overload]
             for member in archive:
                 count += 1
                 if count > MAX_MEMBERS:
                     raise ArchiveRefused(f"more than the limit of {MAX_MEMBERS} members")
-                _safe_name(member.name)
+                _unique(member.name, seen)
                 if member.issym() or member.islnk():
                     raise ArchiveRefused(f"member {member.name!r}: link")
                 if member.isdir():
                     continue
-                if not member.isfile():
+                if not member.isfile() or member.issparse():
                     raise ArchiveRefused(f"member {member.name!r}: not a regular file")
                 total += member.size
                 _check_sizes([(member.name, member.size, None)])
@@ -135,7 +164,7 @@ def _extract_tar(path: Path, target: Path) -> None:
                     raise ArchiveRefused(f"{total} bytes unpacked, over the limit of {MAX_TOTAL_BYTES}")
                 source = archive.extractfile(member)
                 if source is not None:
-                    _write_bounded(source, target / _safe_name(member.name), member.size)
+                    written.copy(source, target / _safe_name(member.name), member.size)
 
 
 ARCHIVE_SUFFIXES = (".zip", ".tar.gz", ".tgz", ".tar")

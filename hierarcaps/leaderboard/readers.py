@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import struct
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+
+from .._io import npz_members
 
 ARRAYS = ("root", "text", "image", "text_radii")
 """The only arrays a submission may hold."""
@@ -56,15 +57,8 @@ def check_declared(name: str, shape: tuple[int, ...], dtype: np.dtype, expected:
 
 
 def read_npz(path: Path, expected: Mapping[str, int]) -> dict[str, np.ndarray]:
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            name = info.filename.removesuffix(".npy")
-            with archive.open(info) as member:
-                version = np.lib.format.read_magic(member)
-                reader = np.lib.format.read_array_header_1_0 if version == (1, 0) \
-                    else np.lib.format.read_array_header_2_0
-                shape, _, dtype = reader(member)
-            check_declared(name, shape, dtype, expected)
+    for name, shape, dtype, _ in npz_members(path):
+        check_declared(name, shape, dtype, expected)
     with np.load(path, allow_pickle=False) as data:
         return {key: data[key] for key in data.files}
 

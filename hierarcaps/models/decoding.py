@@ -27,10 +27,10 @@ class ImageFiles:
         return len(self.paths)
 
     def __getitem__(self, index: int) -> Any:
-        from ..data.images import open_image
+        from ..data.images import open_image, rgb
 
         item = self.paths[index]
-        image = item.convert("RGB") if hasattr(item, "convert") else open_image(item)   # a PIL image or a path
+        image = rgb(item) if hasattr(item, "convert") else open_image(item)   # a PIL image or a path
         return self.transform(image)
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..errors import ModelSpecError
 from .base import source_name
+from .folders import NO_REMOTE_CODE, SAFE_WEIGHTS
 from .torch_utils import TorchEncoder, pick_device
 
 
@@ -24,7 +25,7 @@ def load_processor(source: str, revision: str | None = None) -> Any:
     from transformers import AutoProcessor
 
     try:
-        processor = AutoProcessor.from_pretrained(source, revision=revision)
+        processor = AutoProcessor.from_pretrained(source, revision=revision, **NO_REMOTE_CODE)
     except (OSError, ValueError, TypeError) as exc:
         raise ModelSpecError(f"{source!r} has no usable processor (tokenizer + image processor): {exc}. "
                              "Save one next to the weights with processor.save_pretrained(DIR)") from None
@@ -54,7 +55,7 @@ class HFDualEncoder(TorchEncoder):
 
         self.device = pick_device(device)
         try:
-            model = AutoModel.from_pretrained(source, revision=revision)
+            model = AutoModel.from_pretrained(source, revision=revision, **SAFE_WEIGHTS)
         except (OSError, ValueError) as exc:
             raise ModelSpecError(f"cannot load Hugging Face model {source!r}: {exc}") from None
         if not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ModelSpecError
+from .folders import PICKLE_SUFFIXES, check_model_folder
 from .torch_utils import TorchEncoder, pick_device
 
 TEXT_TOWER = ("transformer", "token_embedding", "positional_embedding", "ln_final", "text_projection", "text")
@@ -55,6 +56,15 @@ def check_known_name(name: str, pretrained: str | None) -> None:
                              + (f"; did you mean {', '.join(close)}?" if close else ""))
 
 
+def check_local_weights(name: str, pretrained: str | None) -> None:
+    """A local folder or weights file must hold safetensors: open_clip unpickles anything else."""
+    if name.startswith("local-dir:"):
+        check_model_folder(Path(name.removeprefix("local-dir:")))
+    if pretrained and Path(pretrained).exists() and Path(pretrained).suffix in PICKLE_SUFFIXES:
+        raise ModelSpecError(f"open_clip weights {pretrained}: a pickle file, which is never loaded (unpickling runs "
+                             "code); save them as .safetensors")
+
+
 class OpenClipEncoder(TorchEncoder):
     """An open_clip model with the tokenizer and eval transform that travel with it."""
 
@@ -65,6 +75,7 @@ class OpenClipEncoder(TorchEncoder):
         name, tag = parse_open_clip_spec(spec)
         pretrained = pretrained or tag
         check_known_name(name, pretrained)
+        check_local_weights(name, pretrained)
         import open_clip
 
         self.model_config: dict[str, Any] | None = None

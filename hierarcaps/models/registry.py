@@ -14,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib
-import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import ModelSpecError
 from .base import Encoder
+from .folders import check_model_folder, read_json_object
 
 CHECKPOINT_FILE = "hierarcaps_model.json"
 ENTRY_POINT_GROUP = "hierarcaps.encoders"
@@ -119,14 +120,17 @@ EARLY_IMAGE_TRANSFORMS: dict[str, Callable[[str], Callable[[object], object]]] =
 def folder_adapter(folder: Path) -> tuple[str, Callable[[str, str | None], Encoder], bool]:
     """(adapter name, factory, has images) for a local model folder, from the files it holds."""
     if (folder / CHECKPOINT_FILE).exists():
-        prefix = json.loads((folder / CHECKPOINT_FILE).read_text())["spec_prefix"]
+        prefix = read_json_object(folder / CHECKPOINT_FILE, what="fine-tuned checkpoint description").get("spec_prefix")
+        if prefix not in FOLDER_ADAPTERS:
+            raise ModelSpecError(f"{folder / CHECKPOINT_FILE}: spec_prefix {str(prefix)[:40]!r} is none of "
+                                 f"{', '.join(FOLDER_ADAPTERS)}")
         return FOLDER_ADAPTERS[prefix]
     if (folder / "modules.json").exists():
         return "sentence-folder", _sentence_folder, False
     if (folder / "open_clip_config.json").exists():
         return FOLDER_ADAPTERS["open_clip:local-dir:"]
     if (folder / "config.json").exists():
-        config = json.loads((folder / "config.json").read_text())
+        config = read_json_object(folder / "config.json", what="model config")
         text_only = "text_config" not in config and "vision_config" not in config
         return FOLDER_ADAPTERS["text:" if text_only else "hf:"]
     raise ModelSpecError(f"{folder} holds no model this package recognises "
@@ -136,12 +140,16 @@ def folder_adapter(folder: Path) -> tuple[str, Callable[[str, str | None], Encod
 def folder_name(folder: Path) -> str:
     """A local model's name: its checkpoint's, else the folder's own name (never a path: results and boards show it)."""
     checkpoint = folder / CHECKPOINT_FILE
-    return json.loads(checkpoint.read_text()).get("name", folder.name) if checkpoint.exists() else folder.resolve().name
+    if not checkpoint.exists():
+        return folder.resolve().name
+    name = read_json_object(checkpoint, what="fine-tuned checkpoint description").get("name", folder.name)
+    return name if isinstance(name, str) and name.strip() else folder.name
 
 
 def load_folder(folder: Path, device: str | None, *, lazy: bool = False, name: str | None = None) -> Encoder:
     """The model in a local folder; with ``lazy`` its weights load only when something is embedded."""
     adapter, factory, has_images = folder_adapter(folder)
+    check_model_folder(folder)
     name = name or folder_name(folder)
     if lazy:
         from .lazy import LazyEncoder
@@ -174,18 +182,48 @@ def check_prefix(spec: str) -> None:
         raise ModelSpecError(f"model spec {spec!r} does not resolve; did you mean {close[0]!r}?")
 
 
+_LOADING = threading.local()
+"""Per thread: the models being loaded in this call chain. A model whose base names itself (reco:A built on
+reco:A) would otherwise recurse until Python gives up."""
+MAX_BASE_DEPTH = 8
+
+
+def _spec_key(spec: str) -> str:
+    """One key per model a spec names: a folder by its resolved path, options and fragment dropped."""
+    prefix, colon, rest = spec.partition(":")
+    prefix = prefix + colon if colon and len(prefix) > 1 else ""
+    target = (rest if prefix else spec).split("#")[0].split("?")[0]
+    path = Path(target).expanduser()
+    return prefix + (str(path.resolve()) if path.exists() else target)
+
+
 def load_encoder(spec: str, *, device: str | None = None, lazy: bool = False) -> Encoder:
     """Load the model a spec names; unknown or unloadable specs raise ModelSpecError with the reason.
 
     ``lazy`` (used by the harness) defers loading local folders until something must be embedded.
     """
+    chain: list[str] = getattr(_LOADING, "chain", [])
+    key = _spec_key(spec)
+    if key in chain or len(chain) >= MAX_BASE_DEPTH:
+        raise ModelSpecError(f"model spec {spec!r} loops: it is its own base (through {len(chain)} model(s))")
+    _LOADING.chain = [*chain, key]
+    try:
+        return _load(spec, device, lazy)
+    finally:
+        _LOADING.chain = chain
+
+
+def _load(spec: str, device: str | None, lazy: bool) -> Encoder:
     if spec == KNOWN_NAMES[0]:
         from .text import packaged_minilm_path
 
         return load_folder(Path(packaged_minilm_path()), device, lazy=lazy, name="all-MiniLM-L6-v2")
     for adapter in adapters():
         if spec.startswith(adapter.prefix):
-            return adapter.load(spec[len(adapter.prefix):], device)
+            source = spec[len(adapter.prefix):]
+            if adapter.origin == "hierarcaps" and adapter.prefix != "reco:" and Path(source).is_dir():
+                check_model_folder(Path(source))
+            return adapter.load(source, device)
     path = Path(spec).expanduser()
     if path.is_dir():
         return load_folder(path, device, lazy=lazy)

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..errors import ModelSpecError
 from .base import source_name
+from .folders import NO_REMOTE_CODE, SAFE_WEIGHTS
 from .torch_utils import TorchEncoder, autocast, pick_device
 
 MINILM_ALIAS = "minilm"
@@ -33,7 +34,8 @@ class SentenceTransformerEncoder(TorchEncoder):
 
         self.device = pick_device(device)
         try:
-            self.model = SentenceTransformer(source, device=self.device)
+            self.model = SentenceTransformer(source, device=self.device, trust_remote_code=False,
+                                             model_kwargs={"use_safetensors": True})
         except (OSError, ValueError) as exc:
             raise ModelSpecError(f"cannot load sentence-transformers model {source!r}: {exc}") from None
         self.model.eval()
@@ -77,8 +79,8 @@ class MeanPoolEncoder(TorchEncoder):
 
         self.device = pick_device(device)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source)
-            self.model = AutoModel.from_pretrained(source).eval().to(self.device)
+            self.tokenizer = AutoTokenizer.from_pretrained(source, **NO_REMOTE_CODE)
+            self.model = AutoModel.from_pretrained(source, **SAFE_WEIGHTS).eval().to(self.device)
         except (OSError, ValueError) as exc:
             raise ModelSpecError(f"cannot load transformers text model {source!r}: {exc}") from None
         st_config = Path(source) / "sentence_bert_config.json"

@@ -110,15 +110,13 @@ def _zeroshot_args(p: argparse.ArgumentParser) -> None:
 @command("zeroshot", "zero-shot classification accuracy of a model (e.g. a RECO model) on labelled images",
          _zeroshot_args)
 def _zeroshot(args: argparse.Namespace) -> int:
-    from pathlib import Path
 
-    from ..benchmarks.zeroshot import DEFAULT_TEMPLATES, dataset_split, image_folder, zero_shot
+    from ..benchmarks.zeroshot import DEFAULT_TEMPLATES, dataset_split, image_folder, read_templates, zero_shot
     from ..models.registry import load_encoder
 
     images, labels, names = image_folder(args.images) if args.images else dataset_split(args.dataset,
                                                                                        split=args.split)
-    templates = tuple(line for line in Path(args.templates).read_text().splitlines() if "{}" in line) \
-        if args.templates else DEFAULT_TEMPLATES
+    templates = read_templates(args.templates) if args.templates else DEFAULT_TEMPLATES
     echo(json.dumps(zero_shot(load_encoder(args.model, lazy=True), images, labels, names, templates,
                                workers=args.workers), indent=2))
     return 0

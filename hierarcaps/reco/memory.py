@@ -34,6 +34,7 @@ import numpy as np
 from .._io import atomic_open, atomic_path
 from ..engines import LocalEngine, RayEngine
 from ..errors import HierarcapsError
+from ..models.folders import read_json_object
 from .index import RERANK_FACTOR, add_block, build_index, default_index_type, merge_on_disk, trained_ivf
 
 MODALITIES = ("image", "text")
@@ -62,15 +63,20 @@ class Memory:
         manifest_path = self.folder / "manifest.json"
         if not manifest_path.exists():
             raise HierarcapsError(f"{self.folder} is not a built memory (no manifest.json)")
-        self.manifest = json.loads(manifest_path.read_text())
+        self.manifest = read_json_object(manifest_path, what="memory manifest")
         mode = "r" if mmap else None
-        self.vectors = {m: np.load(self.folder / f"{m}.npy", mmap_mode=mode, allow_pickle=False) for m in MODALITIES}
+        self.vectors = {m: open_vectors(self.folder / f"{m}.npy", mode) for m in MODALITIES}
+        check_shapes(self.folder, self.manifest, self.vectors)
         self.on_disk = bool(self.manifest.get("on_disk"))
         self.rerank = RERANK_FACTOR if self.on_disk and self.manifest["index"] == "ivfpq" else 0
         flags = faiss.IO_FLAG_MMAP if mmap and self.manifest["index"] != "flat" else 0
         if self.on_disk:            # the lists are memory-mapped by the index itself (with IO_FLAG_MMAP it crashes)
             flags = faiss.IO_FLAG_ONDISK_SAME_DIR
-        self.indexes = {m: faiss.read_index(str(self.folder / f"{m}.faiss"), flags) for m in MODALITIES}
+        self.indexes = {m: read_faiss(self.folder / f"{m}.faiss", flags) for m in MODALITIES}
+        for modality, index in self.indexes.items():
+            if index.d != self.manifest["dim"] or index.ntotal != self.manifest["count"]:
+                raise HierarcapsError(f"{self.folder / modality}.faiss: holds {index.ntotal} vectors of dimension "
+                                      f"{index.d}; the memory has {self.manifest['count']} of {self.manifest['dim']}")
         self.meta = pq.read_table(self.folder / "meta.parquet")
         self.ids = self.meta.column("id").to_pylist()
         groups = self.meta.column("group").to_pylist() if "group" in self.meta.column_names else self.ids
@@ -142,6 +148,37 @@ class Memory:
         return {"items": len(self), "dim": self.manifest["dim"], "index": self.manifest["index"],
                 "bytes_per_item": sum(sizes.values()) / max(1, len(self)), "files": sizes,
                 "sources": self.manifest.get("sources", {}), "encoder": self.manifest.get("encoder")}
+
+
+def open_vectors(path: Path, mode: str | None) -> np.ndarray:
+    """A memory's vector file (no pickles), or one line saying why it cannot be one."""
+    try:
+        vectors = np.load(path, mmap_mode=mode, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise HierarcapsError(f"{path}: not a readable vector file ({' '.join(str(exc).split())[:120]})") from None
+    if vectors.ndim != 2 or vectors.dtype != np.float32:
+        raise HierarcapsError(f"{path}: {vectors.dtype} array of shape {vectors.shape}; a memory holds (count, dim) "
+                              "float32 rows")
+    return vectors
+
+
+def check_shapes(folder: Path, manifest: dict[str, Any], vectors: dict[str, np.ndarray]) -> None:
+    """The manifest's count and dimension against both vector files (a memory assembled from parts of different
+    builds would pair the wrong rows)."""
+    count, dim = manifest.get("count"), manifest.get("dim")
+    for modality, array in vectors.items():
+        if array.shape != (count, dim):
+            raise HierarcapsError(f"{folder / modality}.npy: shape {array.shape}, but the manifest says "
+                                  f"({count}, {dim}); rebuild the memory")
+
+
+def read_faiss(path: Path, flags: int) -> Any:
+    import faiss
+
+    try:
+        return faiss.read_index(str(path), flags)
+    except RuntimeError as exc:
+        raise HierarcapsError(f"{path}: not a readable faiss index ({str(exc).splitlines()[0][:120]})") from None
 
 
 def reranked_search(index: Any, vectors: np.ndarray, queries: np.ndarray, count: int, factor: int
@@ -217,9 +254,11 @@ def assemble_memory(folder: str | Path, parts: dict[str, Sequence[Any]], meta: A
         raise HierarcapsError(f"on-disk indexes are IVF or IVF-PQ, not {kind!r}")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").unlink(missing_ok=True)     # the memory is incomplete until it is rewritten
-    dim = 0
-    for name in MODALITIES:
-        dim = write_unit_vectors(folder / f"{name}.npy", parts[name], count)
+    dims = {name: write_unit_vectors(folder / f"{name}.npy", parts[name], count) for name in MODALITIES}
+    if len(set(dims.values())) != 1:
+        raise HierarcapsError(f"image vectors have dimension {dims['image']} and text vectors {dims['text']}: "
+                              "a memory pairs the two sides of one encoder")
+    dim = dims["image"]
     blocks = [(start, min(count, start + block_size)) for start in range(0, count, block_size)]
     vectors = {m: np.load(folder / f"{m}.npy", mmap_mode="r") for m in MODALITIES}
     content = vectors_hash(vectors["image"], vectors["text"])
@@ -255,9 +294,11 @@ def write_unit_vectors(path: Path, parts: Sequence[Any], count: int) -> int:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(count, array.shape[1]))
             if start + len(array) > count:
                 raise HierarcapsError(f"more vectors than the {count} items of the memory")
+            if array.ndim != 2 or array.shape[1] != out.shape[1]:
+                raise HierarcapsError(f"vectors of shape {array.shape} among parts of dimension {out.shape[1]}")
             for first in range(0, len(array), 65536):
-                block = np.asarray(array[first:first + 65536])
-                out[start + first:start + first + len(block)] = block / np.linalg.norm(block, axis=1, keepdims=True)
+                block = np.asarray(array[first:first + 65536], dtype=np.float64)
+                out[start + first:start + first + len(block)] = unit_rows(block, start + first)
             start += len(array)
         if out is None or start != count:
             raise HierarcapsError(f"{start} vectors for the {count} items of the memory")
@@ -265,6 +306,16 @@ def write_unit_vectors(path: Path, parts: Sequence[Any], count: int) -> int:
         dim = out.shape[1]
         del out
     return dim
+
+
+def unit_rows(block: np.ndarray, first_row: int) -> np.ndarray:
+    """Rows scaled to unit length; a NaN, infinite or zero row (which would poison every search) is refused."""
+    norms = np.linalg.norm(block, axis=1, keepdims=True)
+    bad = ~(np.isfinite(block).all(axis=1) & np.isfinite(norms[:, 0]) & (norms[:, 0] > 0))
+    if bad.any():
+        raise HierarcapsError(f"memory vector row {first_row + int(np.argmax(bad))} is NaN, infinite or zero "
+                              f"({int(bad.sum())} such row(s) in this part); drop them before building")
+    return block / norms
 
 
 def write_on_disk_index(folder: Path, modality: str, vectors: np.ndarray, kind: str, blocks: list[tuple[int, int]],

@@ -8,11 +8,13 @@ Every item has a group, the unit that must never retrieve itself: its image file
 from __future__ import annotations
 
 import csv
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._io import check_npz_inflation
 from ..data.csvio import read_hierarchies
 from ..data.images import DEFAULT_IMAGE_SOURCE, ImageStore
 from ..errors import DataError
@@ -57,11 +59,28 @@ def from_dataset(path: str, *, image_column: str = "image", text_column: str = "
 
 def from_embeddings(path: str) -> tuple[np.ndarray, np.ndarray, list[MemoryItem]]:
     """An .npz with ``image`` and ``text`` (n, d) arrays and optionally ``ids``, ``captions`` and ``groups``."""
-    with np.load(path, allow_pickle=False) as data:
-        image, text = data["image"], data["text"]
-        ids = data["ids"].tolist() if "ids" in data.files else [f"{Path(path).name}:{i}" for i in range(len(image))]
-        captions = data["captions"].tolist() if "captions" in data.files else [""] * len(image)
-        groups = data["groups"].tolist() if "groups" in data.files else [""] * len(image)
+    try:
+        check_npz_inflation(path)
+        with np.load(path, allow_pickle=False) as data:
+            missing = {"image", "text"} - set(data.files)
+            if missing:
+                raise DataError(f"no {' or '.join(sorted(missing))} array (an .npz memory source holds image and "
+                                "text, and optionally ids, captions, groups)", file=path)
+            image, text = data["image"], data["text"]
+            names = [f"{Path(path).name}:{i}" for i in range(len(image))]
+            ids = data["ids"].tolist() if "ids" in data.files else names
+            captions = data["captions"].tolist() if "captions" in data.files else [""] * len(image)
+            groups = data["groups"].tolist() if "groups" in data.files else [""] * len(image)
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise DataError(f"not a readable .npz without unpickling ({' '.join(str(exc).split())[:120]})",
+                        file=path) from None
+    for name, array in (("image", image), ("text", text)):
+        if array.ndim != 2 or array.dtype.kind != "f" or array.shape[0] != image.shape[0]:
+            raise DataError(f"{array.dtype} array of shape {array.shape}; expected (n, dim) floats, n the same for "
+                            "image and text", file=path, field=name)
+    for name, values in (("ids", ids), ("captions", captions), ("groups", groups)):
+        if len(values) != len(image):
+            raise DataError(f"{len(values)} entries for {len(image)} rows", file=path, field=name)
     return image, text, [MemoryItem(str(i), str(c), None, Path(path).name, group=str(g))
                          for i, c, g in zip(ids, captions, groups)]
 

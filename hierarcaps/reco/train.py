@@ -23,6 +23,7 @@ import numpy as np
 
 from .._io import atomic_open
 from ..checkpoints import CheckpointStore, run_hash
+from ..configs import check_fields, setting
 from ..training_log import plot_curves
 from .fusion import FusionConfig, build_fusion
 from .memory import Memory
@@ -37,24 +38,27 @@ class RecoConfig:
     memory: str
     out: str
     base: str = ""                 # the frozen encoder's spec, recorded for `reco:` loading
-    k: int = 16
-    fusion: str = "transformer"
-    heads: int = 8
+    k: int = setting(16, low=1, high=4096)
+    fusion: str = setting("transformer", choices=("transformer", "mlp", "mean"))
+    heads: int = setting(8, low=1, high=256)
     residual: bool = True
-    sides: str = "both"
-    fuse: str = "cross"            # "cross" (RECO) or "same" (uni-modal fusion ablation)
+    sides: str = setting("both", choices=SIDES)
+    fuse: str = setting("cross", choices=("cross", "same"))   # "cross" (RECO) or "same" (uni-modal ablation)
     cross_modal_search: bool = False
-    duplicate_threshold: float = 0.98
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    batch_size: int = 256
-    steps: int = 1000
-    temperature: float = 0.07
-    val_fraction: float = 0.05
-    val_every: int = 100
-    checkpoint_every: int = 200
-    seed: int = 0
+    duplicate_threshold: float = setting(0.98, low=-1.0, high=2.0)
+    lr: float = setting(1e-4, low=0.0, high=1.0, open_low=True)
+    weight_decay: float = setting(0.01, low=0.0, high=100.0)
+    batch_size: int = setting(256, low=2, high=1 << 20)
+    steps: int = setting(1000, low=0, high=10**8)
+    temperature: float = setting(0.07, low=0.0, high=100.0, open_low=True)
+    val_fraction: float = setting(0.05, low=0.0, high=0.5)
+    val_every: int = setting(100, low=1, high=10**8)
+    checkpoint_every: int = setting(200, low=1, high=10**8)
+    seed: int = setting(0, low=0, high=2**32 - 1)
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self)
 
     def run_hash(self) -> str:
         return run_hash(self, ignore=("progress", "out"))

@@ -1,0 +1,61 @@
+"""What a local model folder may hold before anything loads it, and how loaders are called.
+
+A folder's weights must be safetensors (or GGUF for LLMs): pickle files (``pytorch_model.bin``, ``.pt``) are
+never loaded, since unpickling a file runs whatever code it carries. A weights file that is a Git LFS pointer
+(a clone made without ``git lfs``) is named as such instead of failing deep inside a loader. Transformers is
+always told not to run code shipped inside a folder (``trust_remote_code=False``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from .._io import read_bounded
+from ..errors import DataError, ModelSpecError
+
+NO_REMOTE_CODE: dict[str, Any] = {"trust_remote_code": False}
+"""Keyword arguments for every transformers ``from_pretrained``: code inside a model folder never runs."""
+SAFE_WEIGHTS: dict[str, Any] = {**NO_REMOTE_CODE, "use_safetensors": True}
+"""For model weights: safetensors only, never a pickle."""
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+SAFE_SUFFIXES = (".safetensors", ".gguf")
+LFS_POINTER = b"version https://git-lfs.github.com/spec/"
+MAX_JSON_BYTES = 16 * 2**20
+"""A model's JSON file (configs, tokenizer vocabularies)."""
+
+
+def read_json_object(path: Path, *, what: str) -> dict[str, Any]:
+    """A JSON object from a model folder's file, within ``MAX_JSON_BYTES``, or one line saying what is wrong."""
+    raw = read_bounded(path, MAX_JSON_BYTES, what=what)
+    try:
+        document = json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise DataError(f"not a valid {what} ({' '.join(str(exc).split())[:120]})", file=str(path)) from None
+    if not isinstance(document, dict):
+        raise DataError(f"not a valid {what} (a JSON object is expected)", file=str(path))
+    return document
+
+
+def weights_problem(folder: Path) -> str | None:
+    """Why the weights in ``folder`` must not be loaded, or None: LFS pointers, pickles only, or none at all."""
+    files = [p for p in folder.rglob("*") if p.is_file() and p.suffix in SAFE_SUFFIXES + PICKLE_SUFFIXES]
+    for path in files:
+        if path.stat().st_size < 1024 and path.read_bytes().startswith(LFS_POINTER):
+            return (f"{path.relative_to(folder)} is a Git LFS pointer, not the weights (run `git lfs pull` in the "
+                    "clone, or download the files)")
+    if any(p.suffix in SAFE_SUFFIXES for p in files):
+        return None
+    pickles = [p.relative_to(folder).as_posix() for p in files]
+    if pickles:
+        return (f"holds only pickle weights ({', '.join(pickles[:3])}), which are never loaded: unpickling runs "
+                "code; save the model as safetensors (save_pretrained(..., safe_serialization=True))")
+    return "holds no weights (no .safetensors file)"
+
+
+def check_model_folder(folder: Path) -> None:
+    """Refuse a local model folder whose weights cannot be loaded safely, in one line."""
+    problem = weights_problem(folder)
+    if problem is not None:
+        raise ModelSpecError(f"model folder {folder}: {problem}")
