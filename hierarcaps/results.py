@@ -60,6 +60,13 @@ class Result:
         problem = metrics_problem(document["metrics"])
         if problem:
             raise HierarcapsError(f"{where}: metrics {problem}")
+        baselines = document.get("baselines")
+        if baselines is not None:
+            if not isinstance(baselines, dict):
+                raise HierarcapsError(f"{where}: baselines must be an object")
+            for name, block in baselines.items():
+                if (problem := metrics_problem(block)) is not None:
+                    raise HierarcapsError(f"{where}: baseline {str(name)[:40]!r} {problem}")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "schema_version"}
         return cls(**{k: document[k] for k in known if k in document},
                    extra={k: v for k, v in document.items() if k not in known and k != "schema_version"})

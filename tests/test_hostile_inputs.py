@@ -11,14 +11,10 @@ import bz2
 import gzip
 import io
 import json
-import os
 import re
 import struct
-import subprocess
-import sys
 import tarfile
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 
@@ -35,9 +31,9 @@ from hierarcaps.leaderboard import board
 from hierarcaps.leaderboard.submission import write_submission, write_template
 from hierarcaps.leaderboard.validate import validate
 
+from .measured_cli import assert_refused_within_budget
+
 DIM = 8
-MEMORY_BUDGET_MB = 1024
-TIME_BUDGET_S = 20.0           # a fresh interpreter included; an unbounded bomb ran for minutes
 MODEL = {"name": "fuzz-model", "revision": "r1", "parameters": 5, "licence": "mit",
          "link": "https://example.org/fuzz", "training_data": "none"}
 
@@ -77,40 +73,6 @@ def edited(valid: Path, target: Path, **meta_changes: object) -> Path:
             meta[key] = value
     (target / "submission.json").write_text(json.dumps(meta))
     return target
-
-
-PEAK_REPORTER = """
-import atexit, os, sys
-
-def report_peak():
-    with open("/proc/self/status") as status:
-        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
-    with open(os.environ["HC_PEAK_FILE"], "w") as out:
-        out.write(peak)
-
-atexit.register(report_peak)
-sys.argv = ["hierarcaps", *sys.argv[1:]]
-from hierarcaps.cli import run
-sys.exit(run())
-"""
-
-
-def run_measured(args: list[str], tmp_path: Path) -> tuple[int, str, str, float, float]:
-    """The CLI in a fresh process: (exit code, stdout, stderr, its own peak RSS in MB, seconds). The peak is the
-    process's VmHWM at exit (rusage's maxrss would carry over the peak of this test process)."""
-    peak_file = tmp_path / "peak_kb"
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", PEAK_REPORTER, *args], capture_output=True, text=True,
-                          cwd=tmp_path, timeout=120, env={**os.environ, "HC_PEAK_FILE": str(peak_file)})
-    seconds = time.perf_counter() - started
-    return done.returncode, done.stdout, done.stderr, int(peak_file.read_text()) / 1024, seconds
-
-
-def assert_refused_within_budget(args: list[str], tmp_path: Path, expect: str) -> None:
-    code, stdout, stderr, peak_mb, seconds = run_measured(args, tmp_path)
-    assert code == 1, (stdout, stderr)
-    assert "Traceback" not in stderr and expect in stdout + stderr, (stdout, stderr)
-    assert peak_mb < MEMORY_BUDGET_MB and seconds < TIME_BUDGET_S, (peak_mb, seconds)
 
 
 # -- archives and embedded arrays: bombs refused before the bytes are inflated ----------------------------

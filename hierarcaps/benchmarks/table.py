@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .._io import read_bounded, regular_files
 from ..errors import HierarcapsError
 from ..metrics.catalogue import headline, label, main_score
 from ..results import Result
@@ -55,13 +56,18 @@ def display_name(result: dict[str, Any]) -> str:
     return f"{name} ({fingerprint})" if fingerprint else name
 
 
+MAX_RESULT_BYTES = 4 * 2**20
+"""One result JSON (a full result with every baseline is about 60 KB)."""
+
+
 def read_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
-    """Result documents from files (each must be one: else a one-line reason) and folders (every JSON file
-    below them that is a result; others, such as submission.json, are passed over)."""
+    """Result documents from files (each must be one: else a one-line reason) and folders (every regular JSON
+    file below them that is a result; others, such as submission.json, are passed over; links to folders are
+    not followed, and pipes or devices are never opened)."""
     results = []
     for entry in map(Path, paths):
         if entry.is_dir():
-            for file in sorted(entry.rglob("*.json")):
+            for file in regular_files(entry, "*.json"):
                 try:
                     results.append(Result.from_dict(_load_json(file), str(file)).to_dict())
                 except HierarcapsError:
@@ -75,8 +81,9 @@ def read_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
 
 def _load_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raw = read_bounded(path, MAX_RESULT_BYTES, what="result file")
+        return json.loads(raw.decode("utf-8-sig"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise HierarcapsError(f"{path}: not a readable result JSON ({' '.join(str(exc).split())[:120]})") from None
 
 

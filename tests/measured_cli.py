@@ -1,0 +1,62 @@
+"""The CLI run in a fresh process with its peak memory and wall time measured: what a crafted input may cost.
+
+Bombs are measured against a budget (1 GB, 20 s with the interpreter's start): unbounded, they ran for minutes
+at gigabytes. Each must end with one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+MEMORY_BUDGET_MB = 1024
+TIME_BUDGET_S = 20.0           # a fresh interpreter included; an unbounded bomb ran for minutes
+PROGRESS = re.compile(r"\d+%\|")  # a progress bar's line, not a message
+
+PEAK_REPORTER = """
+import atexit, os, sys
+
+def report_peak():
+    with open("/proc/self/status") as status:
+        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(os.environ["HC_PEAK_FILE"], "w") as out:
+        out.write(peak)
+
+atexit.register(report_peak)
+sys.argv = ["hierarcaps", *sys.argv[1:]]
+from hierarcaps.cli import run
+sys.exit(run())
+"""
+
+
+def run_measured(args: list[str], tmp_path: Path) -> tuple[int, str, str, float, float]:
+    """The CLI in a fresh process: (exit code, stdout, stderr, its own peak RSS in MB, seconds). The peak is the
+    process's VmHWM at exit (rusage's maxrss would carry over the peak of this test process)."""
+    peak_file = tmp_path / "peak_kb"
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", PEAK_REPORTER, *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120, env={**os.environ, "HC_PEAK_FILE": str(peak_file)})
+    seconds = time.perf_counter() - started
+    return done.returncode, done.stdout, done.stderr, int(peak_file.read_text()) / 1024, seconds
+
+
+def assert_refused_within_budget(args: list[str], tmp_path: Path, expect: str) -> None:
+    code, stdout, stderr, peak_mb, seconds = run_measured(args, tmp_path)
+    assert code == 1, (stdout, stderr)
+    assert "Traceback" not in stderr and expect in stdout + stderr, (stdout, stderr)
+    assert peak_mb < MEMORY_BUDGET_MB and seconds < TIME_BUDGET_S, (peak_mb, seconds)
+
+
+def assert_one_line_failure(args: list[str], tmp_path: Path, expect: str) -> str:
+    """The command fails with exit 1, one stderr line containing ``expect``, no traceback, within budget;
+    returns that line."""
+    code, stdout, stderr, peak_mb, seconds = run_measured(args, tmp_path)
+    lines = [line for line in stderr.splitlines() if line.strip() and not PROGRESS.search(line)]
+    assert code == 1 and len(lines) == 1, (code, stdout, stderr)
+    assert expect in lines[0] and "Traceback" not in stderr, (expect, stderr)
+    assert peak_mb < MEMORY_BUDGET_MB and seconds < TIME_BUDGET_S, (peak_mb, seconds)
+    return lines[0]
