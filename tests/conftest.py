@@ -58,3 +58,11 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory, expanded_records) -> P
     build_tiny_llama(folder / "llm", [t for r in expanded_records[:2000] for t in r.positive] + prompts)
     build_tiny_nli(folder / "nli")
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-weight transformers CLIP of the ``tiny`` preset (weights + processor), saved as ``tiny-clip``."""
+    from hierarcaps.models.random_models import save_random_hf_clip
+
+    return save_random_hf_clip(tmp_path_factory.mktemp("models") / "tiny-clip", "tiny", seed=0)

@@ -52,11 +52,14 @@ def assert_refused_within_budget(args: list[str], tmp_path: Path, expect: str) -
 
 
 def assert_one_line_failure(args: list[str], tmp_path: Path, expect: str) -> str:
-    """The command fails with exit 1, one stderr line containing ``expect``, no traceback, within budget;
-    returns that line."""
+    """The command fails with exit 1 and one line containing ``expect`` (on stderr; for commands that list
+    problems, such as ``validate``, one problem line on stdout and the count on stderr), no traceback, within
+    budget; returns that line."""
     code, stdout, stderr, peak_mb, seconds = run_measured(args, tmp_path)
-    lines = [line for line in stderr.splitlines() if line.strip() and not PROGRESS.search(line)]
-    assert code == 1 and len(lines) == 1, (code, stdout, stderr)
-    assert expect in lines[0] and "Traceback" not in stderr, (expect, stderr)
+    errors = [line for line in stderr.splitlines() if line.strip() and not PROGRESS.search(line)]
+    problems = [line for line in stdout.splitlines() if line.startswith("problem: ")] or stdout.splitlines()
+    lines = errors if len(errors) == 1 and expect in errors[0] else problems
+    assert code == 1 and len(errors) == 1 and len(lines) == 1, (code, stdout, stderr)
+    assert expect in lines[0] and "Traceback" not in stderr, (expect, stdout, stderr)
     assert peak_mb < MEMORY_BUDGET_MB and seconds < TIME_BUDGET_S, (peak_mb, seconds)
     return lines[0]

@@ -20,7 +20,6 @@ from hierarcaps.finetune.losses import LossWeights, cone_loss, pullback, re_loss
 from hierarcaps.finetune.trainer import FinetuneConfig, Trainer
 from hierarcaps.geometry import cone_half_aperture, exterior_angle, radius
 from hierarcaps.models import load_encoder
-from hierarcaps.models.random_models import save_random_hf_clip
 
 from .reference_re_loss import reference_batch_loss, tier_major_texts
 
@@ -113,11 +112,6 @@ def test_pullback_is_zero_for_the_same_embeddings_and_half_for_orthogonal_ones()
     e = t((1, 0), (0, 1))
     assert float(pullback(e, e)) == 0
     assert float(pullback(e, t((0, 1), (1, 0)))) == pytest.approx(0.5)
-
-
-@pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_random_hf_clip(tmp_path_factory.mktemp("ft") / "tiny", "tiny", seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -25,11 +25,6 @@ ROWS = 40
 
 
 @pytest.fixture(scope="module")
-def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return save_random_hf_clip(tmp_path_factory.mktemp("models") / "tiny-clip", "tiny", seed=0)
-
-
-@pytest.fixture(scope="module")
 def tiny_open_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
     return "open_clip:" + str(write_open_clip_config(tmp_path_factory.mktemp("models") / "tiny-oc.json"))
 
@@ -53,9 +48,9 @@ def per_item_embeddings(encoder, records, image_dir: Path) -> tuple[np.ndarray, 
 
 
 @pytest.mark.parametrize("which", ["hf", "open_clip"])
-def test_harness_matches_the_per_item_loop(which: str, tiny_hf: Path, tiny_open_clip: str, subset: Path,
+def test_harness_matches_the_per_item_loop(which: str, tiny_clip: Path, tiny_open_clip: str, subset: Path,
                                            test_image_dir: Path) -> None:
-    spec = str(tiny_hf) if which == "hf" else tiny_open_clip
+    spec = str(tiny_clip) if which == "hf" else tiny_open_clip
     encoder = load_encoder(spec, device="cpu")
     result = evaluate(encoder, options(subset, test_image_dir))
     records = load_official("test")[:ROWS]
@@ -94,7 +89,7 @@ def test_every_decoding_schedule_gives_the_same_batches_in_order(workers: int, t
         assert torch.equal(torch.cat(got), expected), (device, chunk_images)
 
 
-def test_a_lazy_hf_folder_decodes_images_before_its_weights_load(tiny_hf: Path, test_image_dir: Path,
+def test_a_lazy_hf_folder_decodes_images_before_its_weights_load(tiny_clip: Path, test_image_dir: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from hierarcaps.models import lazy
 
@@ -106,7 +101,7 @@ def test_a_lazy_hf_folder_decodes_images_before_its_weights_load(tiny_hf: Path, 
             events.append("decoding started")
 
     monkeypatch.setattr(lazy, "ImageBatches", Recorded)
-    encoder = load_encoder(str(tiny_hf), device="cpu", lazy=True)
+    encoder = load_encoder(str(tiny_clip), device="cpu", lazy=True)
     load_weights = encoder._factory
 
     def recorded_load():
@@ -117,7 +112,7 @@ def test_a_lazy_hf_folder_decodes_images_before_its_weights_load(tiny_hf: Path, 
     paths = [test_image_dir / r.image_file for r in load_official("test")[:10]]
     early = encoder.encode_image(paths, batch_size=4, workers=1)
     assert events == ["decoding started", "weights loading"]
-    eager = load_encoder(str(tiny_hf), device="cpu").encode_image(paths, batch_size=4, workers=0)
+    eager = load_encoder(str(tiny_clip), device="cpu").encode_image(paths, batch_size=4, workers=0)
     np.testing.assert_array_equal(early, eager)       # the weight-free transform is the checkpoint's own
 
 
@@ -148,10 +143,10 @@ def test_freed_memory_is_reused_without_page_faults() -> None:
     assert faults("keep") < 100
 
 
-def test_cache_hits_on_rerun_and_misses_when_the_model_changes(tiny_hf: Path, subset: Path, test_image_dir: Path,
+def test_cache_hits_on_rerun_and_misses_when_the_model_changes(tiny_clip: Path, subset: Path, test_image_dir: Path,
                                                                tmp_path: Path) -> None:
-    first = evaluate(str(tiny_hf), options(subset, test_image_dir))
-    again = evaluate(str(tiny_hf), options(subset, test_image_dir))
+    first = evaluate(str(tiny_clip), options(subset, test_image_dir))
+    again = evaluate(str(tiny_clip), options(subset, test_image_dir))
     assert first["timings"]["embedding_cache_hits"] == 0 and again["timings"]["embedding_cache_hits"] == 2
     assert again["metrics"] == first["metrics"]
     other = save_random_hf_clip(tmp_path / "other", "tiny", seed=1)
@@ -160,14 +155,14 @@ def test_cache_hits_on_rerun_and_misses_when_the_model_changes(tiny_hf: Path, su
     assert changed["model"]["fingerprint"] != first["model"]["fingerprint"]
 
 
-def test_embeddings_computed_with_other_numerics_are_not_reused(tiny_hf: Path, subset: Path, test_image_dir: Path,
+def test_embeddings_computed_with_other_numerics_are_not_reused(tiny_clip: Path, subset: Path, test_image_dir: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """bf16-autocast GPU vectors must never stand in for an exact fp32 run, nor the other way round."""
     from hierarcaps.models.lazy import LazyEncoder
 
-    first = evaluate(str(tiny_hf), options(subset, test_image_dir))
+    first = evaluate(str(tiny_clip), options(subset, test_image_dir))
     monkeypatch.setattr(LazyEncoder, "numerics", lambda self: "other arithmetic")
-    other = evaluate(str(tiny_hf), options(subset, test_image_dir))
+    other = evaluate(str(tiny_clip), options(subset, test_image_dir))
     assert first["timings"]["embedding_cache_hits"] == 0 and other["timings"]["embedding_cache_hits"] == 0
 
 
@@ -215,22 +210,22 @@ def test_sentence_transformers_and_mean_pooling_give_the_same_minilm() -> None:
     np.testing.assert_allclose(fast.encode_text(texts), reference.encode_text(texts), atol=1e-6)
 
 
-def test_result_file_and_report(tiny_hf: Path, subset: Path, test_image_dir: Path, tmp_path: Path) -> None:
-    result = evaluate(str(tiny_hf), options(subset, test_image_dir))
+def test_result_file_and_report(tiny_clip: Path, subset: Path, test_image_dir: Path, tmp_path: Path) -> None:
+    result = evaluate(str(tiny_clip), options(subset, test_image_dir))
     path = save_result(result, tmp_path / "results")
     assert path.name == "subset.csv.hierarcaps-v1.json" and path.parent.name.startswith("tiny-clip-")
     assert json.loads(path.read_text())["metrics"] == json.loads(json.dumps(result["metrics"]))
     report = subprocess.run([sys.executable, "-m", "hierarcaps", "report", str(tmp_path / "results"), "--markdown"],
                             capture_output=True, text=True, check=True)
     # a display name (folder name + short fingerprint), never the path; the model row and its three baselines
-    assert "| tiny-clip (" in report.stdout and str(tiny_hf) not in report.stdout
+    assert "| tiny-clip (" in report.stdout and str(tiny_clip) not in report.stdout
     assert report.stdout.count("[baseline]") == 3 and report.stdout.count("\n") == 6
 
 
-def test_cli_evaluate_writes_result_and_plots(tiny_hf: Path, subset: Path, test_image_dir: Path,
+def test_cli_evaluate_writes_result_and_plots(tiny_clip: Path, subset: Path, test_image_dir: Path,
                                               tmp_path: Path) -> None:
     out = tmp_path / "out"
-    run = subprocess.run([sys.executable, "-m", "hierarcaps", "evaluate", "--model", str(tiny_hf), "--data",
+    run = subprocess.run([sys.executable, "-m", "hierarcaps", "evaluate", "--model", str(tiny_clip), "--data",
                           str(subset), "--image-dir", str(test_image_dir), "--out", str(out), "--resamples", "20",
                           "--workers", "0", "--plots", "--quiet"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
@@ -239,12 +234,12 @@ def test_cli_evaluate_writes_result_and_plots(tiny_hf: Path, subset: Path, test_
         "subset.csv.hierarcaps-v1.json", "radius_by_tier.png", "predicted_chains.png"}
 
 
-def test_unresolvable_specs_and_folders_without_processor(tiny_hf: Path, tmp_path: Path) -> None:
+def test_unresolvable_specs_and_folders_without_processor(tiny_clip: Path, tmp_path: Path) -> None:
     for spec in ("no-such-model", str(tmp_path / "missing"), "open_clip:NoSuchArch-99"):
         with pytest.raises(ModelSpecError):
             load_encoder(spec)
     bare = tmp_path / "bare"
-    shutil.copytree(tiny_hf, bare)
+    shutil.copytree(tiny_clip, bare)
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "processor_config.json",
                  "preprocessor_config.json", "special_tokens_map.json"):
         (bare / name).unlink(missing_ok=True)
@@ -255,7 +250,7 @@ def test_unresolvable_specs_and_folders_without_processor(tiny_hf: Path, tmp_pat
     assert run.returncode == 1 and "does not resolve" in run.stderr and run.stderr.count("\n") == 1
 
 
-def test_an_image_that_fails_to_decode_is_named(tiny_hf: Path, test_image_dir: Path, tmp_path: Path) -> None:
+def test_an_image_that_fails_to_decode_is_named(tiny_clip: Path, test_image_dir: Path, tmp_path: Path) -> None:
     import dataclasses
 
     images = tmp_path / "images"
@@ -270,7 +265,7 @@ def test_an_image_that_fails_to_decode_is_named(tiny_hf: Path, test_image_dir: P
     small = write_csv(records, tmp_path / "small.csv", fmt="test")
     for workers in (0, 1):
         with pytest.raises(DataError, match="cannot decode image") as info:
-            evaluate(str(tiny_hf), EvalOptions(data=str(small), image_dir=str(images), workers=workers,
+            evaluate(str(tiny_clip), EvalOptions(data=str(small), image_dir=str(images), workers=workers,
                                                progress=False, cache=False))
         assert "custom_1.jpg" in str(info.value) and "\n" not in str(info.value)
 

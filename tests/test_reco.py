@@ -110,10 +110,8 @@ def test_where_each_neighbour_must_be_judged_the_transformer_beats_mean_and_mlp(
 
 
 @pytest.fixture(scope="module")
-def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> str:
-    from hierarcaps.models.random_models import save_random_hf_clip
-
-    return str(save_random_hf_clip(tmp_path_factory.mktemp("reco") / "tiny", "tiny"))
+def tiny_clip_spec(tiny_clip: Path) -> str:
+    return str(tiny_clip)
 
 
 def memory_csv(folder: Path, image_dir: Path, rows: int) -> Path:
@@ -132,13 +130,13 @@ def memory_csv(folder: Path, image_dir: Path, rows: int) -> Path:
     return path
 
 
-def test_memory_build_resumes_after_a_failure(tiny_clip: str, tmp_path: Path, test_image_dir: Path) -> None:
+def test_memory_build_resumes_after_a_failure(tiny_clip_spec: str, tmp_path: Path, test_image_dir: Path) -> None:
     from hierarcaps.models import load_encoder
     from hierarcaps.reco.memory import build_memory
     from hierarcaps.reco.sources import load_items
 
     items = load_items(str(memory_csv(tmp_path, test_image_dir, 30)))
-    encoder = load_encoder(tiny_clip)
+    encoder = load_encoder(tiny_clip_spec)
 
     class FailsOnThirdShard:
         name, has_images, calls = encoder.name, True, 0
@@ -168,7 +166,7 @@ def test_memory_build_resumes_after_a_failure(tiny_clip: str, tmp_path: Path, te
     assert resumed.ids == straight.ids and not (tmp_path / "resumed" / "shards").exists()
 
 
-def test_reco_model_scores_through_the_harness_and_zero_shot(tiny_clip: str, tmp_path: Path,
+def test_reco_model_scores_through_the_harness_and_zero_shot(tiny_clip_spec: str, tmp_path: Path,
                                                               test_image_dir: Path) -> None:
     import shutil
     import subprocess
@@ -182,13 +180,13 @@ def test_reco_model_scores_through_the_harness_and_zero_shot(tiny_clip: str, tmp
     source = memory_csv(tmp_path, test_image_dir, 60)
     run = lambda *args: subprocess.run([sys.executable, "-m", "hierarcaps", *args], capture_output=True,  # noqa: E731
                                        text=True)
-    built = run("reco", "memory", str(source), "--model", tiny_clip, "--out", str(tmp_path / "mem"))
+    built = run("reco", "memory", str(source), "--model", tiny_clip_spec, "--out", str(tmp_path / "mem"))
     assert built.returncode == 0, built.stderr
-    trained = run("reco", "train", "--memory", str(tmp_path / "mem"), "--base", tiny_clip, "--out",
+    trained = run("reco", "train", "--memory", str(tmp_path / "mem"), "--base", tiny_clip_spec, "--out",
                   str(tmp_path / "reco"), "--k", "4", "--heads", "2", "--steps", "10", "--batch-size", "16",
                   "--duplicate-threshold", "0.99999")   # a random tiny CLIP embeds all images very alike
     assert trained.returncode == 0, trained.stderr
-    reco, base = load_encoder(f"reco:{tmp_path / 'reco'}"), load_encoder(tiny_clip)
+    reco, base = load_encoder(f"reco:{tmp_path / 'reco'}"), load_encoder(tiny_clip_spec)
     texts = ["a dog", "a plate of food"]
     assert not np.allclose(reco.encode_text(texts), base.encode_text(texts))
     subset = write_csv(load_official("test")[:40], tmp_path / "subset.csv", fmt="test")
@@ -254,14 +252,15 @@ def test_rows_of_the_query_group_are_never_neighbours(tmp_path: Path) -> None:
         assert not (trainer.neighbour_rows[side] // 4 == np.arange(200)[:, None] // 4).any()
 
 
-def test_memories_swap_at_scoring_and_the_fingerprint_follows_their_content(tiny_clip: str, tmp_path: Path) -> None:
+def test_memories_swap_at_scoring_and_the_fingerprint_follows_their_content(tiny_clip_spec: str,
+                                                                           tmp_path: Path) -> None:
     import json
     import shutil
 
     from hierarcaps.models import load_encoder
 
     rng = np.random.default_rng(1)
-    dim = load_encoder(tiny_clip).encode_text(["x"]).shape[1]
+    dim = load_encoder(tiny_clip_spec).encode_text(["x"]).shape[1]
 
     def memory(folder: Path, seed: int) -> Path:
         r = np.random.default_rng(seed)
@@ -271,7 +270,7 @@ def test_memories_swap_at_scoring_and_the_fingerprint_follows_their_content(tiny
 
     first, second = memory(tmp_path / "mem-a", 0), memory(tmp_path / "mem-b", 1)
     groups = [f"p{i}" for i in range(64)]
-    RecoTrainer(RecoConfig(memory=str(first), out=str(tmp_path / "reco"), base=tiny_clip, k=4, heads=2, steps=3,
+    RecoTrainer(RecoConfig(memory=str(first), out=str(tmp_path / "reco"), base=tiny_clip_spec, k=4, heads=2, steps=3,
                            batch_size=16, progress=False), unit(rng.standard_normal((64, dim))),
                 unit(rng.standard_normal((64, dim))), groups).train()
     assert json.loads((tmp_path / "reco" / "reco.json").read_text())["memory"] == "../mem-a"   # relative
@@ -314,7 +313,7 @@ def colour_images(folder: Path, names: list[str], per_class: int, seed: int) -> 
     return out
 
 
-def test_zero_shot_on_classes_outside_training_needs_the_memory_that_holds_them(tiny_clip: str,
+def test_zero_shot_on_classes_outside_training_needs_the_memory_that_holds_them(tiny_clip_spec: str,
                                                                                 tmp_path: Path) -> None:
     """RECO's setting through the CLI: the frozen model cannot name the colours; a memory of captioned photos
     can. The model is built on a memory of three colours and scored on three others, with the memory swapped
@@ -344,10 +343,10 @@ def test_zero_shot_on_classes_outside_training_needs_the_memory_that_holds_them(
     run = lambda *args: subprocess.run([sys.executable, "-m", "hierarcaps", *args], capture_output=True,  # noqa: E731
                                        text=True, cwd=tmp_path)
     for name, names in (("seen", seen), ("all", seen + unseen)):
-        built = run("reco", "memory", str(pairs_csv(tmp_path / f"{name}.csv", names)), "--model", tiny_clip,
+        built = run("reco", "memory", str(pairs_csv(tmp_path / f"{name}.csv", names)), "--model", tiny_clip_spec,
                     "--out", str(tmp_path / f"memory-{name}"))
         assert built.returncode == 0, built.stderr
-    trained = run("reco", "train", "--memory", str(tmp_path / "memory-seen"), "--base", tiny_clip, "--out",
+    trained = run("reco", "train", "--memory", str(tmp_path / "memory-seen"), "--base", tiny_clip_spec, "--out",
                   str(tmp_path / "reco"), "--sides", "image", "--fusion", "mean", "--k", "8", "--steps", "0",
                   "--duplicate-threshold", "1.01")
     assert trained.returncode == 0, trained.stderr
@@ -357,7 +356,7 @@ def test_zero_shot_on_classes_outside_training_needs_the_memory_that_holds_them(
         assert done.returncode == 0, done.stderr
         return json.loads(done.stdout)["top1"]
 
-    frozen = top1(tiny_clip)
+    frozen = top1(tiny_clip_spec)
     without = top1(f"reco:{tmp_path / 'reco'}#image")
     swapped = top1(f"reco:{tmp_path / 'reco'}?memory={tmp_path / 'memory-all'}#image")
     assert frozen < 0.6 and without < 0.6 and swapped >= 0.9, (frozen, without, swapped)   # chance: 1/3

@@ -73,6 +73,9 @@ def class_embeddings(encoder: Encoder, class_names: list[str], templates: tuple[
 def zero_shot(encoder: Encoder, images: list[Any], labels: np.ndarray, class_names: list[str],
               templates: tuple[str, ...] = DEFAULT_TEMPLATES, *, workers: int = 1) -> dict[str, float]:
     """Top-1 and top-5 accuracy (and per-class mean accuracy)."""
+    if not encoder.has_images:
+        raise DataError(f"{encoder.name} is a text-only model; zero-shot image classification needs an image-text "
+                        "model (hf:, open_clip:, reco:)")
     image_emb = encoder.encode_image(images, workers=workers, progress=True)
     scores = image_emb @ class_embeddings(encoder, class_names, templates).T
     ranking = np.argsort(-scores, axis=1)
