@@ -165,6 +165,7 @@ def test_zeroshot_passes_over_special_files_in_image_folders(tmp_path: Path, tin
     from hierarcaps.benchmarks.zeroshot import image_folder
 
     paths, labels, names = image_folder(images)
+    assert sorted(labels.tolist()) == [0, 0, 1, 1]
     assert len(paths) == 4 and names == ["cat", "dog"]
     assert_one_line_failure(["zeroshot", "--model", "minilm", "--images", str(images)], tmp_path, "text-only model")
 
@@ -224,7 +225,7 @@ def test_an_image_bomb_is_refused_from_its_header(tmp_path: Path) -> None:
     (folder / "big.png").write_bytes(png)
     from hierarcaps.data.images import open_image
 
-    with pytest.raises(HierarcapsError, match="pixels|cannot decode"):
+    with pytest.raises(HierarcapsError, match=r"pixels|cannot decode"):
         open_image(folder / "big.png")
 
 
