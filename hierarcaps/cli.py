@@ -203,8 +203,8 @@ def problem_line(exc: Exception) -> str:
     anything else (a bug) its type and message, and how to get the traceback."""
     if isinstance(exc, HierarcapsError):
         message = str(exc)
-    elif isinstance(exc, OSError) and exc.strerror:
-        message = f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    elif isinstance(exc, OSError):
+        message = f"{exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else str(exc)
     elif isinstance(exc, MemoryError):
         message = "out of memory"
     else:

@@ -36,14 +36,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .harness import EvalOptions, evaluate, save_result
     from .table import result_table
 
-    if args.steps != 50:
-        echo(f"note: --steps {args.steps} is not the hierarcaps-v1 protocol; the result records it", err=True)
     options = EvalOptions(split=args.split, data=args.data, image_dir=args.image_dir, download=args.download,
                           image_source=args.image_source,
                           text_only=args.text_only, text_batch_size=args.text_batch_size,
                           image_batch_size=args.batch_size, steps=args.steps,
                           resamples=args.resamples, seed=args.seed, cache=not args.no_cache, device=args.device,
                           progress=not args.quiet, **({"workers": args.workers} if args.workers is not None else {}))
+    if args.steps != 50:
+        echo(f"note: --steps {args.steps} is not the hierarcaps-v1 protocol; the result records it", err=True)
     result = evaluate(args.model, options)
     path = save_result(result, args.out)
     echo(result_table(result))

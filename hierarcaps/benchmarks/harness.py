@@ -29,6 +29,7 @@ from ..data.csvio import read_hierarchies
 from ..data.images import DEFAULT_IMAGE_SOURCE, ImageStore, image_recipe
 from ..data.official import load_official
 from ..data.records import Hierarchy, content_checksum
+from ..errors import DataError
 from ..metrics.baselines import all_baselines
 from ..metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, LEVEL, summarise_all
 from ..metrics.hierarchy import DEFAULT_STEPS, PROTOCOL
@@ -83,9 +84,13 @@ class Embedded:
 
 
 def benchmark_records(options: EvalOptions) -> list[Hierarchy]:
-    if options.data:
-        return read_hierarchies(options.data, split=Path(options.data).name)
-    return load_official(options.split)
+    """The hierarchies to score: a file's (``data``) or a shipped split's; an empty file is refused."""
+    if not options.data:
+        return load_official(options.split)
+    records = read_hierarchies(options.data, split=Path(options.data).name)
+    if not records:
+        raise DataError("no hierarchies to score (the file has a header and no rows)", file=options.data)
+    return records
 
 
 def embed_benchmark(encoder: Encoder, records: Sequence[Hierarchy], options: EvalOptions) -> Embedded:

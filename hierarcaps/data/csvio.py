@@ -220,8 +220,10 @@ def _check_decoded_size(table: Any, file: str) -> None:
             raise DataError(f"over {MAX_TEXT_BYTES} bytes of text once decoded", file=file, field=name)
 
 
-def parse_parquet(path: str | os.PathLike[str], *, n_tiers: int | None = DEFAULT_TIERS
-                  ) -> tuple[list[Hierarchy], list[DataError]]:
+def parse_parquet(path: str | os.PathLike[str], *, split: str = "", source: str | None = None,
+                  n_tiers: int | None = DEFAULT_TIERS) -> tuple[list[Hierarchy], list[DataError]]:
+    """Records of a hierarchy parquet file (``write_parquet``'s columns) and every problem found in it; ``split``
+    and ``source``, when given, replace the file's own."""
     path = Path(path)
     file = str(path)
     table = _parquet_table(path)
@@ -241,7 +243,8 @@ def parse_parquet(path: str | os.PathLike[str], *, n_tiers: int | None = DEFAULT
                 id=str(row["id"]), positive=tuple(row["positive"]),
                 negative=tuple(t or "" for t in negative) if negative is not None else None,
                 image_url=row.get("image_url"), image_file=row.get("image_file"),
-                source=row.get("source") or path.name, split=row.get("split") or "",
+                source=source if source is not None else (row.get("source") or path.name),
+                split=split or row.get("split") or "",
             ))
         for problem in validate_records(records, file=file, n_tiers=n_tiers):
             problems.add(problem)

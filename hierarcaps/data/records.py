@@ -6,13 +6,26 @@ import dataclasses
 import hashlib
 import json
 import posixpath
+import unicodedata
 from collections.abc import Iterable, Sequence
 from urllib.parse import urlparse
 
 from ..errors import DataError
+from ..textsafe import escape_controls
 
 DEFAULT_TIERS = 4
 TIER_SEPARATOR = " => "
+
+
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def control_characters(text: str) -> str:
+    """The control characters (C0 but whitespace, C1, DEL) and bidi controls in a caption: no caption needs
+    them, and they hide or reorder text wherever the caption is shown. (Line breaks and tabs occur in the
+    official files and are whitespace.)"""
+    return "".join(dict.fromkeys(c for c in text if (unicodedata.category(c) == "Cc" and c not in "\t\n\r")
+                                 or c in BIDI_CONTROLS))
 
 
 def split_tiers(cell: str) -> tuple[str, ...]:
@@ -71,6 +84,8 @@ class Hierarchy:
             for k, tier in enumerate(tiers, start=1):
                 if not tier.strip():
                     found.append((name, f"tier {k} is empty"))
+                elif hidden := control_characters(tier):
+                    found.append((name, f"tier {k} contains control characters ({escape_controls(hidden)})"))
                 elif tier.strip().lower() in seen:
                     found.append((name, f"tier {k} repeats tier {seen[tier.strip().lower()]}"))
                 else:

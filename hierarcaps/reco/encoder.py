@@ -68,9 +68,9 @@ class RecoEncoder(Encoder):
 
     def _refine(self, vectors: np.ndarray, side: str) -> np.ndarray:
         config = self.info["config"]
-        return refine(self.modules, self.memory, vectors, side, self.k, fuse=config["fuse"],
-                      cross_modal_search=config["cross_modal_search"],
-                      duplicate_threshold=config["duplicate_threshold"])
+        return refine(self.modules, self.memory, vectors, side, self.k, fuse=config.get("fuse", "cross"),
+                      cross_modal_search=bool(config.get("cross_modal_search", False)),
+                      duplicate_threshold=float(config.get("duplicate_threshold", 0.98)))
 
     def _embed_texts(self, texts: list[str], *, batch_size: int, progress: bool) -> np.ndarray:
         return self._refine(self.base.encode_text(texts, batch_size=batch_size, progress=progress), "text")

@@ -24,8 +24,10 @@ import numpy as np
 from .._io import atomic_open
 from ..checkpoints import CheckpointStore, run_hash
 from ..configs import check_fields, setting
+from ..errors import ModelSpecError
+from ..models.folders import read_json_object
 from ..training_log import plot_curves
-from .fusion import FusionConfig, build_fusion
+from .fusion import KINDS, FusionConfig, build_fusion
 from .memory import Memory
 
 SIDES = ("both", "image", "text")
@@ -218,17 +220,46 @@ class RecoTrainer:
 
 
 def load_fusion(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(info, {side: module}) of a trained RECO folder, modules in eval mode."""
+    """(info, {side: module}) of a trained RECO folder, modules in eval mode; a folder that is not one, or whose
+    files disagree, is one line naming the file."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    info = json.loads((folder / "reco.json").read_text())
+    path = folder / "reco.json"
+    if not path.exists():
+        raise ModelSpecError(f"{folder} is not a trained RECO model (no reco.json)")
+    info = read_json_object(path, what="RECO model description")
+    problem = reco_info_problem(info)
+    if problem:
+        raise ModelSpecError(f"{path}: {problem}")
     config = FusionConfig(**info["fusion"])
-    weights = load_file(folder / "fusion.safetensors") if (folder / "fusion.safetensors").exists() else {}
-    modules = {}
-    for side in info["sides"]:
-        module = build_fusion(config)
-        own = {k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(f"{side}.")}
-        module.load_state_dict(own)
-        modules[side] = module.eval()
+    weights_path = folder / "fusion.safetensors"
+    try:
+        weights = load_file(weights_path) if weights_path.exists() else {}
+        modules = {}
+        for side in info["sides"]:
+            module = build_fusion(config)
+            module.load_state_dict({k.split(".", 1)[1]: v for k, v in weights.items() if k.startswith(f"{side}.")})
+            modules[side] = module.eval()
+    except (SafetensorError, RuntimeError, OSError, ValueError) as exc:
+        raise ModelSpecError(f"{weights_path}: does not hold the fusion reco.json describes "
+                             f"({' '.join(str(exc).split())[:160]})") from None
     return info, modules
+
+
+def reco_info_problem(info: dict[str, Any]) -> str | None:
+    """Why a reco.json cannot describe a model, or None."""
+    fields = {f.name for f in dataclasses.fields(FusionConfig)}
+    if not isinstance(info.get("base"), str) or not isinstance(info.get("memory"), str):
+        return "needs the base encoder's spec and the memory's folder (base, memory)"
+    fusion = info.get("fusion")
+    if not isinstance(fusion, dict) or not set(fusion) <= fields or fusion.get("kind") not in KINDS:
+        return f"fusion must be an object with {', '.join(sorted(fields))} (kind one of {', '.join(KINDS)})"
+    sides = info.get("sides")
+    if not isinstance(sides, list) or not set(sides) <= {"image", "text"}:
+        return "sides must be a list of image and text"
+    config = info.get("config")
+    if not isinstance(config, dict) or not isinstance(config.get("k"), int) or config["k"] < 1:
+        return "config must hold k, the number of neighbours fused"
+    return None
