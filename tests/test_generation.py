@@ -175,12 +175,16 @@ def test_pipeline_end_to_end_on_50_real_captions_and_resume_after_kill(tmp_path:
 
     # every caption is accounted for once at every stage: accepted or rejected with a reason
     assert stats["captions"] == 50
-    for stage in ("seed", "filter", "augment", "build"):
-        s = stats["stages"][stage]
-        assert s["rows"] == 50 and s["accepted"] + sum(s["rejected_by_reason"].values()) == 50
+    stages = stats["stages"]
+    teacher = stages["filter"]["accepted"] + stages["augment"]["accepted"]
+    for stage, rows in (("seed", 50), ("filter", 50), ("augment", 50), ("build", 50 + teacher)):
+        s = stages[stage]          # build: the student's chain of every caption, and every accepted LLM chain
+        assert s["rows"] == rows and s["accepted"] + sum(s["rejected_by_reason"].values()) == rows
     assert stats["distill"]["steps"] == 60 and stats["distill"]["val_loss_last"] < stats["distill"]["val_loss_first"]
     records = read_hierarchies(export / "hierarchies.csv")
     assert len(records) == stats["export"]["hierarchies"] == stats["export"]["accepted"]
+    sources = pq.read_table(export / "hierarchies.parquet").column("source").to_pylist()
+    assert set(sources) <= {"student", "llm-seed", "llm-augment"} and "llm-seed" in sources
     assert [r.positive for r in records] == [r.positive for r in read_hierarchies(export / "hierarchies.parquet")]
     provenance = json.loads(pq.read_schema(export / "hierarchies.parquet").metadata[b"hierarcaps.provenance"])
     assert set(provenance["models"]) == {"llm", "nli", "student"} and provenance["config"]["seed"] == 0

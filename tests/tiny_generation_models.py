@@ -25,7 +25,7 @@ def build_tiny_llama(folder: Path, texts: Sequence[str]) -> Path:
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<s>", "</s>", "<pad>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+                                  initial_alphabet=text_bytes(), show_progress=False)
     tokenizer.train_from_iterator(list(texts), trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
     torch.manual_seed(0)
@@ -35,6 +35,16 @@ def build_tiny_llama(folder: Path, texts: Sequence[str]) -> Path:
     LlamaForCausalLM(config).save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+def text_bytes() -> list[str]:
+    """The byte-level alphabet without the bytes of control characters (C0 but tab and line breaks, DEL, and
+    0xC2, the lead byte of the C1 controls): random weights then write text, never a control character, which
+    the pipeline would rightly reject."""
+    from open_clip.tokenizer import bytes_to_unicode
+
+    control = set(range(32)) - {9, 10, 13} | {127, 0xC2}
+    return [char for byte, char in bytes_to_unicode().items() if byte not in control]
 
 
 def build_tiny_nli(folder: Path) -> Path:

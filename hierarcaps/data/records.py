@@ -84,6 +84,8 @@ class Hierarchy:
             for k, tier in enumerate(tiers, start=1):
                 if not tier.strip():
                     found.append((name, f"tier {k} is empty"))
+                elif "=>" in tier:
+                    found.append((name, f"tier {k} contains the tier separator '=>'"))
                 elif hidden := control_characters(tier):
                     found.append((name, f"tier {k} contains control characters ({escape_controls(hidden)})"))
                 elif tier.strip().lower() in seen:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..data.records import control_characters
 from ..errors import HierarcapsError
 from ..models.folders import NO_REMOTE_CODE, SAFE_WEIGHTS
 from .backends import model_source, model_version
@@ -103,6 +104,10 @@ def structural_reason(chain: Chain | None, generic_not_longer: bool) -> str | No
         return "unparseable"
     if any(not tier.strip() for tier in chain):
         return "empty_tier"
+    if any(control_characters(tier) for tier in chain):
+        return "control_characters"
+    if any("=>" in tier for tier in chain):
+        return "separator_in_tier"
     if len({tier.strip().lower() for tier in chain}) < len(chain):
         return "duplicate_tier"
     if generic_not_longer and any(len(chain[k].split()) > len(chain[k + 1].split()) for k in range(len(chain) - 1)):
@@ -168,7 +173,8 @@ def select_negatives(positives: Sequence[Chain], candidates: Sequence[Sequence[S
     for i, (positive, per_tier) in enumerate(zip(positives, candidates)):
         for k, options in enumerate(per_tier):
             for c, candidate in enumerate(options):
-                if not candidate.strip() or candidate.strip().lower() == positive[k].strip().lower():
+                if not candidate.strip() or candidate.strip().lower() == positive[k].strip().lower() \
+                        or control_characters(candidate) or "=>" in candidate:
                     continue
                 entail_row = -1
                 if k > 0:
@@ -181,7 +187,9 @@ def select_negatives(positives: Sequence[Chain], candidates: Sequence[Sequence[S
     for i, per_tier in enumerate(candidates):
         chosen: list[str] = []
         for k, options in enumerate(per_tier):
+            taken = {tier.lower() for tier in chosen}
             pick = next((cand for c, cand in enumerate(options) if (i, k, c) in index_of
+                         and cand.strip().lower() not in taken
                          and _qualifies(probs, *index_of[(i, k, c)], config)), None)
             if pick is None:
                 break

@@ -10,15 +10,16 @@ from .stages import Row
 
 
 def deduplicate(rows: list[Row]) -> list[Row]:
-    """Mark later rows whose caption or positive chain repeats an earlier accepted one (case-insensitive)."""
+    """Mark later rows whose positive chain repeats an earlier accepted one (case-insensitive): a caption may
+    keep several different chains (the student's and the LLM's), never the same one twice."""
     seen: set[Any] = set()
     out = []
     for row in rows:
         if row["reason"] is None:
-            keys = {("caption", row["caption"].lower()), ("chain", tuple(t.lower() for t in row["positive"]))}
-            if keys & seen:
+            key = tuple(t.lower() for t in row["positive"])
+            if key in seen:
                 row = {**row, "reason": "duplicate"}
-            seen |= keys
+            seen.add(key)
         out.append(row)
     return out
 

@@ -190,21 +190,34 @@ class Runner:
         self.n_shards = json.loads((self.out / STAGES["captions"] / "manifest.json").read_text())["shards"]
         return self
 
-    def shard_transform(self, stage: str) -> tuple[str, Callable[[list[Row], int], list[Row]]]:
-        """The stage a shard stage reads, and its batch transform (rows, shard seed) -> rows."""
+    def shard_transform(self, stage: str) -> tuple[str, Callable[[list[Row], int, int], list[Row]]]:
+        """The stage a shard stage reads, and its batch transform (rows, shard seed, shard) -> rows."""
         models, prompts = self.models, self.prompts
         if stage == "seed":
-            return "captions", lambda rows, seed: seed_batch(rows, models, prompts, seed)
+            return "captions", lambda rows, seed, shard: seed_batch(rows, models, prompts, seed)
         if stage == "filter":
-            return "seed", lambda rows, seed: filter_batch(rows, models)
+            return "seed", lambda rows, seed, shard: filter_batch(rows, models)
         if stage == "augment":
             pool = self.augment_pool
-            return "captions", lambda rows, seed: augment_batch(rows, models, prompts, pool, seed) if pool else []
+            return "captions", lambda rows, seed, shard: augment_batch(rows, models, prompts, pool, seed) \
+                if pool else []
         if stage == "build":
-            return "captions", lambda rows, seed: build_batch(rows, models, seed)
+            return "captions", lambda rows, seed, shard: build_batch(rows, models, seed, self.teacher_chains(shard))
         if stage == "export":
-            return "build", lambda rows, seed: final_check_batch(rows, models)
+            return "build", lambda rows, seed, shard: final_check_batch(rows, models)
         raise HierarcapsError(f"stage {stage!r} is not a shard stage")
+
+    def teacher_chains(self, shard: int) -> dict[str, list[tuple[str, list[str]]]]:
+        """Caption id -> the LLM's accepted chains for it in this shard (seed first, then augmentation), each
+        with its origin: they are built and exported beside the student's, so a weak student loses nothing."""
+        chains: dict[str, list[tuple[str, list[str]]]] = collections.defaultdict(list)
+        for stage in ("filter", "augment"):
+            if not self.shard_path(stage, shard).exists():
+                continue
+            for row in self.read_shard(stage, shard):
+                if row.get("reason") is None and row.get("chain"):
+                    chains[row["id"].split("#")[0]].append((row.get("origin") or stage, list(row["chain"])))
+        return chains
 
     @functools.cached_property
     def augment_pool(self) -> list[tuple[str, ...]]:
@@ -215,7 +228,7 @@ class Runner:
         """One shard of a shard stage: written with its marker (returns its row count), or returned."""
         begun = time.perf_counter()
         source, transform = self.shard_transform(stage)
-        rows = transform(self.read_shard(source, shard), self.shard_seed(stage, shard))
+        rows = transform(self.read_shard(source, shard), self.shard_seed(stage, shard), shard)
         if not write:
             return {"shard": shard, "rows": rows}
         self._write_shard(stage, shard, rows, time.perf_counter() - begun)
@@ -296,9 +309,10 @@ class Runner:
         checked = {result["shard"]: result["rows"] for result in self.engine.map(
             self.worker("export", write=False), [{"shard": s} for s in range(self.n_shards)],
             desc="Stage export (final NLI)", progress=self.progress)}
-        final = deduplicate([row for shard in range(self.n_shards) for row in checked[shard]])
+        final = deduplicate([invalid_as_reason(row) for shard in range(self.n_shards) for row in checked[shard]])
         records = [Hierarchy(id=r["id"], positive=tuple(r["positive"]), negative=tuple(r["negative"]),
-                             image_url=r["image_url"] or None, source="generated", split="generated")
+                             image_url=r["image_url"] or None, source=r.get("source") or "student",
+                             split="generated")
                    for r in final if r["reason"] is None]
         settings = {k: v for k, v in self.config.to_dict().items() if k != "out"}   # where it ran is not provenance
         provenance = {"config": settings, "config_fingerprint": self.config.fingerprint(),
@@ -322,6 +336,16 @@ class Runner:
         (folder / "stats.md").write_text(render_stats(stats), encoding="utf-8")
         with atomic_open(folder / "stats.json") as handle:   # last: its presence marks the export complete
             json.dump(stats, handle, indent=2)
+
+
+def invalid_as_reason(row: Row) -> Row:
+    """A built row whose hierarchy would not pass `hierarcaps validate` is rejected with the first problem as its
+    reason: the export holds only valid records."""
+    if row["reason"] is not None:
+        return row
+    record = Hierarchy(id=row["id"], positive=tuple(row["positive"]), negative=tuple(row["negative"]))
+    problems = record.problems()
+    return {**row, "reason": f"invalid:{problems[0][0]}"} if problems else row
 
 
 @dataclasses.dataclass

@@ -126,11 +126,19 @@ def augment_batch(rows: list[Row], models: Models, prompts: dict[str, str], pool
     return filter_batch(made, models)
 
 
-def build_batch(rows: list[Row], models: Models, seed: int) -> list[Row]:
-    """The student writes each caption's positive chain, then sampled candidates for each negative tier;
-    NLI keeps the first candidate that fits under positive tier k and contradicts positive tier k+1."""
+def build_batch(rows: list[Row], models: Models, seed: int,
+                teacher: dict[str, list[tuple[str, list[str]]]] | None = None) -> list[Row]:
+    """Each caption's positive chains: the student's, and the LLM's accepted ones (``teacher``: caption id ->
+    (origin, chain)); then the student's sampled candidates for each negative tier under each positive, of
+    which NLI keeps the first that fits under positive tier k and contradicts positive tier k+1."""
     student, nli = models.student, models.config.nli
-    positives = student.generalize([r["caption"] for r in rows], seed)
+    learned = student.generalize([r["caption"] for r in rows], seed)
+    items: list[tuple[Row, str, str, Any]] = []          # (caption row, id, source, positive chain)
+    for row, chain in zip(rows, learned):
+        items.append((row, row["id"], "student", chain))
+        for number, (origin, given) in enumerate((teacher or {}).get(row["id"], [])):
+            items.append((row, f"{row['id']}#llm-{origin}{number}", f"llm-{origin}", tuple(given)))
+    positives = [positive for *_, positive in items]
     reasons = [None if p is None else structural_reason(p, nli.generic_not_longer) for p in positives]
     reasons = ["positive:" + (r or "unparseable") if p is None or r else None for p, r in zip(positives, reasons)]
     good = [i for i, reason in enumerate(reasons) if reason is None]
@@ -140,14 +148,14 @@ def build_batch(rows: list[Row], models: Models, seed: int) -> list[Row]:
         drawn = student.specify([positives[i][:k] for i in good], samples, seed + k + 1) if good else []
         for slot, options in enumerate(drawn):
             candidates[slot].append(options)
-    negatives: list[Any] = [None] * len(rows)
+    negatives: list[Any] = [None] * len(items)
     picked = select_negatives([positives[i] for i in good], candidates, models.nli, nli) if good else []
     for i, (negative, reason) in zip(good, picked):
         negatives[i], reasons[i] = negative, reason
-    return [{"id": r["id"], "caption": r["caption"], "image_url": r.get("image_url"),
+    return [{"id": item_id, "caption": row["caption"], "image_url": row.get("image_url"), "source": source,
              "positive": list(p) if p is not None else None, "negative": list(n) if n is not None else None,
              "reason": reason}
-            for r, p, n, reason in zip(rows, positives, negatives, reasons)]
+            for (row, item_id, source, _), p, n, reason in zip(items, positives, negatives, reasons)]
 
 
 def final_check_batch(rows: list[Row], models: Models) -> list[Row]:
