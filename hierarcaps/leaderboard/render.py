@@ -68,8 +68,9 @@ def markdown(table: list[dict[str, Any]]) -> str:
                  *(_cell(row["metrics"].get(m)) for m, _ in columns())]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "τ_d: Kendall's tau between distance to the root and tier; caption length alone reaches the "
-              "reference values (ties count as half, never broken in tier order). TQ: the tier-4 caption as the "
-              "query (text-only models).", ""]
+              "reference values. A tie (two tiers of a row at one distance) counts half, never as the right "
+              "order, for every row of the board: a model whose captions collapse onto one vector scores 0. "
+              "Retrieval ties count as chance. TQ: the tier-4 caption as the query (text-only models).", ""]
     return "\n".join(lines)
 
 
@@ -178,7 +179,8 @@ def page(table: list[dict[str, Any]]) -> str:
         f"<style>{STYLE}</style></head><body>\n<h1>HierarCaps leaderboard</h1>\n"
         "<p>Scored from submitted embeddings with the hierarcaps metric code (protocol hierarcaps-v1, 1K test "
         "set). Mean and 95% bootstrap CI; click a column to sort. Grey rows are reference baselines, ranked with "
-        "the entries: a model above caption length knows more than caption length.</p>\n"
+        "the entries: a model above caption length knows more than caption length. A tie counts half in τ_d and "
+        "as chance in retrieval, never in a model's favour.</p>\n"
         f'<table id="board"><thead><tr>{head}</tr></thead><tbody>\n' + "\n".join(body) + "\n</tbody></table>\n"
         "<h2>Recall per tier</h2>\n<p>Image queries; * marks text-only models, scored with caption queries "
         f"(their tier 4 is the query itself).</p>\n{_tier_chart(table)}\n<script>{SCRIPT}</script>\n</body></html>\n"
