@@ -2,18 +2,25 @@
 
 The offline training split's tier-1 strings are the generation pipeline's own choices ("breed", "board",
 "transportation vehicle", "something", ...): a frozen text encoder cannot guess them from the caption
-alone, but a memory of other captions with their labels holds the answer. Each caption (the query side,
-standing in for an image) is paired with its tier-1 label (the text side).
+alone, but a memory of other captions with their labels holds the answer. Each caption stands in for an image
+(the query side) and its tier-1 label is its text; classes are scored as zero-shot classification is: the
+refined query against every refined class name, both sides refined as RECO refines them for classification
+(a caption through the labels of its nearest memory captions, a class name through the captions of its
+nearest memory labels).
 
 Protocol (groups are images; no image is in two roles):
-- held-out images (15%) give the queries, restricted to captions whose label is one of the most frequent
-  ``--classes`` labels; their label is predicted as the nearest class-name embedding;
-- the other images form the memory; fusion modules train on the pairs of half of them, with that half as
-  their memory (each pair's own image excluded), and are scored with all of it (memory swap);
-- frozen: the query as is; mean: mean of the query and its neighbours' labels; mlp: the equal-size control;
-  transformer: RECO's fusion. Accuracy with a 95% bootstrap CI over queries.
+- 15% of images are held out; their captions whose label is one of ``--classes`` scored classes are the
+  queries. The memory holds every other image's (caption, label) pairs, nothing of the held-out images.
+- ``seen``: the scored classes are the most frequent labels, and training pairs are all memory pairs (seen-class
+  classification). ``zeroshot`` (the paper's setting): the same scored classes, but no training pair carries
+  one of them; validation holds out whole classes too.
+- Fusions: frozen (the query as is), mean (parameter-free), and learned ones selected on held-out data; each
+  learned run reports its kept step and the mean fusion score on the same validation split.
+- Control: the neighbours of each query are swapped with another query's; a fusion that reads its memory
+  falls, one that does not stays.
+Accuracy with a 95% bootstrap CI over queries; differences to mean fusion with a paired bootstrap CI.
 
-    python benchmarks/reco_demo.py [--model minilm] [--k 16] [--steps 1500]
+    python benchmarks/reco_demo.py [--settings seen,zeroshot] [--objectives vocabulary,in-batch] [--steps 1500]
 """
 
 from __future__ import annotations
@@ -27,15 +34,21 @@ from pathlib import Path
 
 import numpy as np
 
-KINDS = ("frozen", "mean", "mlp", "transformer")
+RUNS = ("mean", "transformer", "mlp")
 
 
-def split_images(images: list[str], seed: int) -> tuple[set[str], set[str], set[str]]:
-    """(held-out, memory used in training, rest of the memory) by a seeded hash of the image name."""
+def split_images(images: list[str], seed: int) -> tuple[set[str], set[str]]:
+    """(held-out images, memory images) by a seeded hash of the image name."""
     ranked = sorted(set(images), key=lambda name: hashlib.sha256(f"{seed}:{name}".encode()).hexdigest())
     held = set(ranked[:round(0.15 * len(ranked))])
-    memory = ranked[len(held):]
-    return held, set(memory[:len(memory) // 2]), set(memory[len(memory) // 2:])
+    return held, set(ranked[len(held):])
+
+
+def paired_ci(a: np.ndarray, b: np.ndarray, resamples: int = 1000, seed: int = 0) -> dict:
+    """Mean of a - b over queries with a seeded 95% bootstrap CI (the same resamples for both)."""
+    from hierarcaps.metrics.bootstrap import summarise_all
+
+    return summarise_all({"d": (a.astype(np.float64) - b)[:, None]}, resamples=resamples, seed=seed)["d"]
 
 
 def accuracy_ci(correct: np.ndarray) -> dict:
@@ -44,104 +57,184 @@ def accuracy_ci(correct: np.ndarray) -> dict:
     return summarise_all({"accuracy": correct.astype(np.float64)[:, None]})["accuracy"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="minilm", help="any text encoder spec (a CLIP's text tower works too)")
-    parser.add_argument("--classes", type=int, default=30)
-    parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--heads", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=1500)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device")
-    parser.add_argument("--out", default="runs/reco-demo")
-    parser.add_argument("--results", default="benchmarks/results")
-    parser.add_argument("--tag", default="", help="suffix of the result files (ablations)")
-    parser.add_argument("--kinds", default=",".join(KINDS), help="which of frozen, mean, mlp, transformer to run")
-    parser.add_argument("--temperature", type=float, default=0.07, help="initial contrastive temperature")
-    parser.add_argument("--no-residual", action="store_true")
-    args = parser.parse_args()
+class Task:
+    """The demonstration's data: embedded captions and labels, the memory, queries and scored classes."""
 
-    from hierarcaps.data import offline_train_split
-    from hierarcaps.models import load_encoder
-    from hierarcaps.reco.encoder import refine
-    from hierarcaps.reco.memory import Memory, MemoryItem, write_memory
+    def __init__(self, model: str, classes: int, seed: int, out: Path) -> None:
+        from hierarcaps.data import offline_train_split
+        from hierarcaps.models import load_encoder
+        from hierarcaps.reco.memory import BuildOptions, Memory, MemoryItem, write_memory
+
+        self.rows = offline_train_split()
+        self.encoder = load_encoder(model, lazy=True)
+        held, memory_images = split_images([r.image_file for r in self.rows], seed)
+        self.captions = self.encoder.encode_text([r.positive[-1] for r in self.rows], progress=True)
+        self.labels = [r.positive[0] for r in self.rows]
+        names = sorted(set(self.labels))
+        self.label_vector = dict(zip(names, self.encoder.encode_text(names)))
+        self.texts = np.stack([self.label_vector[label] for label in self.labels])
+        self.memory_rows = np.array([i for i, r in enumerate(self.rows) if r.image_file in memory_images])
+        counts = Counter(self.labels[i] for i in self.memory_rows)
+        self.classes = [name for name, _ in counts.most_common(classes)]
+        index = {name: c for c, name in enumerate(self.classes)}
+        self.queries = np.array([i for i, r in enumerate(self.rows) if r.image_file in held and self.labels[i] in index])
+        self.truth = np.array([index[self.labels[i]] for i in self.queries])
+        items = [MemoryItem(f"row{i}", self.labels[i], None, "offline-split", group=self.rows[i].image_file)
+                 for i in self.memory_rows]
+        self.memory_folder = out / "memory"
+        self.memory = Memory(write_memory(self.memory_folder, self.captions[self.memory_rows],
+                                          self.texts[self.memory_rows], items, BuildOptions(index="flat"),
+                                          encoder={"name": self.encoder.name,
+                                                   "fingerprint": self.encoder.fingerprint()}))
+
+    def pairs(self, setting: str, limit: int | None, seed: int):
+        """Training pairs: memory pairs (zero-shot: none of the scored classes), ``limit`` of them at most
+        (whole images, by a seeded hash)."""
+        from hierarcaps.reco.train import Pairs
+
+        rows = [i for i in self.memory_rows if setting == "seen" or self.labels[i] not in set(self.classes)]
+        if limit is not None and limit < len(rows):
+            ranked = sorted(rows, key=lambda i: hashlib.sha256(f"{seed}:{self.rows[i].image_file}:{i}".encode())
+                            .hexdigest())
+            rows = sorted(ranked[:limit])
+        rows = np.array(rows)
+        labels = [self.labels[i] for i in rows]
+        return Pairs(self.captions[rows], self.texts[rows], [self.rows[i].image_file for i in rows], keys=labels,
+                     labels=labels, label_vectors=self.label_vector)
+
+    def predictions(self, modules: dict, k: int, swap: bool = False, seed: int = 0) -> np.ndarray:
+        """Top-1 class of every query, both sides refined with ``modules`` (an empty dict: frozen). With
+        ``swap``, every query fuses another query's neighbours (the control)."""
+        import torch
+
+        from hierarcaps.reco.encoder import refine
+
+        queries = self.captions[self.queries]
+        names = np.stack([self.label_vector[name] for name in self.classes])
+        if "image" in modules:
+            neighbours = self.memory.neighbours(queries, "image", k)
+            if swap:
+                neighbours = neighbours[np.random.default_rng(seed).permutation(len(queries))]
+            with torch.inference_mode():
+                queries = modules["image"](torch.from_numpy(queries), torch.from_numpy(neighbours)).numpy()
+        names = refine(modules, self.memory, names, "text", k) if "text" in modules else names
+        return np.argmax(queries @ names.T, axis=1)
+
+
+def train(task: Task, setting: str, fusion: str, objective: str, args: argparse.Namespace, out: Path,
+          limit: int | None = None, seed: int = 0) -> tuple[dict, dict]:
+    """A fusion trained and selected on held-out data; (its modules, the run's record)."""
     from hierarcaps.reco.train import RecoConfig, RecoTrainer
 
+    config = RecoConfig(memory=str(task.memory_folder), out=str(out), base=args.model, k=args.k, fusion=fusion,
+                        heads=args.heads, sides="both", objective=objective, steps=args.steps, lr=args.lr,
+                        batch_size=args.batch_size, eval_every=args.eval_every, patience=args.patience,
+                        holdout="class" if setting == "zeroshot" else "group", val_fraction=0.1, seed=seed,
+                        temperature=args.temperature, start=args.start, progress=False)
+    trainer = RecoTrainer(config, task.pairs(setting, limit, seed))
+    trainer.train()
+    info = json.loads((out / "reco.json").read_text())
+    record = {"selection": info["selection"], "steps": info["steps"], "train_pairs": len(trainer.train_rows),
+              "curve": [(e["step"], e["val_accuracy"]) for e in trainer.loop.log if "val_accuracy" in e]}
+    return dict(trainer.modules), record
+
+
+def score(task: Task, modules: dict, k: int) -> dict:
+    correct = task.predictions(modules, k) == task.truth
+    swapped = task.predictions(modules, k, swap=True) == task.truth
+    return {"correct": correct, "accuracy": accuracy_ci(correct), "swapped": accuracy_ci(swapped)}
+
+
+def fmt(entry: dict) -> str:
+    return f"{entry['value']:.4f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]"
+
+
+def run_setting(task: Task, setting: str, args: argparse.Namespace, out: Path) -> dict:
+    from hierarcaps.reco.fusion import FusionConfig, build_fusion
+
+    dim = task.captions.shape[1]
+    mean = {side: build_fusion(FusionConfig(kind="mean", dim=dim)) for side in ("image", "text")}
+    results = {"frozen": score(task, {}, args.k), "mean": score(task, mean, args.k),
+               "mean (query side only)": score(task, {"image": mean["image"]}, args.k)}
+    results["mean (query side only)"]["minus_mean"] = paired_ci(results["mean (query side only)"]["correct"],
+                                                                results["mean"]["correct"])
+    records = {}
+    for objective in args.objectives.split(","):
+        for fusion in args.fusions.split(","):
+            name = f"{fusion} ({objective})"
+            modules, records[name] = train(task, setting, fusion, objective, args, out / setting / name)
+            results[name] = score(task, modules, args.k)
+            results[name]["minus_mean"] = paired_ci(results[name]["correct"], results["mean"]["correct"])
+            print(setting, name, fmt(results[name]["accuracy"]), json.dumps(records[name]["selection"]), flush=True)
+    return {"results": results, "records": records}
+
+
+def report(task: Task, runs: dict, args: argparse.Namespace, minutes: float) -> list[str]:
+    lines = ["# RECO on real text: the generation pipeline's tier-1 label of a caption", "",
+             f"Command: `python benchmarks/reco_demo.py --settings {args.settings} --objectives {args.objectives} "
+             f"--fusions {args.fusions} --k {args.k} --heads {args.heads} --steps {args.steps} --lr {args.lr:g} "
+             f"--eval-every {args.eval_every} --patience {args.patience} --start {args.start}`", "",
+             f"{len(task.queries):,} queries (captions of held-out images whose label is one of the {len(task.classes)} "
+             f"most frequent); memory of {len(task.memory):,} (caption, label) pairs of other images. Chance "
+             f"{1 / len(task.classes):.3f}; majority class {np.bincount(task.truth).max() / len(task.truth):.3f}. "
+             "Both sides refined; learned fusions selected on held-out data (seen: held-out images; zero-shot: "
+             "held-out classes) and kept only if they beat mean fusion there ('used').", ""]
+    for setting, run in runs.items():
+        lines += [f"## {setting}", "", "| fusion | accuracy [95% CI] | minus mean [95% CI] | neighbours swapped | "
+                  "kept step | validation: learned / mean | used |", "|---|---|---|---|---|---|---|"]
+        for name, result in run["results"].items():
+            record = run["records"].get(name)
+            selection = record["selection"] if record else {}
+            minus = fmt(result["minus_mean"]) if "minus_mean" in result else "-"
+            validation = (f"{selection['learned']:.4f} / {selection['mean']:.4f}" if selection.get("learned")
+                          is not None else "-")
+            lines.append(f"| {name} | {fmt(result['accuracy'])} | {minus} | {fmt(result['swapped'])} | "
+                         f"{selection.get('kept_step', '-')} | {validation} | {selection.get('used', '-')} |")
+        lines.append("")
+    lines.append(f"Wall time {minutes:.1f} min (CPU, 2 cores).")
+    return lines
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="minilm", help="any text encoder spec (a CLIP's text tower works too)")
+    p.add_argument("--settings", default="seen,zeroshot")
+    p.add_argument("--objectives", default="vocabulary,in-batch")
+    p.add_argument("--fusions", default="transformer", help="learned fusions to train (transformer, mlp)")
+    p.add_argument("--classes", type=int, default=30)
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--heads", type=int, default=6)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--eval-every", type=int, default=25)
+    p.add_argument("--patience", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=0.07)
+    p.add_argument("--start", default="mean", choices=["mean", "query"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="runs/reco-demo")
+    p.add_argument("--results", default="benchmarks/results")
+    p.add_argument("--tag", default="", help="suffix of the result files (ablations)")
+    return p
+
+
+def main() -> None:
+    args = parser().parse_args()
     started = time.perf_counter()
     out = Path(args.out)
-    rows = offline_train_split()
-    encoder = load_encoder(args.model, device=args.device, lazy=True)
-    held, train_part, rest = split_images([r.image_file for r in rows], args.seed)
-    captions = encoder.encode_text([r.positive[-1] for r in rows], progress=True)
-    label_names = sorted({r.positive[0] for r in rows})
-    label_vectors = encoder.encode_text(label_names)
-    label_of = {name: i for i, name in enumerate(label_names)}
-    labels = label_vectors[[label_of[r.positive[0]] for r in rows]]
-    groups = [r.image_file for r in rows]
-
-    def memory(name: str, images: set[str]) -> Memory:
-        keep = [i for i, r in enumerate(rows) if r.image_file in images]
-        items = [MemoryItem(f"row{i}", rows[i].positive[-1], None, "offline-split", group=groups[i]) for i in keep]
-        return Memory(write_memory(out / name, captions[keep], labels[keep], items, index="flat",
-                                   encoder={"name": encoder.name, "fingerprint": encoder.fingerprint()}))
-
-    memory("memory-train", train_part)
-    full_memory = memory("memory-all", train_part | rest)
-    train_rows = [i for i, r in enumerate(rows) if r.image_file in train_part]
-    classes = [name for name, _ in Counter(rows[i].positive[0] for i in range(len(rows))
-                                           if rows[i].image_file not in held).most_common(args.classes)]
-    class_index = {name: c for c, name in enumerate(classes)}
-    queries = [i for i, r in enumerate(rows) if r.image_file in held and r.positive[0] in class_index]
-    truth = np.array([class_index[rows[i].positive[0]] for i in queries])
-    class_vectors = label_vectors[[label_of[name] for name in classes]]
-
-    results, modules = {}, {}
-    kinds = [kind for kind in KINDS if kind in args.kinds.split(",")]
-    for kind in kinds:
-        if kind == "frozen":
-            refined = captions[queries]
-        else:
-            config = RecoConfig(memory=str(out / "memory-train"), out=str(out / kind), base=args.model, k=args.k,
-                                fusion=kind, heads=args.heads, sides="image", steps=0 if kind == "mean" else args.steps,
-                                lr=args.lr, batch_size=args.batch_size, seed=args.seed, val_every=250,
-                                temperature=args.temperature, residual=not args.no_residual,
-                                duplicate_threshold=1.01)
-            trainer = RecoTrainer(config, captions[train_rows], labels[train_rows], [groups[i] for i in train_rows])
-            trainer.train()
-            modules[kind] = trainer
-            refined = refine(dict(trainer.modules), full_memory, captions[queries], "image", args.k,
-                             duplicate_threshold=1.01)
-        correct = np.argmax(refined @ class_vectors.T, axis=1) == truth
-        results[kind] = accuracy_ci(correct)
-        print(kind, json.dumps(results[kind]), flush=True)
-
-    def fmt(entry: dict) -> str:
-        return f"{entry['value']:.4f} [{entry['ci95'][0]:.3f}, {entry['ci95'][1]:.3f}]"
-
-    lines = [
-        "# RECO on real text: the generation pipeline's tier-1 label of a caption", "",
-        f"Command: `python benchmarks/reco_demo.py --model {args.model} --k {args.k} --heads {args.heads} "
-        f"--steps {args.steps} --lr {args.lr:g} --temperature {args.temperature:g}"
-        f"{' --no-residual' if args.no_residual else ''} --kinds {','.join(kinds)}`", "",
-        f"{len(queries):,} queries (tier-4 captions of {len(held):,} held-out images, label among the "
-        f"{args.classes} most frequent tier-1 strings); memory of {len(full_memory):,} captions "
-        f"({len(train_part | rest):,} images), fusion trained on the {len(train_rows):,} pairs of "
-        f"{len(train_part):,} of them with those alone as memory. Chance: {1 / args.classes:.3f}; majority "
-        f"class: {np.bincount(truth).max() / len(truth):.3f}.", "",
-        "| fusion | accuracy [95% CI] |", "|---|---|",
-        *(f"| {kind} | {fmt(results[kind])} |" for kind in kinds), "",
-        f"Wall time {(time.perf_counter() - started) / 60:.1f} min (CPU, 2 cores).",
-    ]
-    results_dir = Path(args.results)
-    results_dir.mkdir(parents=True, exist_ok=True)
+    task = Task(args.model, args.classes, args.seed, out)
+    runs = {setting: run_setting(task, setting, args, out) for setting in args.settings.split(",")}
+    lines = report(task, runs, args, (time.perf_counter() - started) / 60)
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
     suffix = f"_{args.tag}" if args.tag else ""
-    (results_dir / f"reco_demo{suffix}.md").write_text("\n".join(lines) + "\n")
-    (results_dir / f"reco_demo{suffix}.json").write_text(json.dumps(
-        {"args": vars(args), "queries": len(queries), "memory_items": len(full_memory),
-         "train_pairs": len(train_rows), "accuracy": results,
-         "logs": {kind: trainer.log for kind, trainer in modules.items()}}, indent=1) + "\n")
+    (results / f"reco_demo{suffix}.md").write_text("\n".join(lines) + "\n")
+    clean = {setting: {"records": run["records"],
+                       "results": {name: {k: v for k, v in r.items() if k != "correct"}
+                                   for name, r in run["results"].items()}} for setting, run in runs.items()}
+    (results / f"reco_demo{suffix}.json").write_text(json.dumps({"args": vars(args), "queries": len(task.queries),
+                                                                  "memory_items": len(task.memory), "runs": clean},
+                                                                 indent=1) + "\n")
     print("\n".join(lines))
 
 

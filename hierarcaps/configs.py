@@ -212,3 +212,28 @@ def check_model_settings(fields: dict[str, Any], config_class: type, where: str,
         if isinstance(value, int) and not isinstance(value, bool) and value < 1 and isinstance(default, int) \
                 and default >= 1:
             raise DataError(f"must be at least 1, not {value}", file=file, field=f"{where}.{key}")
+
+
+def add_options(parser: Any, cls: type, names: list[str], helps: dict[str, str] | None = None) -> None:
+    """Command-line options for dataclass fields (``--batch-size`` for ``batch_size``), typed, with their
+    defaults and choices taken from the declaration, so an option and its setting cannot drift apart."""
+    import argparse
+
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in names:
+        field, kind = fields[name], hints[name]
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+        flag = "--" + name.replace("_", "-")
+        text = (helps or {}).get(name, "")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+            continue
+        base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
+        parser.add_argument(flag, type=base, default=default, choices=field.metadata.get("choices"), help=text)
+
+
+def from_options(cls: type, args: Any, **values: Any) -> Any:
+    """A dataclass from parsed options (those ``add_options`` made) and ``values``; checked as it is built."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{**{k: v for k, v in vars(args).items() if k in names}, **values})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,15 @@ import numpy as np
 SKIP = {"step", "lr"}
 
 
-def plot_curves(log: list[dict[str, Any]], path: Path) -> Path:
-    """Training terms per step (moving average) on the left, held-out values on the right."""
-    import matplotlib
+def plot_curves(log: list[dict[str, Any]], path: Path) -> Path | None:
+    """Training terms per step (moving average) on the left, held-out values on the right. Plots are optional:
+    without matplotlib nothing is drawn, one line says so, and None is returned."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"note: matplotlib is not installed, so {path} was not drawn (pip install matplotlib)",
+              file=sys.stderr)
+        return None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

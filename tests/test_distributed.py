@@ -17,7 +17,7 @@ from tiny_generation_models import kill_when, run_generate_cli, write_tiny_confi
 
 from hierarcaps.engines import RayEngine
 from hierarcaps.errors import HierarcapsError
-from hierarcaps.reco.memory import Memory, MemoryItem, write_memory
+from hierarcaps.reco.memory import BuildOptions, Memory, MemoryItem, write_memory
 
 pytestmark = pytest.mark.slow
 
@@ -98,19 +98,19 @@ def test_memory_under_ray_writes_the_local_bytes(tmp_path: Path, ray_address: st
     items = [MemoryItem(f"p{i}", f"a photo number {i}", str(path), "test") for i, path in enumerate(images)]
     encoder = load_encoder(clip, lazy=True)
     for name, engine in (("local", None), ("ray", RayEngine(address=ray_address))):
-        build_memory(tmp_path / name, items, encoder, shard_size=15, index="ivf", on_disk=True, progress=False,
-                     engine=engine, spec=clip)
+        build_memory(tmp_path / name, items, encoder, BuildOptions(index="ivf", on_disk=True, engine=engine),
+                     shard_size=15, spec=clip)
     # an error inside an actor reaches the caller as the package's own error, not as Ray's wrapper
     with pytest.raises(HierarcapsError, match="no-such-model"):
-        build_memory(tmp_path / "broken", items, encoder, shard_size=15, progress=False,
-                     engine=RayEngine(address=ray_address), spec="no-such-model")
+        build_memory(tmp_path / "broken", items, encoder, BuildOptions(engine=RayEngine(address=ray_address)),
+                     shard_size=15, spec="no-such-model")
     # images travel to actors inside their shard's task, so they must be paths or URLs there
     from PIL import Image
 
     in_ram = [dataclasses.replace(items[0], image=Image.open(items[0].image)), *items[1:]]
     with pytest.raises(HierarcapsError, match=r"'p0'.*paths or URLs, not as JpegImageFile"):
-        build_memory(tmp_path / "in-ram", in_ram, encoder, shard_size=15, progress=False,
-                     engine=RayEngine(address=ray_address), spec=clip)
+        build_memory(tmp_path / "in-ram", in_ram, encoder, BuildOptions(engine=RayEngine(address=ray_address)),
+                     shard_size=15, spec=clip)
     # ... and the failed job's actors give their CPUs back, though the error is still held here (a held error
     # used to keep them: the next job then waited for CPUs forever)
     assert cpus_free_within(10.0) == 2.0
@@ -190,7 +190,7 @@ def test_on_disk_index_resumes_moves_and_finds_the_exact_neighbours(tmp_path: Pa
     from hierarcaps.reco.index import build_index
 
     image, text, items = random_pairs(4000)
-    write_memory(tmp_path / "straight", image, text, items, index=kind, on_disk=True, block_size=500)
+    write_memory(tmp_path / "straight", image, text, items, BuildOptions(index=kind, on_disk=True, block_size=500))
 
     real_call, calls = memory_module.IndexBlockWorker.__call__, []
 
@@ -205,10 +205,10 @@ def test_on_disk_index_resumes_moves_and_finds_the_exact_neighbours(tmp_path: Pa
 
     monkeypatch.setattr(memory_module.IndexBlockWorker, "__call__", dies_on_the_third_block)
     with pytest.raises(Killed):
-        write_memory(tmp_path / "killed", image, text, items, index=kind, on_disk=True, block_size=500)
+        write_memory(tmp_path / "killed", image, text, items, BuildOptions(index=kind, on_disk=True, block_size=500))
     assert len(list((tmp_path / "killed" / "blocks").glob("image-0000*.faiss"))) == 2
     calls[:] = ["resumed"]
-    write_memory(tmp_path / "killed", image, text, items, index=kind, on_disk=True, block_size=500)
+    write_memory(tmp_path / "killed", image, text, items, BuildOptions(index=kind, on_disk=True, block_size=500))
     assert calls == ["resumed", 2, 3, 4, 5, 6, 7, *range(8)], calls      # image: the six unfinished blocks; text: all
     same_files(tmp_path / "straight", tmp_path / "killed", "*")
     assert not (tmp_path / "killed" / "blocks").exists()
@@ -232,10 +232,11 @@ def test_a_graph_quantizer_trains_the_same_bytes_and_finds_what_a_flat_one_finds
     from hierarcaps.reco import index as index_module
 
     image, text, items = random_pairs(5000)
-    write_memory(tmp_path / "flat-quantizer", image, text, items, index="ivf", on_disk=True, block_size=1000)
+    write_memory(tmp_path / "flat-quantizer", image, text, items,
+                 BuildOptions(index="ivf", on_disk=True, block_size=1000))
     monkeypatch.setattr(index_module, "HNSW_QUANTIZER_LISTS", 64)      # 282 lists here: a graph quantizer
     for name in ("graph", "graph-again"):
-        write_memory(tmp_path / name, image, text, items, index="ivf", on_disk=True, block_size=1000)
+        write_memory(tmp_path / name, image, text, items, BuildOptions(index="ivf", on_disk=True, block_size=1000))
     same_files(tmp_path / "graph", tmp_path / "graph-again", "*")
     graph, flat = Memory(tmp_path / "graph"), Memory(tmp_path / "flat-quantizer")
     assert "HNSW" in type(index_module.faiss_quantizer(graph.indexes["image"])).__name__

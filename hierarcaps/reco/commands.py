@@ -7,10 +7,29 @@ import json
 
 from ..cli import command
 from ..cli_options import echo, engine, engine_options, image_options
+from ..configs import add_options, from_options
 from ..models.registry import spec_help
+
+TRAIN_OPTIONS = ["fusion", "objective", "sides", "holdout", "k", "heads", "start", "residual", "fuse",
+                 "cross_modal_search", "duplicate_threshold", "temperature", "steps", "batch_size", "lr",
+                 "weight_decay", "warmup_steps", "eval_every", "checkpoint_every", "val_fraction", "keep", "patience",
+                 "vocabulary_limit", "seed"]
+TRAIN_HELP = {
+    "fusion": "auto: train the transformer and keep it only if it beats mean fusion on held-out data",
+    "objective": "vocabulary: every distinct training text (or class) as an answer; in-batch: RECO's loss; "
+                 "supervised: class names from a label column of --train-pairs",
+    "holdout": "hold out whole groups (images) or whole classes (zero-shot selection) for validation",
+    "start": "what a learned fusion starts as and adds its update to: mean fusion, or the query itself",
+    "duplicate_threshold": "in training, neighbours at least this similar to the query count as the query",
+    "keep": "the weights a run ends with: those of the best held-out evaluation, or the last step's",
+    "patience": "stop after this many held-out evaluations without improvement",
+    "vocabulary_limit": "answers scored per step; more distinct texts than this are sampled",
+}
 
 
 def _reco_args(p: argparse.ArgumentParser) -> None:
+    from .train import RecoConfig
+
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     memory = sub.add_parser("memory", help="build a memory by embedding a collection with a frozen encoder")
     memory.add_argument("source", help="hierarchy file with images, CSV (image,caption), datasets folder, or .npz "
@@ -24,27 +43,48 @@ def _reco_args(p: argparse.ArgumentParser) -> None:
                              "for search (memories larger than RAM)")
     memory.add_argument("--train-size", type=int, default=200_000,
                         help="vectors sampled to train IVF / IVF-PQ (at least 39 per list: 2.5M for 1B items)")
+    memory.add_argument("--exclude", metavar="SOURCE",
+                        help="evaluation items (any memory source, embedded with --model): memory items near-"
+                             "duplicate to one of them are left out, as RECO removes evaluation images")
+    memory.add_argument("--exclude-threshold", type=float, default=0.98, help="cosine that counts as a near-duplicate")
     image_options(memory)
     engine_options(memory)
     stats = sub.add_parser("stats", help="memory statistics")
     stats.add_argument("memory")
-    train = sub.add_parser("train", help="train the fusion modules (each pair's own group excluded from its "
-                                          "neighbours)")
+    train = sub.add_parser("train", help="train the fusion modules, selected on held-out data against mean fusion")
     train.add_argument("--memory", required=True)
     train.add_argument("--train-pairs", help="pairs to train on instead of the memory's own: any memory source "
-                                             "(embedded with --base)")
+                                             "(embedded with --base; a label column gives classes)")
     train.add_argument("--base", required=True, help="the frozen encoder spec the memory was built with")
     train.add_argument("--out", required=True)
-    train.add_argument("--fusion", choices=["transformer", "mlp", "mean"], default="transformer")
-    train.add_argument("--sides", choices=["both", "image", "text"], default="both")
-    train.add_argument("--fuse", choices=["cross", "same"], default="cross")
-    train.add_argument("--cross-modal-search", action="store_true")
-    for name, kind, default in (("k", int, 16), ("heads", int, 8), ("lr", float, 1e-4), ("batch-size", int, 256),
-                                ("steps", int, 1000), ("temperature", float, 0.07), ("seed", int, 0)):
-        train.add_argument(f"--{name}", type=kind, default=default)
-    train.add_argument("--no-residual", action="store_true")
-    train.add_argument("--duplicate-threshold", type=float, default=0.98,
-                       help="neighbours at least this similar to the query count as the query itself")
+    add_options(train, RecoConfig, TRAIN_OPTIONS, TRAIN_HELP)
+    engine_options(train)
+
+
+def _build_memory(args: argparse.Namespace) -> None:
+    from ..errors import HierarcapsError
+    from .memory import BuildOptions, build_memory, write_memory
+    from .sources import embedded_vectors, from_embeddings, load_items
+
+    options = BuildOptions(index=args.index, on_disk=args.on_disk, block_size=args.shard_size,
+                           train_size=args.train_size, engine=engine(args), progress=True,
+                           exclude_threshold=args.exclude_threshold)
+    encoder = None
+    if not args.source.endswith(".npz") or (args.exclude and not args.exclude.endswith(".npz")):
+        from ..models.registry import load_encoder
+
+        if not args.model:
+            raise HierarcapsError("--model is needed to embed a collection")
+        encoder = load_encoder(args.model, lazy=True)
+    if args.exclude:
+        options.exclude = embedded_vectors(args.exclude, encoder, image_dir=args.image_dir, download=args.download,
+                                           image_source=args.image_source)
+    if args.source.endswith(".npz"):
+        image, text, items = from_embeddings(args.source)
+        write_memory(args.out, image, text, items, options)
+        return
+    items = load_items(args.source, image_dir=args.image_dir, download=args.download, image_source=args.image_source)
+    build_memory(args.out, items, encoder, options, shard_size=args.shard_size, spec=args.model)
 
 
 @command("reco", "retrieval-enhanced models: build a memory, train fusion; score with evaluate --model reco:DIR",
@@ -56,44 +96,23 @@ def _reco(args: argparse.Namespace) -> int:
         echo(json.dumps(Memory(args.memory).stats(), indent=2))
         return 0
     if args.action == "memory":
-        from .memory import build_memory, write_memory
-        from .sources import from_embeddings, load_items
-
-        if args.source.endswith(".npz"):
-            image, text, items = from_embeddings(args.source)
-            write_memory(args.out, image, text, items, index=args.index, on_disk=args.on_disk,
-                         engine=engine(args), block_size=args.shard_size, train_size=args.train_size)
-        else:
-            from ..errors import HierarcapsError
-            from ..models.registry import load_encoder
-
-            if not args.model:
-                raise HierarcapsError("--model is needed to embed a collection")
-            items = load_items(args.source, image_dir=args.image_dir, download=args.download,
-                               image_source=args.image_source)
-            build_memory(args.out, items, load_encoder(args.model, lazy=True), shard_size=args.shard_size,
-                         index=args.index, on_disk=args.on_disk, engine=engine(args), spec=args.model,
-                         train_size=args.train_size)
+        _build_memory(args)
         echo(json.dumps(Memory(args.out).stats(), indent=2))
         return 0
+    from .sources import embedded_pairs, memory_pairs
     from .train import RecoConfig, RecoTrainer
 
-    memory = Memory(args.memory)
-    config = RecoConfig(memory=args.memory, out=args.out, base=args.base, k=args.k, fusion=args.fusion,
-                        heads=args.heads, residual=not args.no_residual, sides=args.sides, fuse=args.fuse,
-                        cross_modal_search=args.cross_modal_search,
-                        duplicate_threshold=args.duplicate_threshold, lr=args.lr, batch_size=args.batch_size,
-                        steps=args.steps, temperature=args.temperature, seed=args.seed)
+    config = from_options(RecoConfig, args, memory=args.memory, out=args.out, base=args.base)
     if args.train_pairs:
         from ..models.registry import load_encoder
-        from .sources import embedded_pairs
 
-        image, text, groups = embedded_pairs(args.train_pairs, load_encoder(args.base, lazy=True))
+        pairs = embedded_pairs(args.train_pairs, load_encoder(args.base, lazy=True))
     else:
-        image, text, groups = memory.vectors["image"], memory.vectors["text"], memory.groups
-    trainer = RecoTrainer(config, image, text, groups)
+        pairs = memory_pairs(Memory(args.memory))
+    trainer = RecoTrainer(config, pairs, engine=engine(args))
     out = trainer.train()
-    echo(f"saved {out}; score it with: hierarcaps evaluate --model reco:{out}")
+    info = json.loads((out / "reco.json").read_text())
+    echo(f"saved {out}: {info['selection']['why']}\nscore it with: hierarcaps evaluate --model reco:{out}")
     return 0
 
 

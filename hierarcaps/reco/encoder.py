@@ -21,9 +21,9 @@ from .memory import Memory
 
 
 def refine(modules: dict[str, Any], memory: Memory, queries: np.ndarray, side: str, k: int, *,
-           fuse: str = "cross", cross_modal_search: bool = False, duplicate_threshold: float = 0.98,
-           batch_size: int = 1024) -> np.ndarray:
-    """Refined unit vectors for ``queries`` of modality ``side`` (unchanged if that side has no module)."""
+           fuse: str = "cross", cross_modal_search: bool = False, batch_size: int = 1024) -> np.ndarray:
+    """Refined unit vectors for ``queries`` of modality ``side`` (unchanged if that side has no module). Nothing
+    is excluded from the search: items of an evaluation set are removed from the memory when it is built."""
     import torch
 
     if side not in modules:
@@ -32,8 +32,7 @@ def refine(modules: dict[str, Any], memory: Memory, queries: np.ndarray, side: s
     with torch.inference_mode():
         for start in range(0, len(queries), batch_size):
             chunk = np.asarray(queries[start:start + batch_size], dtype=np.float32)
-            neighbours = memory.neighbours(chunk, side, k, fuse=fuse, cross_modal_search=cross_modal_search,
-                                           duplicate_threshold=duplicate_threshold)
+            neighbours = memory.neighbours(chunk, side, k, fuse=fuse, cross_modal_search=cross_modal_search)
             out[start:start + len(chunk)] = modules[side](torch.from_numpy(chunk), torch.from_numpy(neighbours)).numpy()
     return out
 
@@ -69,8 +68,7 @@ class RecoEncoder(Encoder):
     def _refine(self, vectors: np.ndarray, side: str) -> np.ndarray:
         config = self.info["config"]
         return refine(self.modules, self.memory, vectors, side, self.k, fuse=config.get("fuse", "cross"),
-                      cross_modal_search=bool(config.get("cross_modal_search", False)),
-                      duplicate_threshold=float(config.get("duplicate_threshold", 0.98)))
+                      cross_modal_search=bool(config.get("cross_modal_search", False)))
 
     def _embed_texts(self, texts: list[str], *, batch_size: int, progress: bool) -> np.ndarray:
         return self._refine(self.base.encode_text(texts, batch_size=batch_size, progress=progress), "text")
@@ -102,6 +100,7 @@ class RecoEncoder(Encoder):
         return base + sum(p.numel() for m in self.modules.values() for p in m.parameters())
 
     def metadata(self) -> dict[str, Any]:
+        selection = self.info.get("selection") or {}
         return {**super().metadata(), "base": self.info["base"], "memory_items": len(self.memory),
-                "memory_content_hash": self.memory.content_hash(),
-                "refined_sides": sorted(self.modules)}
+                "memory_content_hash": self.memory.content_hash(), "refined_sides": sorted(self.modules),
+                "fusion": self.info["fusion"]["kind"], "fusion_choice": selection.get("why", "")}

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_open, atomic_path
-from ..engines import LocalEngine, RayEngine
+from ..engines import LocalEngine
 from ..errors import HierarcapsError
 from ..models.folders import read_json_object
 from .index import RERANK_FACTOR, add_block, build_index, default_index_type, merge_on_disk, trained_ivf
@@ -47,6 +47,7 @@ class MemoryItem:
     image: Any = None          # path, URL or PIL image; None when embeddings are given
     source: str = ""
     group: str = ""            # items of one group (one image) never retrieve each other; default: the id
+    label: str = ""            # a class label, where the source has one (the supervised objective)
 
     def group_key(self) -> str:
         return self.group or self.id
@@ -92,37 +93,36 @@ class Memory:
         return self.manifest.get("content_hash") or vectors_hash(self.vectors["image"], self.vectors["text"])
 
     def search(self, queries: np.ndarray, query_modality: str, k: int, *, cross_modal_search: bool = False,
-               exclude_groups: Sequence[str | None] | None = None, duplicate_threshold: float = 0.98
+               exclude_groups: Sequence[str | None] | None = None, duplicate_threshold: float | None = None
                ) -> tuple[np.ndarray, np.ndarray]:
-        """(scores, rows) of the k nearest memory items per query; rows of the query's group (``exclude_groups``,
-        one per query: its image id, say) and near-duplicates are excluded.
+        """(scores, rows) of the k nearest memory items per query. ``exclude_groups`` (one per query: its image
+        id, say) keeps each query's own group out, as training must (its other captions are the answer);
+        ``duplicate_threshold`` keeps out items at least that similar. At inference neither applies: items of
+        the evaluation set are removed from the memory when it is built, as RECO does.
 
         Uni-modal search compares the query with memory items of its own modality; ``cross_modal_search``
         compares it with the other modality instead.
         """
         searched = query_modality if not cross_modal_search else other(query_modality)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        excluded = np.array([self.code_of.get(g, -1) if g else -1 for g in exclude_groups]) \
+            if exclude_groups is not None else np.full(len(queries), -1)
+        threshold = np.inf if duplicate_threshold is None else duplicate_threshold
         keep_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         keep_rows = np.full((len(queries), k), -1, dtype=np.int64)
-        pending = np.arange(len(queries))
-        fetch = k + 8
+        pending, fetch = np.arange(len(queries)), k + 8
         while len(pending):
             fetch = min(fetch, len(self))
             scores, rows = self.nearest(searched, queries[pending], fetch)
-            short = []
-            for position, q in enumerate(pending):
-                group = self.code_of.get(exclude_groups[q], -1) if exclude_groups is not None and exclude_groups[q] \
-                    else -1
-                valid = rows[position] >= 0
-                mask = valid & (self.group_codes[np.where(valid, rows[position], 0)] != group) \
-                    & (scores[position] < duplicate_threshold)
-                chosen = np.flatnonzero(mask)[:k]
-                if len(chosen) < k and fetch < len(self):
-                    short.append(q)       # too many excluded: search deeper for this query
-                    continue
-                keep_scores[q, :len(chosen)] = scores[position, chosen]
-                keep_rows[q, :len(chosen)] = rows[position, chosen]
-            pending, fetch = np.array(short, dtype=np.int64), fetch * 4
+            valid = rows >= 0
+            own = self.group_codes[np.where(valid, rows, 0)] == excluded[pending, None]
+            mask = valid & ~own & (scores < threshold)
+            done = (mask.sum(axis=1) >= k) | (fetch >= len(self))
+            first = np.argsort(~mask, axis=1, kind="stable")[:, :k]      # the first k kept, in rank order
+            chosen = np.take_along_axis(mask, first, axis=1)
+            keep_scores[pending[done]] = np.where(chosen, np.take_along_axis(scores, first, axis=1), -np.inf)[done]
+            keep_rows[pending[done]] = np.where(chosen, np.take_along_axis(rows, first, axis=1), -1)[done]
+            pending, fetch = pending[~done], fetch * 4                     # too many excluded: search deeper
         if (keep_rows < 0).any():
             raise HierarcapsError(f"the memory holds fewer than k={k} usable neighbours for some queries "
                                   f"(own group and near-duplicates above {duplicate_threshold} excluded); lower k")
@@ -136,7 +136,7 @@ class Memory:
 
     def neighbours(self, queries: np.ndarray, query_modality: str, k: int, *, fuse: str = "cross",
                    cross_modal_search: bool = False, exclude_groups: Sequence[str | None] | None = None,
-                   duplicate_threshold: float = 0.98) -> np.ndarray:
+                   duplicate_threshold: float | None = None) -> np.ndarray:
         """(Q, k, d) embeddings to fuse: the paired other modality (``fuse="cross"``, RECO) or the same one."""
         _, rows = self.search(queries, query_modality, k, cross_modal_search=cross_modal_search,
                               exclude_groups=exclude_groups, duplicate_threshold=duplicate_threshold)
@@ -213,16 +213,30 @@ def vectors_hash(image: np.ndarray, text: np.ndarray) -> str:
     return "xxh3:" + digest.hexdigest()
 
 
-def write_memory(folder: str | Path, image: np.ndarray, text: np.ndarray, items: Sequence[MemoryItem], *,
-                 index: str | None = None, encoder: dict[str, Any] | None = None, on_disk: bool = False,
-                 engine: LocalEngine | RayEngine | None = None, block_size: int = 100_000,
-                 train_size: int = 200_000) -> Path:
+@dataclasses.dataclass
+class BuildOptions:
+    """How a memory is built: its index (``None``: by size), whether it lives on disk (IVF / IVF-PQ filled in
+    blocks of ``block_size`` rows on ``engine``, trained on ``train_size`` sampled vectors), and the evaluation
+    items it must not hold: memory items whose image or text is at least ``exclude_threshold`` similar to any
+    vector of ``exclude`` (per modality) are dropped, as RECO removes near-duplicates of evaluation images."""
+
+    index: str | None = None
+    on_disk: bool = False
+    block_size: int = 100_000
+    train_size: int = 200_000
+    engine: Any = None
+    progress: bool = False
+    exclude: dict[str, np.ndarray] | None = None
+    exclude_threshold: float = 0.98
+
+
+def write_memory(folder: str | Path, image: np.ndarray, text: np.ndarray, items: Sequence[MemoryItem],
+                 options: BuildOptions | None = None, *, encoder: dict[str, Any] | None = None) -> Path:
     """Write a memory from embeddings in RAM, atomically per file, manifest last."""
     if not (len(image) == len(text) == len(items)):
         raise HierarcapsError(f"{len(image)} image and {len(text)} text embeddings for {len(items)} items")
-    return assemble_memory(folder, {"image": [image], "text": [text]}, meta_table(items), index=index,
-                           encoder=encoder, on_disk=on_disk, engine=engine, block_size=block_size,
-                           train_size=train_size)
+    return assemble_memory(folder, {"image": [image], "text": [text]}, meta_table(items), options or BuildOptions(),
+                           encoder=encoder)
 
 
 def meta_table(items: Sequence[MemoryItem]) -> Any:
@@ -234,74 +248,97 @@ def meta_table(items: Sequence[MemoryItem]) -> Any:
                      "image": [i.image if isinstance(i.image, str) else None for i in items]})
 
 
-def assemble_memory(folder: str | Path, parts: dict[str, Sequence[Any]], meta: Any, *, index: str | None = None,
-                    encoder: dict[str, Any] | None = None, on_disk: bool = False,
-                    engine: LocalEngine | RayEngine | None = None, progress: bool = False,
-                    block_size: int = 100_000, train_size: int = 200_000) -> Path:
+def assemble_memory(folder: str | Path, parts: dict[str, Sequence[Any]], meta: Any, options: BuildOptions, *,
+                    encoder: dict[str, Any] | None = None) -> Path:
     """Write a memory whose vectors come in parts per modality (arrays, or .npy paths read one at a time, so
     the vectors never need to fit in RAM at once), with ``meta`` (a table with id, group, caption, source,
-    image columns) for its rows. ``on_disk`` IVF / IVF-PQ indexes are filled in blocks of ``block_size``
-    rows on ``engine``; IVF indexes train on ``train_size`` sampled vectors."""
+    image columns) for its rows, built as ``options`` say."""
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    folder, count = Path(folder), meta.num_rows
-    ids = meta.column("id")
-    if pc.count_distinct(ids).as_py() != count:
+    folder = Path(folder)
+    if pc.count_distinct(meta.column("id")).as_py() != meta.num_rows:
         raise HierarcapsError("memory item ids must be unique")
-    kind = index or default_index_type(count)
-    if on_disk and kind not in ("ivf", "ivfpq"):
+    keep = kept_rows(parts, meta.num_rows, options)
+    meta, count = meta.filter(pa.array(keep)), int(keep.sum())
+    kind = options.index or default_index_type(count)
+    if options.on_disk and kind not in ("ivf", "ivfpq"):
         raise HierarcapsError(f"on-disk indexes are IVF or IVF-PQ, not {kind!r}")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").unlink(missing_ok=True)     # the memory is incomplete until it is rewritten
-    dims = {name: write_unit_vectors(folder / f"{name}.npy", parts[name], count) for name in MODALITIES}
+    dims = {name: write_unit_vectors(folder / f"{name}.npy", parts[name], count, keep) for name in MODALITIES}
     if len(set(dims.values())) != 1:
         raise HierarcapsError(f"image vectors have dimension {dims['image']} and text vectors {dims['text']}: "
                               "a memory pairs the two sides of one encoder")
-    dim = dims["image"]
-    blocks = [(start, min(count, start + block_size)) for start in range(0, count, block_size)]
+    blocks = [(start, min(count, start + options.block_size)) for start in range(0, count, options.block_size)]
     vectors = {m: np.load(folder / f"{m}.npy", mmap_mode="r") for m in MODALITIES}
     content = vectors_hash(vectors["image"], vectors["text"])
-    if on_disk:
+    if options.on_disk:
         claim_blocks(folder / "blocks", f"{content} {kind} {blocks}")
     for name in MODALITIES:
-        if on_disk:
-            write_on_disk_index(folder, name, vectors[name], kind, blocks, engine or LocalEngine(), progress,
-                                train_size)
+        if options.on_disk:
+            write_on_disk_index(folder, name, vectors[name], kind, blocks, options)
         else:
             import faiss
 
             with atomic_path(folder / f"{name}.faiss") as tmp:
-                faiss.write_index(build_index(np.asarray(vectors[name]), kind, train_size=train_size), str(tmp))
+                index = build_index(np.asarray(vectors[name]), kind, train_size=options.train_size)
+                faiss.write_index(index, str(tmp))
     shutil.rmtree(folder / "blocks", ignore_errors=True)
     with atomic_path(folder / "meta.parquet") as tmp:
         pq.write_table(meta, tmp)
     sources = {str(k): int(v) for k, v in zip(*np.unique(meta.column("source").to_numpy(zero_copy_only=False),
                                                          return_counts=True))}
     with atomic_open(folder / "manifest.json") as handle:
-        json.dump({"dim": dim, "count": count, "index": kind, "on_disk": on_disk, "encoder": encoder,
-                   "sources": sources, "content_hash": content}, handle, indent=2)
+        json.dump({"dim": dims["image"], "count": count, "index": kind, "on_disk": options.on_disk,
+                   "encoder": encoder, "sources": sources, "content_hash": content,
+                   "removed_near_evaluation_items": int(len(keep) - count)}, handle, indent=2)
     return folder
 
 
-def write_unit_vectors(path: Path, parts: Sequence[Any], count: int) -> int:
-    """Stream parts (arrays or .npy paths) into one (count, dim) float32 .npy of unit rows; returns dim."""
+def kept_rows(parts: dict[str, Sequence[Any]], count: int, options: BuildOptions) -> np.ndarray:
+    """Which rows the memory keeps: all, but those whose image or text is a near-duplicate of an evaluation
+    item (cosine at least ``options.exclude_threshold``)."""
+    keep = np.ones(count, dtype=bool)
+    for modality, excluded in (options.exclude or {}).items():
+        if len(excluded) == 0:
+            continue
+        excluded = np.asarray(excluded, dtype=np.float64)
+        excluded = excluded / np.linalg.norm(excluded, axis=1, keepdims=True)
+        start = 0
+        for part in parts[modality]:
+            array = np.load(part, mmap_mode="r") if isinstance(part, (str, Path)) else part
+            for first in range(0, len(array), 65536):
+                block = np.asarray(array[first:first + 65536], dtype=np.float64)
+                block = block / np.linalg.norm(block, axis=1, keepdims=True)
+                near = (block @ excluded.T).max(axis=1) >= options.exclude_threshold
+                keep[start + first:start + first + len(block)] &= ~near
+            start += len(array)
+    return keep
+
+
+def write_unit_vectors(path: Path, parts: Sequence[Any], count: int, keep: np.ndarray) -> int:
+    """Stream the kept rows of parts (arrays or .npy paths) into one (count, dim) float32 .npy of unit rows;
+    returns dim."""
     with atomic_path(path) as tmp:
-        out, start = None, 0
+        out, start, seen = None, 0, 0
         for part in parts:
             array = np.load(part, mmap_mode="r") if isinstance(part, (str, Path)) else part
             if out is None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(count, array.shape[1]))
-            if start + len(array) > count:
-                raise HierarcapsError(f"more vectors than the {count} items of the memory")
+            if seen + len(array) > len(keep):
+                raise HierarcapsError(f"more vectors than the {len(keep)} items of the memory")
             if array.ndim != 2 or array.shape[1] != out.shape[1]:
                 raise HierarcapsError(f"vectors of shape {array.shape} among parts of dimension {out.shape[1]}")
             for first in range(0, len(array), 65536):
-                block = np.asarray(array[first:first + 65536], dtype=np.float64)
-                out[start + first:start + first + len(block)] = unit_rows(block, start + first)
-            start += len(array)
-        if out is None or start != count:
-            raise HierarcapsError(f"{start} vectors for the {count} items of the memory")
+                chunk = np.asarray(array[first:first + 65536], dtype=np.float64)
+                block = chunk[keep[seen + first:seen + first + len(chunk)]]
+                out[start:start + len(block)] = unit_rows(block, seen + first)
+                start += len(block)
+            seen += len(array)
+        if out is None or seen != len(keep):
+            raise HierarcapsError(f"{seen} vectors for the {len(keep)} items of the memory")
         out.flush()
         dim = out.shape[1]
         del out
@@ -319,7 +356,7 @@ def unit_rows(block: np.ndarray, first_row: int) -> np.ndarray:
 
 
 def write_on_disk_index(folder: Path, modality: str, vectors: np.ndarray, kind: str, blocks: list[tuple[int, int]],
-                        engine: LocalEngine | RayEngine, progress: bool, train_size: int = 200_000) -> None:
+                        options: BuildOptions) -> None:
     """Train on a sample, fill the index blocks (rows [start, end)) on ``engine`` (finished blocks are kept
     across a kill), merge them into ``<modality>.ivfdata`` and write ``<modality>.faiss``."""
     import faiss
@@ -327,11 +364,11 @@ def write_on_disk_index(folder: Path, modality: str, vectors: np.ndarray, kind: 
     trained_file = folder / "blocks" / f"{modality}-trained.faiss"
     if not trained_file.exists():
         with atomic_path(trained_file) as tmp:
-            faiss.write_index(trained_ivf(vectors, kind, train_size=train_size), str(tmp))
+            faiss.write_index(trained_ivf(vectors, kind, train_size=options.train_size), str(tmp))
     tasks = [{"block": n, "start": start, "end": end} for n, (start, end) in enumerate(blocks)
              if not block_file(folder, modality, n).exists()]
-    for _ in engine.map(IndexBlockWorker(str(folder), modality), tasks, desc=f"Index blocks ({modality})",
-                        progress=progress):
+    for _ in (options.engine or LocalEngine()).map(IndexBlockWorker(str(folder), modality), tasks,
+                                                   desc=f"Index blocks ({modality})", progress=options.progress):
         pass
     with atomic_path(folder / f"{modality}.ivfdata") as data, atomic_path(folder / f"{modality}.faiss") as tmp:
         data.unlink()                                            # faiss creates the data file itself
@@ -341,7 +378,8 @@ def write_on_disk_index(folder: Path, modality: str, vectors: np.ndarray, kind: 
 
 
 def claim_blocks(blocks: Path, identity: str) -> None:
-    """Keep a killed build's index blocks only for the same vectors, index type and blocks."""
+    """Keep a killed job's finished blocks (index blocks, neighbour blocks) only for the same inputs and settings
+    (``identity``); otherwise start the folder afresh."""
     marker = blocks / "IDENTITY"
     if marker.exists() and marker.read_text() == identity:
         return
@@ -425,17 +463,18 @@ def embed_tasks(items: Sequence[MemoryItem], shard_size: int, shards: Path, *, p
     return tasks
 
 
-def build_memory(folder: str | Path, items: Sequence[MemoryItem], encoder: Any, *, shard_size: int = 10_000,
-                 index: str | None = None, progress: bool = True, image_batch_size: int = 64,
-                 workers: int = 1, on_disk: bool = False, engine: LocalEngine | RayEngine | None = None,
-                 spec: str | None = None, train_size: int = 200_000) -> Path:
-    """Embed items with a frozen encoder, shard by shard (each shard kept once done), then index them.
+def build_memory(folder: str | Path, items: Sequence[MemoryItem], encoder: Any, options: BuildOptions | None = None,
+                 *, shard_size: int = 10_000, image_batch_size: int = 64, workers: int = 1,
+                 spec: str | None = None) -> Path:
+    """Embed items with a frozen encoder, shard by shard (each shard kept once done), then index them as
+    ``options`` say (index blocks of ``shard_size`` rows).
 
     Killed at any point, a re-run skips the finished shards (and index blocks) and produces the same memory.
     Under the Ray engine each actor loads the encoder from ``spec``.
     """
     folder = Path(folder)
-    engine = engine or LocalEngine()
+    options = dataclasses.replace(options or BuildOptions(progress=True), block_size=shard_size)
+    engine = options.engine or LocalEngine()
     local = isinstance(engine, LocalEngine)
     if not local and not spec:
         raise HierarcapsError("the ray engine loads the encoder in every actor: give its spec")
@@ -443,12 +482,11 @@ def build_memory(folder: str | Path, items: Sequence[MemoryItem], encoder: Any, 
     count = -(-len(items) // shard_size)
     worker = EmbedWorker(str(shards), spec, encoder if local else None, image_batch_size, workers)
     tasks = embed_tasks(items, shard_size, shards, portable=not local)
-    for _ in engine.map(worker, tasks, desc="Memory shards", progress=progress, gpus=1.0):   # GPU actors where
-        pass                                                                                # the cluster has GPUs
+    for _ in engine.map(worker, tasks, desc="Memory shards", progress=options.progress, gpus=1.0):   # GPU actors
+        pass                                                                                # where there are GPUs
     parts = [shard_folder(shards, n) for n in range(count)]
     identity = {"name": encoder.name, "fingerprint": encoder.fingerprint()}
-    assemble_memory(folder, {m: [p / f"{m}.npy" for p in parts] for m in MODALITIES}, meta_table(items),
-                    index=index, encoder=identity, on_disk=on_disk, engine=engine, progress=progress,
-                    block_size=shard_size, train_size=train_size)
+    assemble_memory(folder, {m: [p / f"{m}.npy" for p in parts] for m in MODALITIES}, meta_table(items), options,
+                    encoder=identity)
     shutil.rmtree(shards, ignore_errors=True)
     return folder

@@ -18,7 +18,8 @@ from .._io import check_npz_inflation
 from ..data.csvio import read_hierarchies
 from ..data.images import DEFAULT_IMAGE_SOURCE, ImageStore
 from ..errors import DataError
-from .memory import MemoryItem
+from .memory import Memory, MemoryItem
+from .train import Pairs
 
 
 def from_hierarchies(path: str, *, image_dir: str | None = None, download: bool = False,
@@ -39,7 +40,8 @@ def from_csv(path: str) -> list[MemoryItem]:
             if not row.get(column):
                 raise DataError("empty or missing", file=path, row=number, field=column)
     return [MemoryItem(row.get("id") or f"{Path(path).name}:{i}", row["caption"], row["image"], Path(path).name,
-                       group=row.get("group") or row["image"]) for i, row in enumerate(rows)]
+                       group=row.get("group") or row["image"], label=row.get("label") or "")
+            for i, row in enumerate(rows)]
 
 
 def from_dataset(path: str, *, image_column: str = "image", text_column: str = "caption",
@@ -99,12 +101,34 @@ def load_items(source: str, **options: Any) -> list[MemoryItem]:
                                        if k in ("image_dir", "download", "image_source")})
 
 
-def embedded_pairs(source: str, encoder: Any, **options: Any) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """(image, text, groups) of training pairs from any source, embedded by ``encoder`` where needed."""
+def embedded_pairs(source: str, encoder: Any, **options: Any) -> Pairs:
+    """Training pairs from any source, embedded by ``encoder`` where needed: copies of a caption share a key,
+    and a ``label`` column (CSV) gives the supervised objective its classes, their names embedded too."""
     if source.endswith(".npz"):
         image, text, items = from_embeddings(source)
     else:
         items = load_items(source, **options)
         text = encoder.encode_text([i.caption for i in items])
         image = encoder.encode_image([i.image for i in items])
-    return image, text, [i.group_key() for i in items]
+    keys = [i.caption for i in items] if all(i.caption for i in items) else None
+    labels = [i.label for i in items] if items and all(i.label for i in items) else None
+    names = sorted(set(labels or []))
+    vectors = dict(zip(names, encoder.encode_text(names))) if names else None
+    return Pairs(image, text, [i.group_key() for i in items], keys, labels, vectors)
+
+
+def embedded_vectors(source: str, encoder: Any, **options: Any) -> dict[str, np.ndarray]:
+    """Image and text vectors of any memory source (an .npz as it is, others embedded by ``encoder``)."""
+    if source.endswith(".npz"):
+        image, text, _ = from_embeddings(source)
+        return {"image": image, "text": text}
+    items = load_items(source, **options)
+    return {"image": encoder.encode_image([i.image for i in items]), "text": encoder.encode_text([i.caption
+                                                                                                 for i in items])}
+
+
+def memory_pairs(memory: Memory) -> Pairs:
+    """A memory's own items as training pairs (each its own group's; copies of a caption share a key)."""
+    captions = memory.meta.column("caption").to_pylist()
+    keys = captions if all(captions) else None
+    return Pairs(memory.vectors["image"], memory.vectors["text"], memory.groups, keys)

@@ -1,12 +1,26 @@
-"""Training the fusion modules with the encoder frozen and all embeddings precomputed.
+"""Training the fusion modules with the encoder frozen, all embeddings precomputed, and the model selected on
+the task it will be judged by.
 
-Each training pair (image q, text t) gets neighbours from the memory once, up front: texts paired with
-q's nearest memory images for the image side, images paired with t's nearest memory texts for the text
-side. Every memory row of the pair's group (its image) is excluded, and near-duplicates too: otherwise a
-pair retrieves another caption of its own image, i.e. the answer. Validation pairs are whole groups held
-out of training, and see the memory without their group. The pairs may be the memory's own or any others
-(``--train-pairs``). The loss is a symmetric contrastive loss with a learnable temperature that aligns the
-refined image with the refined text and each refined side with the original other side.
+Each training pair (image q, text t) gets neighbours from the memory once, up front (batched and resumable,
+on an engine): texts paired with q's nearest memory images for the image side, images paired with t's nearest
+memory texts for the text side. Every memory row of the pair's own group (its image) is excluded, and, where
+a threshold is given, near-duplicates: otherwise a pair retrieves another caption of its own image, i.e. the
+answer. At inference nothing is excluded (evaluation items are removed from the memory when it is built).
+
+Objectives (``objective``):
+- ``vocabulary`` (default): a refined image is scored against every distinct training text (identical texts
+  are one entry, so copies of a caption never act as each other's negatives); a refined text against the
+  batch's images, all images of the same text counting as positives.
+- ``in-batch``: RECO's symmetric contrastive loss within a batch (refined image with refined text, each refined
+  side with the original other side); copies of a text in a batch count as negatives, as in the paper.
+- ``supervised``: like ``vocabulary``, over class names (``Pairs.labels``, embedded as ``label_vectors``).
+
+Selection: whole groups are held out (``holdout="class"``: whole classes, for the zero-shot setting); every
+``eval_every`` steps the refined held-out queries are scored by top-1 accuracy among the distinct held-out texts
+(or classes), counting every copy of a text as the same answer. The best evaluation's weights are kept, a run
+stops after ``patience`` evaluations without improvement, and parameter-free mean fusion is scored on the same
+split. A learned fusion starts as mean fusion exactly, so it can only move away from it on evidence; with
+``fusion="auto"`` the saved model uses the learned fusion only if it beat mean fusion on validation.
 """
 
 from __future__ import annotations
@@ -14,60 +28,89 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._io import atomic_open
-from ..checkpoints import CheckpointStore, run_hash
 from ..configs import check_fields, setting
-from ..errors import ModelSpecError
+from ..errors import DataError, ModelSpecError
 from ..models.folders import read_json_object
-from ..training_log import plot_curves
-from .fusion import KINDS, FusionConfig, build_fusion
+from ..training import TrainingConfig, TrainingLoop, holdout, write_log
+from .fusion import KINDS, STARTS, FusionConfig, build_fusion
 from .memory import Memory
+from .neighbours import neighbour_rows
 
 SIDES = ("both", "image", "text")
+OBJECTIVES = ("vocabulary", "in-batch", "supervised")
+SELECTION = "val_accuracy"
 
 
 @dataclasses.dataclass
-class RecoConfig:
+class RecoConfig(TrainingConfig):
     """A fusion training run; defaults follow what is known of RECO, unknowns are options."""
 
-    memory: str
-    out: str
+    memory: str = ""
+    out: str = ""
     base: str = ""                 # the frozen encoder's spec, recorded for `reco:` loading
     k: int = setting(16, low=1, high=4096)
-    fusion: str = setting("transformer", choices=("transformer", "mlp", "mean"))
+    fusion: str = setting("auto", choices=("auto", *KINDS))   # auto: the transformer, kept if it beats mean
     heads: int = setting(8, low=1, high=256)
+    start: str = setting("mean", choices=STARTS)
     residual: bool = True
     sides: str = setting("both", choices=SIDES)
     fuse: str = setting("cross", choices=("cross", "same"))   # "cross" (RECO) or "same" (uni-modal ablation)
     cross_modal_search: bool = False
-    duplicate_threshold: float = setting(0.98, low=-1.0, high=2.0)
-    lr: float = setting(1e-4, low=0.0, high=1.0, open_low=True)
-    weight_decay: float = setting(0.01, low=0.0, high=100.0)
-    batch_size: int = setting(256, low=2, high=1 << 20)
-    steps: int = setting(1000, low=0, high=10**8)
+    duplicate_threshold: float | None = setting(None, low=-1.0, high=2.0)   # training only; off: own group only
+    objective: str = setting("vocabulary", choices=OBJECTIVES)
+    holdout: str = setting("group", choices=("group", "class"))
+    vocabulary_limit: int = setting(8192, low=2, high=1 << 24)    # sampled per step beyond this many texts
     temperature: float = setting(0.07, low=0.0, high=100.0, open_low=True)
-    val_fraction: float = setting(0.05, low=0.0, high=0.5)
-    val_every: int = setting(100, low=1, high=10**8)
-    checkpoint_every: int = setting(200, low=1, high=10**8)
-    seed: int = setting(0, low=0, high=2**32 - 1)
-    progress: bool = True
+    steps: int | None = setting(1000, low=0, high=10**8)
+    batch_size: int = setting(256, low=2, high=1 << 20)
+    lr: float = setting(1e-4, low=0.0, high=1.0, open_low=True)
+    eval_every: int = setting(50, low=1, high=10**8)
+    keep: str = setting("best", choices=("last", "best"))
+    patience: int | None = setting(6, low=1, high=10**6)
 
     def __post_init__(self) -> None:
         check_fields(self)
+        for name in ("memory", "out"):
+            if not getattr(self, name):
+                raise DataError("required", field=name)
 
     def run_hash(self) -> str:
+        from ..checkpoints import run_hash
+
         return run_hash(self, ignore=("progress", "out"))
+
+    def learned_kind(self) -> str:
+        return "transformer" if self.fusion == "auto" else self.fusion
+
+
+@dataclasses.dataclass
+class Pairs:
+    """Training pairs: image and text vectors (n, d), each pair's group (its image: never its own neighbour),
+    each text's identity (``keys``: copies of a text share a key; default: the vector itself), and optionally a
+    class label per pair with the embedding of every class name (the supervised objective)."""
+
+    image: np.ndarray
+    text: np.ndarray
+    groups: list[str]
+    keys: list[str] | None = None
+    labels: list[str] | None = None
+    label_vectors: dict[str, np.ndarray] | None = None
+
+    def text_keys(self) -> list[str]:
+        if self.keys is not None:
+            return list(self.keys)
+        rounded = np.round(np.asarray(self.text, dtype=np.float32), 5)
+        return [row.tobytes().hex() for row in rounded]
 
 
 def contrastive(a: Any, b: Any, logit_scale: Any) -> Any:
-    """Symmetric InfoNCE between row-aligned unit vectors."""
+    """Symmetric InfoNCE between row-aligned unit vectors (in-batch negatives)."""
     import torch
 
     logits = logit_scale.exp() * a @ b.T
@@ -75,147 +118,244 @@ def contrastive(a: Any, b: Any, logit_scale: Any) -> Any:
     return (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
 
 
-def split_by_group(groups: Sequence[str], fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(validation rows, training rows): whole groups held out, chosen by a seeded hash of the group."""
-    import hashlib
+def multi_positive(logits: Any, positive: Any) -> Any:
+    """Mean over rows of -log(sum of softmax over the positive columns): every copy of the answer is the answer."""
+    import torch
 
-    keys = sorted(set(groups))
-    ranked = sorted(keys, key=lambda g: hashlib.sha256(f"{seed}:{g}".encode()).hexdigest())
-    held = set(ranked[:round(len(keys) * fraction)])
-    is_val = np.array([g in held for g in groups], dtype=bool)
-    return np.flatnonzero(is_val), np.flatnonzero(~is_val)
+    return (torch.logsumexp(logits, dim=1) - torch.logsumexp(logits.masked_fill(~positive, -torch.inf), dim=1)).mean()
+
+
+class Vocabulary:
+    """The distinct answers of a set of rows (texts by key, or class labels), one vector and one row each."""
+
+    neighbours: np.ndarray | None = None       # memory rows of each class name (supervised, text side refined)
+
+    def __init__(self, keys: list[str], vectors: np.ndarray, rows: np.ndarray) -> None:
+        order: dict[str, int] = {}
+        for row in rows:
+            order.setdefault(keys[row], row)
+        self.keys = list(order)
+        self.index = {key: i for i, key in enumerate(self.keys)}
+        self.rows = np.array(list(order.values()), dtype=np.int64)       # a representative row per answer
+        self.vectors = vectors
+
+    def targets(self, keys: list[str], rows: np.ndarray) -> np.ndarray:
+        return np.array([self.index[keys[r]] for r in rows])
 
 
 class RecoTrainer:
-    """Trains fusion modules on pairs (image, text, id) against a memory."""
+    """Trains fusion modules on pairs against a memory; a :class:`hierarcaps.training.Task`."""
 
-    def __init__(self, config: RecoConfig, image: np.ndarray, text: np.ndarray, groups: Sequence[str]) -> None:
+    higher_is_better = True
+    selection = SELECTION
+
+    def __init__(self, config: RecoConfig, pairs: Pairs, *, engine: Any = None) -> None:
         import torch
 
-        if config.sides not in SIDES:
-            raise ValueError(f"sides must be one of {SIDES}")
-        self.config, self.out = config, Path(config.out)
+        self.config, self.out, self.pairs = config, Path(config.out), pairs
         self.memory = Memory(config.memory)
+        if config.objective == "supervised" and (pairs.labels is None or pairs.label_vectors is None):
+            raise DataError("the supervised objective needs class labels for the pairs", field="objective")
         torch.manual_seed(config.seed)
-        self.val, self.train_rows = split_by_group(groups, config.val_fraction, config.seed)
-        self.image = torch.tensor(np.asarray(image), dtype=torch.float32)   # a copy: memory arrays are mmapped
-        self.text = torch.tensor(np.asarray(text), dtype=torch.float32)
-        dim = self.image.shape[1]
-        fusion = FusionConfig(kind=config.fusion, dim=dim, heads=config.heads, residual=config.residual)
-        self.fusion_config = fusion
-        self.modules = torch.nn.ModuleDict({side: build_fusion(fusion) for side in self.refined_sides()})
+        split_by = pairs.labels if config.holdout == "class" and pairs.labels is not None else pairs.groups
+        self.train_rows, self.val = holdout(split_by, config.val_fraction, config.seed)
+        self.image = torch.tensor(np.asarray(pairs.image), dtype=torch.float32)   # a copy: memory arrays are mmapped
+        self.text = torch.tensor(np.asarray(pairs.text), dtype=torch.float32)
+        self.fusion_config = FusionConfig(kind=config.learned_kind(), dim=self.image.shape[1], heads=config.heads,
+                                          residual=config.residual, start=config.start)
+        self.modules = torch.nn.ModuleDict({side: build_fusion(self.fusion_config) for side in self.refined_sides()})
+        self.mean_modules = {side: build_fusion(FusionConfig(kind="mean", dim=self.image.shape[1]))
+                             for side in self.refined_sides()}
         self.logit_scale = torch.nn.Parameter(torch.tensor(float(np.log(1 / config.temperature))))
-        self.neighbour_rows = {side: self._neighbour_rows(side, groups) for side in self.refined_sides()}
-        params = [*self.modules.parameters(), self.logit_scale]
-        self.optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-        self.checkpoints = CheckpointStore(self.out, config.run_hash())
-        self.step, self.log = 0, []
+        self.keys = pairs.labels if config.objective == "supervised" else pairs.text_keys()
+        self.neighbour_rows = {side: self._neighbour_rows(side, engine) for side in self.refined_sides()}
+        self.vocabulary = self._vocabulary(self.train_rows, engine)
+        self.val_vocabulary = self._vocabulary(self.val, engine)
+        self.loop = TrainingLoop(self, config, self.out, config.run_hash(), desc="Training fusion")
 
+    # -- data --------------------------------------------------------------------------------------------------
     def refined_sides(self) -> list[str]:
         return ["image", "text"] if self.config.sides == "both" else [self.config.sides]
 
-    def _neighbour_rows(self, side: str, groups: Sequence[str]) -> np.ndarray:
+    def _neighbour_rows(self, side: str, engine: Any) -> np.ndarray:
         queries = (self.image if side == "image" else self.text).numpy()
-        _, rows = self.memory.search(queries, side, self.config.k, cross_modal_search=self.config.cross_modal_search,
-                                     exclude_groups=groups, duplicate_threshold=self.config.duplicate_threshold)
-        return rows
+        return neighbour_rows(self.memory, queries, side, self.config.k, self.pairs.groups, self.out / "neighbours",
+                              engine=engine, cross_modal_search=self.config.cross_modal_search,
+                              duplicate_threshold=self.config.duplicate_threshold, progress=self.config.progress)
 
-    def _neighbours(self, side: str, rows: np.ndarray) -> Any:
+    def _vocabulary(self, rows: np.ndarray, engine: Any) -> Vocabulary:
+        """The answers of these rows: distinct texts (their first pair's text and neighbours), or class names
+        (their embeddings, with neighbours searched for them)."""
+        if self.config.objective != "supervised":
+            return Vocabulary(self.keys, self.text.numpy(), rows)
+        names = sorted({self.keys[r] for r in rows})
+        vectors = np.stack([self.pairs.label_vectors[name] for name in names]).astype(np.float32)
+        vocabulary = Vocabulary(names, vectors, np.arange(len(names)))
+        if "text" in self.modules:
+            vocabulary.neighbours = neighbour_rows(
+                self.memory, vectors, "text", self.config.k, None, self.out / "neighbours" / f"labels-{len(rows)}",
+                engine=engine, cross_modal_search=self.config.cross_modal_search)
+        return vocabulary
+
+    def _neighbours(self, side: str, rows: np.ndarray, table: np.ndarray | None = None) -> Any:
         import torch
 
         fused = ("text" if side == "image" else "image") if self.config.fuse == "cross" else side
-        vectors = np.asarray(self.memory.vectors[fused])[self.neighbour_rows[side][rows]]
-        return torch.from_numpy(vectors)
+        found = (self.neighbour_rows[side] if table is None else table)[rows]
+        return torch.from_numpy(np.asarray(self.memory.vectors[fused])[found])
 
-    def refine(self, rows: np.ndarray) -> tuple[Any, Any]:
-        """(refined or original image, refined or original text) for training rows."""
-        q, t = self.image[rows], self.text[rows]
-        r = self.modules["image"](q, self._neighbours("image", rows)) if "image" in self.modules else q
-        s = self.modules["text"](t, self._neighbours("text", rows)) if "text" in self.modules else t
-        return r, s
+    def refine(self, side: str, rows: np.ndarray, modules: Any = None) -> Any:
+        """Refined (or, on a side without a module, original) vectors of pairs ``rows`` on ``side``."""
+        modules = self.modules if modules is None else modules
+        vectors = (self.image if side == "image" else self.text)[rows]
+        return modules[side](vectors, self._neighbours(side, rows)) if side in modules else vectors
 
-    def loss(self, rows: np.ndarray) -> dict[str, Any]:
-        r, s = self.refine(rows)
-        q, t = self.image[rows], self.text[rows]
+    def answers(self, vocabulary: Vocabulary, entries: np.ndarray, modules: Any = None) -> Any:
+        """The vectors the image side is scored against: the vocabulary's texts (or class names), refined on the
+        text side where it has a module."""
+        import torch
+
+        modules = self.modules if modules is None else modules
+        if self.config.objective != "supervised":
+            return self.refine("text", vocabulary.rows[entries], modules)
+        vectors = torch.from_numpy(vocabulary.vectors[entries])
+        if "text" not in modules:
+            return vectors
+        return modules["text"](vectors, self._neighbours("text", entries, vocabulary.neighbours))
+
+    # -- the task ----------------------------------------------------------------------------------------------
+    def parameters(self) -> list[Any]:
+        return [*self.modules.parameters(), self.logit_scale]
+
+    def trained_state(self) -> dict[str, Any]:
+        return {**{k: v.detach().clone() for k, v in self.modules.state_dict().items()},
+                "logit_scale": self.logit_scale.detach().clone()}
+
+    def load_trained_state(self, state: dict[str, Any]) -> None:
+        import torch
+
+        self.modules.load_state_dict({k: v for k, v in state.items() if k != "logit_scale"})
+        with torch.no_grad():
+            self.logit_scale.copy_(state["logit_scale"])
+
+    def after_step(self) -> None:
+        import torch
+
+        with torch.no_grad():
+            self.logit_scale.clamp_(0, float(np.log(100)))
+
+    def batch(self, micro_batch: int) -> np.ndarray:
+        from ..training import batch_rows
+
+        return self.train_rows[next(batch_rows(len(self.train_rows), self.config.batch_size, self.config.seed,
+                                               micro_batch))]
+
+    def loss(self, micro_batch: int) -> dict[str, Any]:
+        rows = self.batch(micro_batch)
+        if self.config.objective == "in-batch":
+            return self.in_batch_loss(rows)
+        return self.vocabulary_loss(rows, micro_batch)
+
+    def in_batch_loss(self, rows: np.ndarray) -> dict[str, Any]:
+        """RECO's loss: refined image with refined text, and each refined side with the original other side."""
+        r, s = self.refine("image", rows), self.refine("text", rows)
         terms = {}
         if self.config.sides == "both":
             terms["refined_refined"] = contrastive(r, s, self.logit_scale)
         if "image" in self.modules:
-            terms["refined_image_text"] = contrastive(r, t, self.logit_scale)
+            terms["refined_image_text"] = contrastive(r, self.text[rows], self.logit_scale)
         if "text" in self.modules:
-            terms["image_refined_text"] = contrastive(q, s, self.logit_scale)
+            terms["image_refined_text"] = contrastive(self.image[rows], s, self.logit_scale)
         terms["loss"] = sum(terms.values())
         return terms
 
-    def validate(self) -> dict[str, float]:
+    def vocabulary_loss(self, rows: np.ndarray, micro_batch: int) -> dict[str, Any]:
+        """Image side against every distinct answer (sampled past ``vocabulary_limit``, the batch's answers
+        always in); text side against the batch's images with every image of the same text a positive."""
+        import torch
+
+        targets = self.vocabulary.targets(self.keys, rows)
+        entries = np.arange(len(self.vocabulary.keys))
+        if len(entries) > self.config.vocabulary_limit:
+            rng = np.random.default_rng([self.config.seed, micro_batch, 1])
+            others = rng.choice(len(entries), self.config.vocabulary_limit, replace=False)
+            entries = np.unique(np.concatenate([targets, others]))
+        position = {entry: i for i, entry in enumerate(entries)}
+        scale = self.logit_scale.exp()
+        r = self.refine("image", rows)
+        logits = scale * r @ self.answers(self.vocabulary, entries).T
+        terms = {"image_vocabulary": torch.nn.functional.cross_entropy(
+            logits, torch.tensor([position[t] for t in targets]))}
+        if "text" in self.modules:
+            keys = np.array([self.keys[row] for row in rows], dtype=object)
+            same = torch.from_numpy(keys[:, None] == keys[None, :])
+            terms["text_images"] = multi_positive(scale * self.refine("text", rows) @ r.T, same)
+        terms["loss"] = sum(terms.values())
+        return terms
+
+    def evaluate(self, modules: Any = None) -> dict[str, float]:
+        """Top-1 accuracy of the held-out queries among the distinct held-out answers (every copy of a text is
+        the same answer), with the given modules (default: the trained ones)."""
         import torch
 
         if len(self.val) == 0:
             return {}
         with torch.no_grad():
-            r, s = self.refine(self.val)
-            hits = (torch.argmax(r @ s.T, dim=1) == torch.arange(len(self.val))).float().mean()
-            return {"val_loss": float(self.loss(self.val)["loss"]), "val_i2t_R@1": float(hits)}
+            queries = self.refine("image", self.val, modules)
+            answers = self.answers(self.val_vocabulary, np.arange(len(self.val_vocabulary.keys)), modules)
+            predicted = torch.argmax(queries @ answers.T, dim=1).numpy()
+        truth = self.val_vocabulary.targets(self.keys, self.val)
+        return {SELECTION: float((predicted == truth).mean())}
 
+    # -- the run --------------------------------------------------------------------------------------------------
     def train(self) -> Path:
-        import torch
-        from tqdm.auto import tqdm
-
-        state = self.checkpoints.latest()
-        if state is not None:
-            self.modules.load_state_dict(state["modules"])
-            with torch.no_grad():
-                self.logit_scale.copy_(state["logit_scale"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.step, self.log = state["step"], state["log"]
+        """Train (or resume), select the fusion, write the model folder; returns it."""
+        mean = self.evaluate(self.mean_modules).get(SELECTION)
+        if self.config.learned_kind() == "mean" or self.config.steps == 0:
+            summary = {"steps": 0, "kept_step": 0, "best_value": mean, "train_seconds": 0.0}
+            self.loop.log = [{"step": 0, **({SELECTION: mean} if mean is not None else {})}]
         else:
-            self.log.append({"step": 0, **self.validate()})
-        per_epoch = max(1, len(self.train_rows) // self.config.batch_size)
-        bar = tqdm(total=self.config.steps, initial=self.step, desc="Training fusion", disable=not self.config.progress)
-        started = time.perf_counter()
-        while self.step < self.config.steps:
-            epoch, position = divmod(self.step, per_epoch)
-            order = np.random.default_rng([self.config.seed, epoch]).permutation(self.train_rows)
-            rows = order[position * self.config.batch_size:(position + 1) * self.config.batch_size]
-            terms = self.loss(rows)
-            self.optimizer.zero_grad(set_to_none=True)
-            terms["loss"].backward()
-            self.optimizer.step()
-            with torch.no_grad():
-                self.logit_scale.clamp_(0, float(np.log(100)))
-            self.step += 1
-            entry = {"step": self.step, **{k: float(v.detach()) for k, v in terms.items()},
-                     "temperature": float(1 / self.logit_scale.detach().exp())}
-            if self.step % self.config.val_every == 0 or self.step == self.config.steps:
-                entry.update(self.validate())
-            self.log.append(entry)
-            bar.set_postfix(loss=f"{entry['loss']:.4f}")
-            bar.update(1)
-            if self.step % self.config.checkpoint_every == 0 and self.step < self.config.steps:
-                self.checkpoints.save(self.step, {"modules": self.modules.state_dict(),
-                                                  "logit_scale": self.logit_scale.detach().clone(),
-                                                  "optimizer": self.optimizer.state_dict(), "log": self.log})
-        bar.close()
-        return self.finish(time.perf_counter() - started)
+            summary = self.loop.run()
+        return self.finish(summary, mean)
 
-    def finish(self, seconds: float) -> Path:
+    def choice(self, summary: dict[str, Any], mean: float | None) -> dict[str, Any]:
+        """Which fusion the model uses, and why."""
+        kind, learned = self.config.learned_kind(), summary.get("best_value")
+        used = kind
+        if self.config.fusion == "auto" or kind == "mean":
+            used = kind if kind != "mean" and learned is not None and mean is not None and learned > mean else "mean"
+        if kind == "mean":
+            why = "mean fusion was asked for (no parameters)"
+        elif learned is None or mean is None:
+            why = f"{used}: nothing was held out to compare on"
+        else:
+            verdict = "beat" if learned > mean else "did not beat"
+            held = "classes" if self.config.holdout == "class" else "groups"
+            why = (f"learned {kind} (step {summary.get('kept_step')}) {verdict} mean fusion on held-out {held}: "
+                   f"{SELECTION} {learned:.4f} vs {mean:.4f}; using {used}")
+        return {"metric": SELECTION, "mean": mean, "learned": learned if kind != "mean" else None,
+                "learned_kind": kind, "kept_step": summary.get("kept_step"), "used": used, "why": why}
+
+    def finish(self, summary: dict[str, Any], mean: float | None) -> Path:
         from safetensors.torch import save_file
 
         self.out.mkdir(parents=True, exist_ok=True)
-        state = {f"{side}.{name}": tensor.contiguous() for side, module in self.modules.items()
-                 for name, tensor in module.state_dict().items()}
-        if state:
-            save_file(state, self.out / "fusion.safetensors")
+        selection = self.choice(summary, mean)
+        used = dataclasses.replace(self.fusion_config, kind=selection["used"])
+        weights = self.out / "fusion.safetensors"
+        weights.unlink(missing_ok=True)
+        if used.kind != "mean":
+            save_file({f"{side}.{name}": tensor.contiguous() for side, module in self.modules.items()
+                       for name, tensor in module.state_dict().items()}, weights)
         memory = os.path.relpath(Path(self.config.memory).resolve(), self.out.resolve())
         info = {"base": self.config.base, "memory": memory, "memory_content_hash": self.memory.content_hash(),
-                "fusion": dataclasses.asdict(self.fusion_config), "sides": self.refined_sides(),
-                "config": dataclasses.asdict(self.config), "steps": self.step, "train_seconds": seconds,
-                "run_hash": self.config.run_hash()}
+                "fusion": dataclasses.asdict(used), "sides": self.refined_sides(), "selection": selection,
+                "config": dataclasses.asdict(self.config), "steps": summary["steps"],
+                "train_seconds": summary.get("train_seconds"), "run_hash": self.config.run_hash()}
         with atomic_open(self.out / "reco.json") as handle:
             json.dump(info, handle, indent=2)
-        with atomic_open(self.out / "log.json") as handle:
-            json.dump(self.log, handle, indent=1)
-        plot_curves(self.log, self.out / "loss_curves.png")
+        write_log(self.out, self.loop.log, summary=summary, selection=selection)
+        self.loop.finish_checkpoints()
         return self.out
 
 
@@ -233,10 +373,10 @@ def load_fusion(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     problem = reco_info_problem(info)
     if problem:
         raise ModelSpecError(f"{path}: {problem}")
-    config = FusionConfig(**info["fusion"])
+    config = FusionConfig(**{"start": "query", **info["fusion"]})      # older models started as the query
     weights_path = folder / "fusion.safetensors"
     try:
-        weights = load_file(weights_path) if weights_path.exists() else {}
+        weights = load_file(weights_path) if config.kind != "mean" else {}
         modules = {}
         for side in info["sides"]:
             module = build_fusion(config)
@@ -254,7 +394,8 @@ def reco_info_problem(info: dict[str, Any]) -> str | None:
     if not isinstance(info.get("base"), str) or not isinstance(info.get("memory"), str):
         return "needs the base encoder's spec and the memory's folder (base, memory)"
     fusion = info.get("fusion")
-    if not isinstance(fusion, dict) or not set(fusion) <= fields or fusion.get("kind") not in KINDS:
+    if not isinstance(fusion, dict) or not set(fusion) <= fields or fusion.get("kind") not in KINDS \
+            or fusion.get("start", "query") not in STARTS:
         return f"fusion must be an object with {', '.join(sorted(fields))} (kind one of {', '.join(KINDS)})"
     sides = info.get("sides")
     if not isinstance(sides, list) or not set(sides) <= {"image", "text"}:
