@@ -77,7 +77,8 @@ class Task:
         counts = Counter(self.labels[i] for i in self.memory_rows)
         self.classes = [name for name, _ in counts.most_common(classes)]
         index = {name: c for c, name in enumerate(self.classes)}
-        self.queries = np.array([i for i, r in enumerate(self.rows) if r.image_file in held and self.labels[i] in index])
+        self.queries = np.array([i for i, r in enumerate(self.rows)
+                                 if r.image_file in held and self.labels[i] in index])
         self.truth = np.array([index[self.labels[i]] for i in self.queries])
         items = [MemoryItem(f"row{i}", self.labels[i], None, "offline-split", group=self.rows[i].image_file)
                  for i in self.memory_rows]
@@ -174,8 +175,9 @@ def report(task: Task, runs: dict, args: argparse.Namespace, minutes: float) -> 
              f"Command: `python benchmarks/reco_demo.py --settings {args.settings} --objectives {args.objectives} "
              f"--fusions {args.fusions} --k {args.k} --heads {args.heads} --steps {args.steps} --lr {args.lr:g} "
              f"--eval-every {args.eval_every} --patience {args.patience} --start {args.start}`", "",
-             f"{len(task.queries):,} queries (captions of held-out images whose label is one of the {len(task.classes)} "
-             f"most frequent); memory of {len(task.memory):,} (caption, label) pairs of other images. Chance "
+             f"{len(task.queries):,} queries (captions of held-out images whose label is one of the "
+             f"{len(task.classes)} most frequent); memory of {len(task.memory):,} (caption, label) pairs of other "
+             "images. Chance "
              f"{1 / len(task.classes):.3f}; majority class {np.bincount(task.truth).max() / len(task.truth):.3f}. "
              "Both sides refined; learned fusions selected on held-out data (seen: held-out images; zero-shot: "
              "held-out classes) and kept only if they beat mean fusion there ('used').", ""]
