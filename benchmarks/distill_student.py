@@ -39,7 +39,7 @@ def main() -> None:
 
     train, held_out = split_by_image(offline_train_split())
     held_out = random.Random(0).sample(held_out, min(args.held_out, len(held_out)))
-    config = DistillConfig(scratch=SCRATCH, tokenizer_vocab=2000, max_steps=args.steps, batch_size=64, lr=1e-3,
+    config = DistillConfig(scratch=SCRATCH, tokenizer_vocab=2000, steps=args.steps, batch_size=64, lr=1e-3,
                            warmup_steps=150, eval_every=max(1, args.steps // 6), checkpoint_every=500,
                            val_fraction=0.02)
     started = time.perf_counter()

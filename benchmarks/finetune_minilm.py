@@ -49,11 +49,13 @@ def held_out_length_baselines(config_kwargs: dict[str, Any]) -> dict[str, float]
     """Fair caption-length d_corr on the same held-out rows the runs are judged on."""
     import numpy as np
 
-    from hierarcaps.finetune.data import split_held_out, training_records
+    from hierarcaps.finetune.data import group_of, training_records
     from hierarcaps.metrics.baselines import length_baselines
+    from hierarcaps.training import holdout
 
-    _, held = split_held_out(training_records(config_kwargs["train"]), 0.05, config_kwargs["seed"])
-    texts = np.array([r.positive for r in held[:config_kwargs["val_rows"]]], dtype=object)
+    records = training_records(config_kwargs["train"])
+    _, held = holdout([group_of(r) for r in records], 0.05, config_kwargs["seed"])
+    texts = np.array([records[i].positive for i in held[:config_kwargs["val_rows"]]], dtype=object)
     return {name: m["d_corr"]["value"] for name, m in length_baselines(texts, resamples=10).items()}
 
 
@@ -101,19 +103,19 @@ def main() -> None:
     started = time.perf_counter()
     sweep = []
     for lr in LRS:
-        result = train({**common, "lr": lr, "max_steps": args.sweep_steps, "val_every": max(1, args.sweep_steps // 3),
+        result = train({**common, "lr": lr, "steps": args.sweep_steps, "eval_every": max(1, args.sweep_steps // 3),
                         "out": f"{args.runs}/sweep-lr{lr:g}"})
         print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
         sweep.append(result)
     best = max(sweep, key=lambda r: (r["val_d_corr"], -r["lr"]))   # ties go to the smaller lr
-    final_kwargs = {**common, "lr": best["lr"], "max_steps": args.steps, "val_every": max(1, args.steps // 10)}
+    final_kwargs = {**common, "lr": best["lr"], "steps": args.steps, "eval_every": max(1, args.steps // 10)}
     final = train({**final_kwargs, "out": f"{args.runs}/final"})
     print(json.dumps({k: v for k, v in final.items() if k != "curve"}), flush=True)
     ablations = {"RE, as the reference trainer (the sweep run)": best}
     for label, change in ABLATIONS.items():
         slug = "-".join(f"{k}{v}" for k, v in change.items())
-        ablations[label] = train({**common, "lr": best["lr"], "max_steps": args.sweep_steps,
-                                  "val_every": max(1, args.sweep_steps // 3), **change,
+        ablations[label] = train({**common, "lr": best["lr"], "steps": args.sweep_steps,
+                                  "eval_every": max(1, args.sweep_steps // 3), **change,
                                   "out": f"{args.runs}/ablation-{slug}"})
         print(label, json.dumps({k: v for k, v in ablations[label].items() if k != "curve"}), flush=True)
 

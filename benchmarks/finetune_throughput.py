@@ -35,7 +35,7 @@ def main() -> None:
     figures = {}
     for label, spec in models.items():
         trainer = Trainer(FinetuneConfig(model=spec, train=str(train), out=str(work / label.split()[0]), lr=1e-5,
-                                         batch_size=args.batch_size, max_steps=args.steps, val_fraction=0.0,
+                                         batch_size=args.batch_size, steps=args.steps, val_fraction=0.0,
                                          checkpoint_every=10**9, device=args.device, progress=False))
         trainer.train()
         figures[label] = json.loads((work / label.split()[0] / "log.json").read_text())["throughput"]

@@ -77,9 +77,14 @@ class RayEngine:
         return ray
 
     def pool(self, ray: Any, gpus: float) -> tuple[int, float, float]:
-        """(actors, CPUs per actor, GPUs per actor) for a job that can use ``gpus`` GPUs per actor."""
+        """(actors, CPUs per actor, GPUs per actor) for a job whose workers can use ``gpus`` GPUs each: more than
+        one is a need (a tensor-parallel vLLM engine spans that many), granted whatever ``gpus_per_actor`` says;
+        one or less is a use, capped by ``gpus_per_actor``."""
         resources = ray.cluster_resources()
-        per_gpu = min(gpus, self.gpus_per_actor) if resources.get("GPU", 0) >= 1 else 0.0
+        per_gpu = (gpus if gpus > 1 else min(gpus, self.gpus_per_actor)) if resources.get("GPU", 0) >= 1 else 0.0
+        if per_gpu > resources.get("GPU", 0) > 0:
+            raise HierarcapsError(f"a worker of this stage needs {per_gpu:g} GPUs (tensor_parallel_size); the cluster "
+                                  f"has {resources['GPU']:g}")
         if self.actors:
             return self.actors, self.cpus_per_actor, per_gpu
         if per_gpu:

@@ -54,7 +54,9 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory, expanded_records) -> P
     from tiny_generation_models import build_tiny_llama, build_tiny_nli
 
     folder = tmp_path_factory.mktemp("tiny-generation")
-    prompts = [p.read_text() for p in (REPO / "generation" / "prompts").glob("*.txt")]
+    from hierarcaps.generation.prompts import builtin_folder
+
+    prompts = [p.read_text() for p in builtin_folder().glob("*")]
     build_tiny_llama(folder / "llm", [t for r in expanded_records[:2000] for t in r.positive] + prompts)
     build_tiny_nli(folder / "nli")
     return folder

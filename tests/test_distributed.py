@@ -47,7 +47,7 @@ def test_generation_under_ray_writes_the_local_bytes_and_resumes_after_a_kill(
 
     captions = tmp_path / "captions.csv"
     write_csv(expanded_records[:50], captions, fmt="pairs")
-    config_path = write_tiny_config(tmp_path, tiny_models, captions, max_steps=20)
+    config_path = write_tiny_config(tmp_path, tiny_models, captions, steps=20)
     config = load_config(config_path)
     local = tmp_path / "local"
     Runner(dataclasses.replace(config, out=str(local)), progress=False).run()

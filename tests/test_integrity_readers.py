@@ -31,9 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 # -- configs -------------------------------------------------------------------------------------------------
 
 def config_folder(tmp_path: Path, text: str) -> Path:
-    shutil.copytree(REPO / "generation" / "prompts", tmp_path / "prompts")
+    from hierarcaps.generation.prompts import builtin_folder
+
+    shutil.copytree(builtin_folder(), tmp_path / "prompts")
     (tmp_path / "captions.txt").write_text("a dog on a beach\n")
-    (tmp_path / "run.yaml").write_text(text)
+    (tmp_path / "run.yaml").write_text(text.replace("input: captions.txt", "input: captions.txt\nprompts: prompts"))
     return tmp_path / "run.yaml"
 
 
@@ -67,7 +69,7 @@ CONFIG_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.floa
                                                                                           max_size=3), max_leaves=8)
 SECTION_KEYS = {"llm": ["backend", "max_new_tokens", "temperature", "top_p", "batch_size", "dtype", "engine_args"],
                 "nli": ["entail_threshold", "batch_size", "scratch", "generic_not_longer"],
-                "distill": ["lr", "max_steps", "val_fraction", "scratch"], "": ["shard_size", "seed", "limit"]}
+                "distill": ["lr", "steps", "val_fraction", "scratch"], "": ["shard_size", "seed", "limit"]}
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -65,11 +65,11 @@ def build_tiny_nli(folder: Path) -> Path:
 
 def write_tiny_config(folder: Path, models: Path, captions: Path, **distill) -> Path:
     """The pipeline config the generation tests share: tiny random models, small shards, 60 distill steps."""
-    steps = distill.get("max_steps", 60)
+    steps = distill.get("steps", 60)
     text = f"""
 input: {captions}
 out: {folder / "run"}
-prompts: {REPO / "generation" / "prompts"}
+prompts: builtin
 shard_size: 10
 llm: {{backend: transformers, model: {models / "llm"}, max_new_tokens: 6, batch_size: 16, temperature: 1.0}}
 nli: {{model: {models / "nli"}, entail_threshold: 0.2, contradict_threshold: 0.2}}
@@ -77,7 +77,7 @@ augment: {{demonstrations: 2, samples_per_caption: 1}}
 distill:
   scratch: {{d_model: 64, d_ff: 128, d_kv: 16, num_heads: 4, num_layers: 2, num_decoder_layers: 2, dropout_rate: 0.0}}
   tokenizer_vocab: 400
-  max_steps: {steps}
+  steps: {steps}
   batch_size: 16
   lr: 0.003
   eval_every: 20

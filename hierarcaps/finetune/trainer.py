@@ -1,9 +1,9 @@
 """Fine-tune the text side of a model with the RE (or entailment-cone) objective.
 
-Only the text tower and text projection train; everything else is frozen and stays bit-identical.
-Checkpoints (weights of the trained part, optimizer, scheduler, RNG, log) are written atomically every
-``checkpoint_every`` steps; re-running the same command after a kill resumes from the newest one and ends
-with the same weights as an uninterrupted run.
+Only the text tower and text projection train; everything else is frozen and stays bit-identical. The run
+is the package's one training loop (``hierarcaps.training``): checkpoints (weights of the trained part,
+optimizer, scheduler, RNG, log) written atomically every ``checkpoint_every`` steps; re-running the same
+command after a kill resumes from the newest one and ends with the same weights as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -12,28 +12,27 @@ import dataclasses
 import json
 import math
 import shutil
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .. import __version__
-from .._io import atomic_open
-from ..checkpoints import CheckpointStore, run_hash
-from ..configs import check_fields, setting
+from ..checkpoints import run_hash
+from ..configs import setting
 from ..data.records import content_checksum
 from ..errors import HierarcapsError
 from ..models.registry import CHECKPOINT_FILE, load_encoder
 from ..models.torch_utils import TorchEncoder, autocast
-from ..training_log import plot_curves
-from .data import OFFLINE, micro_batches, split_held_out, training_records
+from ..training import TrainingConfig, TrainingLoop, holdout, write_log
+from .data import OFFLINE, group_of, training_records
 from .losses import NEGATIVE_PAIRINGS, OBJECTIVES, LossWeights
 
 
 @dataclasses.dataclass
-class FinetuneConfig:
-    """Everything that determines a run; its hash guards resuming into a different run."""
+class FinetuneConfig(TrainingConfig):
+    """Everything that determines a run; its hash guards resuming into a different run. ``steps`` None: as many
+    as ``epochs`` of the training rows take."""
 
     model: str = "minilm"
     train: str = OFFLINE
@@ -43,31 +42,24 @@ class FinetuneConfig:
     pullback_weight: float = setting(10.0, low=0.0, high=1e6)
     main_weight: float = setting(1.0, low=0.0, high=1e6)
     hard_weight: float = setting(1.0, low=0.0, high=1e6)
-    lr: float = setting(1e-7, low=0.0, high=1.0, open_low=True)
-    weight_decay: float = setting(0.01, low=0.0, high=10.0)
-    warmup_steps: int = setting(0, low=0, high=10**8)
-    batch_size: int = setting(8, low=1, high=65536)
-    grad_accum: int = setting(1, low=1, high=65536)
     epochs: float = setting(1.0, low=0.0, high=10**6, open_low=True)
-    max_steps: int | None = setting(None, low=1, high=10**8)
-    max_grad_norm: float | None = setting(1.0, low=0.0, open_low=True)
-    val_fraction: float = setting(0.05, low=0.0, high=0.5)
-    val_every: int = setting(250, low=1, high=10**8)
     val_rows: int = setting(256, low=1, high=10**7)
-    checkpoint_every: int = setting(200, low=1, high=10**8)
-    seed: int = setting(0, low=0, high=2**32 - 1)
     device: str | None = None
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        check_fields(self)
+    steps: int | None = setting(None, low=1, high=10**8)
+    batch_size: int = setting(8, low=1, high=65536)
+    lr: float = setting(1e-7, low=0.0, high=1.0, open_low=True)
+    max_grad_norm: float | None = setting(1.0, low=0.0, open_low=True)
+    eval_every: int = setting(250, low=1, high=10**8)
 
     def run_hash(self) -> str:
         return run_hash(self, ignore=("device", "progress", "out"))
 
 
 class Trainer:
-    """One fine-tuning run: data, model, optimizer, loop, checkpoints, outputs."""
+    """One fine-tuning run: data, model, the loop's task (the objective on a batch, held-out d_corr), outputs."""
+
+    selection = "val_d_corr"
+    higher_is_better = True
 
     def __init__(self, config: FinetuneConfig) -> None:
         import torch
@@ -75,8 +67,8 @@ class Trainer:
         self.config = config
         self.out = Path(config.out)
         records = training_records(config.train)
-        self.train_rows, self.val_rows = split_held_out(records, config.val_fraction, config.seed)
-        self.val_rows = self.val_rows[:config.val_rows]
+        train, held = holdout([group_of(r) for r in records], config.val_fraction, config.seed)
+        self.train_rows, self.val_rows = [records[i] for i in train], [records[i] for i in held][:config.val_rows]
         self.data_checksum = content_checksum(records)
         torch.manual_seed(config.seed)
         encoder = load_encoder(config.model, device=config.device)
@@ -93,26 +85,24 @@ class Trainer:
         self.starting_weights = [p.detach().clone() for _, p in self.trainable]
         for p in encoder.model.parameters():
             p.requires_grad_(id(p) in trainable)
-        self.optimizer = torch.optim.AdamW([p for _, p in self.trainable], lr=config.lr,
-                                           weight_decay=config.weight_decay)
-        self.total_steps = self._total_steps()
-        warmup = config.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
         self.objective = OBJECTIVES[config.objective]
-        if config.negative_pairing not in NEGATIVE_PAIRINGS:
-            raise HierarcapsError(f"negative pairing must be one of {', '.join(NEGATIVE_PAIRINGS)}, "
-                                  f"not {config.negative_pairing!r}")
         self.weights = LossWeights(config.pullback_weight, config.main_weight, config.hard_weight)
-        self.step = 0
-        self.log: list[dict[str, Any]] = []
-        self.checkpoints = CheckpointStore(self.out, config.run_hash())
+        self.loop = TrainingLoop(self, config, self.out, config.run_hash(), total_steps=self._total_steps(),
+                                 desc="Fine-tuning")
 
     def _total_steps(self) -> int:
         per_epoch = len(self.train_rows) // (self.config.batch_size * self.config.grad_accum)
-        if self.config.max_steps is not None:
-            return self.config.max_steps
+        if self.config.steps is not None:
+            return self.config.steps
         return max(1, math.floor(per_epoch * self.config.epochs))
+
+    @property
+    def step(self) -> int:
+        return self.loop.step
+
+    @property
+    def log(self) -> list[dict[str, Any]]:
+        return self.loop.log
 
     # -- the objective on one batch ------------------------------------------------------------------
     def embed_rows(self, rows: list[Any]) -> tuple[Any, Any, Any]:
@@ -155,40 +145,36 @@ class Trainer:
         terms = self.objective(pos, neg, root, pos_orig, neg_orig, self.weights, self.config.negative_pairing)
         return terms, (pos - root).norm(dim=-1)
 
-    def batch_loss(self, rows: list[Any]) -> dict[str, Any]:
-        return self.batch_terms(rows)[0]
+    # -- the task ---------------------------------------------------------------------------------------
+    def parameters(self) -> list[Any]:
+        return [p for _, p in self.trainable]
 
-    # -- checkpoints -----------------------------------------------------------------------------------
-    def save_checkpoint(self) -> Path:
+    def trained_state(self) -> dict[str, Any]:
+        return {n: p.detach().clone() for n, p in self.trainable}
+
+    def load_trained_state(self, state: dict[str, Any]) -> None:
         import torch
 
-        return self.checkpoints.save(self.step, {
-            "trainable": {n: p.detach().clone() for n, p in self.trainable},
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(), "log": self.log})
-
-    def resume(self) -> bool:
-        """Load the newest complete checkpoint of this run, if any."""
-        import torch
-
-        state = self.checkpoints.latest()
-        if state is None:
-            return False
         with torch.no_grad():
             for name, p in self.trainable:
-                p.copy_(state["trainable"][name])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        self.step, self.log = state["step"], state["log"]
-        return True
+                p.copy_(state[name])
 
-    # -- validation --------------------------------------------------------------------------------------
-    def validate(self) -> dict[str, float]:
-        """Held-out loss and d_corr (Kendall tau of radius vs tier) on rows whose images training never saw.
+    def after_step(self) -> None:
+        pass
 
-        Select models on d_corr: the RE loss can be negative and does not fall as d_corr rises.
-        """
+    def loss(self, micro_batch: int) -> dict[str, Any]:
+        from ..training import batch_rows
+
+        # dropout stays off (eval mode), as in CLIP whose dropout is 0: the pullback term then measures drift
+        # from the starting model rather than dropout noise, and runs are exactly reproducible
+        self.encoder.model.eval()
+        rows = next(batch_rows(len(self.train_rows), self.config.batch_size, self.config.seed, micro_batch))
+        return self.batch_terms([self.train_rows[i] for i in rows])[0]
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out loss and d_corr (Kendall tau of radius vs tier, a tie counting half) on rows whose images
+        training never saw. Select models on d_corr: the RE loss can be negative and does not fall as d_corr
+        rises."""
         import torch
 
         from ..metrics.hierarchy import kendall_tau_rows
@@ -205,60 +191,18 @@ class Trainer:
         return {"val_loss": sum(losses) / len(self.val_rows),
                 "val_d_corr": float(kendall_tau_rows(np.concatenate(radii)).mean())}
 
-    # -- the loop ------------------------------------------------------------------------------------------
+    # -- the run ------------------------------------------------------------------------------------------
     def train(self) -> Path:
-        import torch
-        from tqdm.auto import tqdm
-
-        config = self.config
         final = self.out / "model" / CHECKPOINT_FILE
         if final.exists():   # a finished run: the same settings have nothing left to do
             info = json.loads(final.read_text())
-            if info.get("run_hash") != config.run_hash():
+            if info.get("run_hash") != self.config.run_hash():
                 raise HierarcapsError(f"{self.out} holds a different run (finished); use a new --out or delete it")
-            self.step, self.log = info["steps"], json.loads((self.out / "log.json").read_text())["log"]
+            self.loop.step, self.loop.log = info["steps"], json.loads((self.out / "log.json").read_text())["log"]
             return final.parent
-        resumed = self.resume()
-        if not resumed:
-            self.log.append({"step": 0, **self.validate()})
-        # dropout stays off (eval mode), as in CLIP whose dropout is 0: the pullback term then measures
-        # drift from the starting model rather than dropout noise, and runs are exactly reproducible
-        self.encoder.model.eval()
-        batches = micro_batches(len(self.train_rows), config.batch_size, config.seed,
-                                start=self.step * config.grad_accum)
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="Fine-tuning", disable=not config.progress,
-                   unit="step")
-        started, first_step, running = time.perf_counter(), self.step, None
-        while self.step < self.total_steps:
-            terms_sum: dict[str, float] = {}
-            for _ in range(config.grad_accum):
-                rows = [self.train_rows[i] for i in next(batches)]
-                terms = self.batch_loss(rows)
-                (terms["loss"] / config.grad_accum).backward()
-                for name, value in terms.items():
-                    terms_sum[name] = terms_sum.get(name, 0.0) + float(value.detach()) / config.grad_accum
-            if config.max_grad_norm:
-                torch.nn.utils.clip_grad_norm_([p for _, p in self.trainable], config.max_grad_norm)
-            self.optimizer.step()
-            self.scheduler.step()
-            self.optimizer.zero_grad(set_to_none=True)
-            self.step += 1
-            entry = {"step": self.step, "lr": self.scheduler.get_last_lr()[0], **terms_sum}
-            if self.step % config.val_every == 0 or self.step == self.total_steps:
-                entry.update(self.validate())
-            self.log.append(entry)
-            running = terms_sum["loss"] if running is None else 0.95 * running + 0.05 * terms_sum["loss"]
-            bar.set_postfix(loss=f"{running:.4f}")
-            bar.update(1)
-            if self.step % config.checkpoint_every == 0 and self.step < self.total_steps:
-                self.save_checkpoint()
-        bar.close()
-        seconds = time.perf_counter() - started
-        items = (self.step - first_step) * config.batch_size * config.grad_accum
-        throughput = {"train_seconds": seconds, "items_per_s": items / seconds if seconds else None}
-        return self.finish(throughput)
+        summary = self.loop.run()
+        return self.finish({"train_seconds": summary["train_seconds"], "items_per_s": summary["items_per_s"]})
 
-    # -- outputs -----------------------------------------------------------------------------------------
     def finish(self, throughput: dict[str, Any]) -> Path:
         """Write the final model folder (loadable by `hierarcaps evaluate --model`), the log and the curves."""
         self.encoder.model.eval()
@@ -283,8 +227,5 @@ class Trainer:
         (tmp / CHECKPOINT_FILE).write_text(json.dumps(info, indent=2) + "\n")
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        with atomic_open(self.out / "log.json") as handle:
-            json.dump({"config": dataclasses.asdict(self.config), "throughput": throughput, "log": self.log},
-                      handle, indent=1)
-        plot_curves(self.log, self.out / "loss_curves.png")
+        write_log(self.out, self.log, config=dataclasses.asdict(self.config), throughput=throughput)
         return final

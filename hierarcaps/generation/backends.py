@@ -1,13 +1,15 @@
-"""LLM backends behind one interface: complete prompts into flat JSON objects of string fields.
+"""LLM backends behind one interface: answer conversations with flat JSON objects of string fields.
 
-``vllm`` (GPUs; offline batched ``LLM.generate`` with structured outputs) lives in its own
-environment, so it is imported only when chosen. ``transformers`` runs anywhere: it fills the JSON one
-field at a time (the prompt is extended with ``{"field": "`` and generation stops at the closing quote),
-which constrains the output to the schema for the flat string objects this pipeline asks for.
+A request is a conversation (chat turns: instruction and demonstrations, then the caption; see ``prompts``)
+and the answer is ``{"tier_1": "...", "tier_2": "...", "tier_3": "..."}`` in exactly the spaced form the
+demonstrations show. Both backends turn a conversation into token ids the same way (:func:`prompt_ids`): the
+model's chat template applied once, its special tokens included (never a second start token), or, for a model
+without one, the turns as plain text.
 
-Instruct models get their prompts in their own chat format (the tokenizer's chat template, one user turn,
-then the assistant's turn opened) unless the config says ``chat_template: none``; the JSON constraint applies
-to the assistant's reply either way.
+- ``transformers`` runs anywhere: one constrained decoding pass per batch (``decoding``), the shared prompt
+  prefix encoded once, on the configured device and dtype.
+- ``vllm`` (GPUs; its own environment, imported only when chosen): offline batched ``LLM.generate`` on the
+  token ids, a regular-expression constraint of the same spaced JSON, and a seed per request.
 """
 
 from __future__ import annotations
@@ -15,12 +17,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from ..errors import HierarcapsError
 from ..models.folders import NO_REMOTE_CODE, SAFE_WEIGHTS
 from .config import LLMConfig
+from .prompts import Message, plain_text
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +37,7 @@ class Sampling:
 class Completion(NamedTuple):
     fields: dict[str, str] | None     # None: the output could not be parsed into the schema
     text: str                         # what the model wrote, for inspection
+    truncated: bool = False           # a value reached the length limit and was cut there
 
 
 def max_chars(sampling: Sampling) -> int:
@@ -40,12 +45,22 @@ def max_chars(sampling: Sampling) -> int:
     return 4 * sampling.max_new_tokens
 
 
+def token_budget(fields: Sequence[str], sampling: Sampling) -> int:
+    """New tokens that always suffice for a whole object (a token is at least one character): every value at its
+    longest and every character of the keys, quotes and braces. Decoding stops once every row's object is
+    closed, so the bound costs nothing."""
+    from .decoding import Template
+
+    return len(fields) * max_chars(sampling) + sum(len(text) for text in Template(tuple(fields), 1).literals)
+
+
 def json_regex(fields: list[str], max_length: int) -> str:
-    """Compact JSON ``{"field":"non-empty string",...}`` with exactly these fields, as a regular expression.
-    A regex rather than a JSON schema: schema grammars allow free whitespace, which a weak model can fill
-    until its token budget runs out."""
+    """Spaced JSON ``{"field": "non-empty string", ...}`` with exactly these fields, as a regular expression: the
+    form the prompts' demonstrations show, so the model's own way of writing it is never masked. A regex
+    rather than a JSON schema: schema grammars allow free whitespace, which a weak model can fill until its
+    token budget runs out."""
     value = f'"[^"\\\\\\x00-\\x1f]{{1,{max_length}}}"'
-    return "\\{" + ",".join(f'"{re.escape(field)}":{value}' for field in fields) + "\\}"
+    return "\\{" + ", ".join(f'"{re.escape(field)}": {value}' for field in fields) + "\\}"
 
 
 def parse_fields(text: str, fields: list[str]) -> dict[str, str] | None:
@@ -89,103 +104,104 @@ def model_version(model: str) -> str:
     return folder_fingerprint(path) if path.is_dir() else f"hub:{model}"
 
 
-def chat_formatter(tokenizer: Any, mode: str) -> Any:
-    """A function prompt -> text in the model's chat format, or None for plain prompts.
+CHAT_MODES = ("auto", "none", "required")
 
-    ``auto`` uses the tokenizer's chat template when it has one; ``none`` never does; ``required`` fails
-    when there is none (an instruct model without its template gets a prompt it was not trained on).
-    """
-    if mode not in ("auto", "none", "required"):
+
+def uses_chat(tokenizer: Any, mode: str) -> bool:
+    """Whether prompts go through the tokenizer's chat template: ``auto`` when it has one, ``none`` never,
+    ``required`` always (it fails when there is none: an instruct model would get a prompt it was not trained
+    on)."""
+    if mode not in CHAT_MODES:
         raise HierarcapsError(f"llm.chat_template must be auto, none or required, not {mode!r}")
-    if mode == "none":
-        return None
-    if not getattr(tokenizer, "chat_template", None):
-        if mode == "required":
-            raise HierarcapsError("llm.chat_template is required but the model's tokenizer has none")
-        return None
+    has = bool(getattr(tokenizer, "chat_template", None))
+    if mode == "required" and not has:
+        raise HierarcapsError("llm.chat_template is required but the model's tokenizer has none")
+    return has and mode != "none"
 
-    def render(prompt: str) -> str:
-        return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True)
-    return render
+
+def prompt_ids(tokenizer: Any, turns: list[Message], chat: bool) -> list[int]:
+    """A conversation's token ids, the assistant's turn opened: the chat template's own special tokens and no
+    other (a template that writes the start token itself gets no second one), or the plain text with the
+    tokenizer's usual special tokens."""
+    if chat:
+        encoded = tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=True)
+        ids = encoded["input_ids"] if hasattr(encoded, "keys") else encoded
+        return [int(i) for i in ids]
+    return list(tokenizer(plain_text(turns))["input_ids"])
 
 
 class LLMBackend(Protocol):
     name: str
     version: str
 
-    def complete_json(self, prompts: list[str], fields: list[str], sampling: Sampling, seed: int
-                      ) -> list[Completion]:
-        """One completion per prompt."""
+    def complete_json(self, conversations: list[list[Message]], fields: list[str], sampling: Sampling,
+                      seeds: list[int]) -> list[Completion]:
+        """One completion per conversation; ``seeds[i]`` seeds conversation i's sampling."""
 
 
-def _torch_dtype(name: str) -> Any:
+def torch_dtype(name: str) -> Any:
     import torch
 
-    return "auto" if name == "auto" else getattr(torch, name)
+    return None if name == "auto" else getattr(torch, name)
 
 
 class TransformersLLM:
-    """A causal LM through ``AutoModelForCausalLM.generate``, batched with left padding."""
+    """A causal LM with the package's one-pass constrained decoder, batched, on the configured device."""
 
-    def __init__(self, config: LLMConfig, seed: int = 0) -> None:
+    def __init__(self, config: LLMConfig, seed: int = 0, *, device: str = "cpu") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.name, self.version, self.batch_size = config.model, model_version(config.model), config.batch_size
         source = model_source(config.model)
         extra = {"gguf_file": config.gguf_file} if config.gguf_file else {}
+        dtype = torch_dtype(config.dtype)
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source, padding_side="left", **extra, **NO_REMOTE_CODE)
-            self.model = AutoModelForCausalLM.from_pretrained(source, dtype=_torch_dtype(config.dtype), **extra,
+            self.tokenizer = AutoTokenizer.from_pretrained(source, **extra, **NO_REMOTE_CODE)
+            self.model = AutoModelForCausalLM.from_pretrained(source, **({"dtype": dtype} if dtype else {}), **extra,
                                                               **(NO_REMOTE_CODE if extra else SAFE_WEIGHTS))
         except (OSError, ValueError) as exc:
             raise HierarcapsError(f"cannot load LLM {config.model!r}: {exc}") from exc
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model.eval()
-        self.chat = chat_formatter(self.tokenizer, config.chat_template)
+        self.model.eval().to(device)
+        self.chat = uses_chat(self.tokenizer, config.chat_template)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
+            self.tokenizer.eos_token_id
+        self._constraints: dict[tuple, Any] = {}
 
-    def _generate(self, texts: list[str], sampling: Sampling, stop: list[str]) -> list[str]:
-        import torch
+    def eos_ids(self) -> list[int]:
+        found = self.model.generation_config.eos_token_id
+        found = found if isinstance(found, list) else [found]
+        return sorted({i for i in [*found, self.tokenizer.eos_token_id] if i is not None})
 
-        outputs: list[str] = []
-        for start in range(0, len(texts), self.batch_size):
-            # a chat-formatted text already holds its special tokens
-            batch = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                                   add_special_tokens=self.chat is None)
-            with torch.inference_mode():
-                tokens = self.model.generate(
-                    **batch, max_new_tokens=sampling.max_new_tokens, do_sample=sampling.temperature > 0,
-                    temperature=sampling.temperature or None, top_p=sampling.top_p if sampling.temperature else None,
-                    stop_strings=stop, tokenizer=self.tokenizer, pad_token_id=self.tokenizer.pad_token_id)
-            new = tokens[:, batch["input_ids"].shape[1]:]
-            outputs.extend(self.tokenizer.batch_decode(new, skip_special_tokens=True))
-        return outputs
+    def constraint(self, fields: list[str], sampling: Sampling) -> Any:
+        """The JSON constraint for these fields and value length (its token table built once per model)."""
+        from .decoding import JsonConstraint, Template, TokenTable
 
-    def complete_json(self, prompts: list[str], fields: list[str], sampling: Sampling, seed: int
-                      ) -> list[Completion]:
-        import torch
+        key = (tuple(fields), max_chars(sampling))
+        if key not in self._constraints:
+            table = next((c.table for c in self._constraints.values()), None) or TokenTable(self.tokenizer)
+            self._constraints[key] = JsonConstraint(table, Template(tuple(fields), max_chars(sampling)),
+                                                    self.eos_ids())
+        return self._constraints[key]
 
-        torch.manual_seed(seed)
-        if self.chat is not None:
-            prompts = [self.chat(p) for p in prompts]
-        values: list[dict[str, str]] = [{} for _ in prompts]
-        written = ["" for _ in prompts]                         # the JSON text so far, per prompt
-        for number, field in enumerate(fields):
-            opener = ("{" if number == 0 else ", ") + json.dumps(field) + ': "'
-            written = [w + opener for w in written]
-            texts = self._generate([p + w for p, w in zip(prompts, written)], sampling, stop=['"', "\n"])
-            for index, text in enumerate(texts):
-                value = text.split('"')[0].split("\n")[0].replace("\\", "").strip()[:max_chars(sampling)]
-                values[index][field] = value
-                written[index] += json.dumps(value)[1:-1] + '"'
-        return [Completion(parse_fields(w + "}", fields), w + "}") for w in written]
+    def complete_json(self, conversations: list[list[Message]], fields: list[str], sampling: Sampling,
+                      seeds: list[int]) -> list[Completion]:
+        from .decoding import decode
+
+        constraint = self.constraint(fields, sampling)
+        rows = [prompt_ids(self.tokenizer, turns, self.chat) for turns in conversations]
+        out: list[Completion] = []
+        for start in range(0, len(rows), self.batch_size):
+            states = decode(self.model, rows[start:start + self.batch_size], constraint,
+                            max_new_tokens=token_budget(fields, sampling), temperature=sampling.temperature,
+                            top_p=sampling.top_p, seeds=seeds[start:start + self.batch_size], pad_id=self.pad_id)
+            out.extend(Completion(constraint.fields(s), s.text, s.truncated) for s in states)
+        return out
 
 
 class VllmLLM:
-    """vLLM's offline engine with structured outputs (install it in its own environment)."""
+    """vLLM's offline engine on token ids, with a regular-expression constraint and a seed per request."""
 
-    def __init__(self, config: LLMConfig, seed: int) -> None:
+    def __init__(self, config: LLMConfig, seed: int, *, device: str = "cuda") -> None:
         try:
             from vllm import LLM
         except ImportError as exc:
@@ -195,28 +211,37 @@ class VllmLLM:
         source = model_source(config.model)
         model = str(Path(source) / config.gguf_file) if config.gguf_file else source   # vLLM reads GGUF files
         self.engine = LLM(model=model, dtype=config.dtype, seed=seed, **{**config.engine_args, **NO_REMOTE_CODE})
-        self.chat = chat_formatter(self.engine.get_tokenizer(), config.chat_template)
+        self.tokenizer = self.engine.get_tokenizer()
+        self.chat = uses_chat(self.tokenizer, config.chat_template)
 
-    def complete_json(self, prompts: list[str], fields: list[str], sampling: Sampling, seed: int
-                      ) -> list[Completion]:
+    def complete_json(self, conversations: list[list[Message]], fields: list[str], sampling: Sampling,
+                      seeds: list[int]) -> list[Completion]:
         from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
         from vllm.sampling_params import StructuredOutputsParams
 
-        params = SamplingParams(
-            temperature=sampling.temperature, top_p=sampling.top_p, seed=seed,
-            max_tokens=len(fields) * (max_chars(sampling) + 8) + 4,    # room for the longest valid object
-            structured_outputs=StructuredOutputsParams(regex=json_regex(fields, max_chars(sampling))))
-        if self.chat is not None:
-            prompts = [self.chat(p) for p in prompts]
+        limit = max_chars(sampling)
+        constraint = StructuredOutputsParams(regex=json_regex(fields, limit))
+        params = [SamplingParams(temperature=sampling.temperature, top_p=sampling.top_p, seed=int(seed),
+                                 max_tokens=token_budget(fields, sampling), structured_outputs=constraint)
+                  for seed in seeds]
+        prompts = [TokensPrompt(prompt_token_ids=prompt_ids(self.tokenizer, turns, self.chat))
+                   for turns in conversations]
         outputs = self.engine.generate(prompts, params, use_tqdm=False)
-        return [Completion(parse_fields(o.outputs[0].text, fields), o.outputs[0].text) for o in outputs]
+        completions = []
+        for output in outputs:
+            text = output.outputs[0].text
+            found = parse_fields(text, fields)
+            completions.append(Completion(found, text, found is not None and any(len(v) >= limit
+                                                                                  for v in found.values())))
+        return completions
 
 
 BACKENDS: dict[str, type] = {"transformers": TransformersLLM, "vllm": VllmLLM}
-"""LLM backends by the name a config gives (``llm.backend``); each is built as ``Backend(config, seed)``."""
+"""LLM backends by the name a config gives (``llm.backend``); each is built as ``Backend(config, seed, device=)``."""
 
 
-def make_backend(config: LLMConfig, seed: int) -> LLMBackend:
+def make_backend(config: LLMConfig, seed: int, device: str) -> LLMBackend:
     if config.backend not in BACKENDS:
         raise HierarcapsError(f"unknown LLM backend {config.backend!r} (choose {', '.join(BACKENDS)})")
-    return BACKENDS[config.backend](config, seed)
+    return BACKENDS[config.backend](config, seed, device=device)

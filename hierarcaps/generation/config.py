@@ -13,6 +13,7 @@ from typing import Any
 
 from ..configs import build_section, check_model_settings, read_yaml, setting
 from ..errors import DataError
+from ..training import TrainingConfig
 
 STAGES = {"captions": "00-captions", "seed": "10-seed", "filter": "20-filter", "augment": "30-augment",
           "distill": "40-distill", "build": "50-build", "export": "60-export"}
@@ -44,6 +45,7 @@ class NLIConfig:
     generic_not_longer: bool = False       # also require each tier to have no more words than the next
     batch_size: int = setting(64, low=1, high=65536)
     max_length: int = setting(128, low=8, high=8192)
+    dtype: str = setting("auto", choices=("auto", "float32", "bfloat16", "float16"))
 
 
 @dataclasses.dataclass
@@ -55,20 +57,22 @@ class AugmentConfig:
 
 
 @dataclasses.dataclass
-class DistillConfig:
+class DistillConfig(TrainingConfig):
+    """The student and its training (the shared training settings: ``steps``, ``batch_size``, ``lr``,
+    ``eval_every``, ``checkpoint_every``, ...; the run's seed is the generation run's)."""
+
     student: str = "google/flan-t5-base"   # hub id or folder; ignored when `scratch` is set
     scratch: dict[str, Any] | None = None  # T5Config fields: a student trained from scratch (own tokenizer)
     tokenizer_vocab: int = setting(2000, low=100, high=1_000_000)  # vocabulary of the scratch tokenizer
-    max_steps: int = setting(1000, low=0, high=10**8)
-    batch_size: int = setting(16, low=1, high=65536)
-    lr: float = setting(3e-4, low=0.0, high=1.0, open_low=True)
-    warmup_steps: int = setting(0, low=0, high=10**8)        # linear warm-up, then constant
-    weight_decay: float = setting(0.01, low=0.0, high=10.0)
-    val_fraction: float = setting(0.05, low=0.0, high=0.5)
-    eval_every: int = setting(100, low=1, high=10**8)
-    checkpoint_every: int = setting(100, low=1, high=10**8)
     max_source_length: int = setting(64, low=4, high=8192)
     max_target_length: int = setting(48, low=4, high=8192)
+    dtype: str = setting("float32", choices=("float32", "bfloat16"))     # bfloat16: mixed precision on a GPU
+    steps: int | None = setting(1000, low=0, high=10**8)
+    batch_size: int = setting(16, low=1, high=65536)
+    lr: float = setting(3e-4, low=0.0, high=1.0, open_low=True)
+    eval_every: int = setting(100, low=1, high=10**8)
+    checkpoint_every: int = setting(100, low=1, high=10**8)
+    progress: bool = False
 
 
 @dataclasses.dataclass
@@ -87,7 +91,9 @@ class GenerationConfig:
 
     input: str = ""
     out: str = "runs/generate"
-    prompts: str = "prompts"
+    prompts: str = "builtin"                     # a folder (seed.txt, augment.txt, examples.json) or builtin
+    device: str = "auto"                         # auto: the GPU when there is one, else the CPU; cpu; cuda:N
+    threads: int | None = setting(None, low=1, high=1024)   # CPU threads for torch (default: torch's own)
     shard_size: int = setting(256, low=1, high=10**7)
     seed: int = setting(0, low=0, high=2**32 - 1)
     limit: int | None = setting(None, low=1)
@@ -101,10 +107,18 @@ class GenerationConfig:
         return dataclasses.asdict(self)
 
     def fingerprint(self) -> str:
-        """Hash of everything that changes the data (the output folder does not)."""
+        """Hash of everything that changes the data (where and how fast it runs does not)."""
         from ..checkpoints import run_hash
 
-        return run_hash(self, ignore=("out",))
+        return run_hash(self, ignore=("out", "device", "threads"))
+
+    def resolved_device(self) -> str:
+        """The device the models run on: ``auto`` is the GPU when torch sees one, else the CPU."""
+        if self.device != "auto":
+            return self.device
+        from ..models.torch_utils import pick_device_lightly
+
+        return pick_device_lightly(None)
 
 
 SECTIONS = {"llm": LLMConfig, "nli": NLIConfig, "augment": AugmentConfig, "distill": DistillConfig,

@@ -4,8 +4,10 @@
 - generic -> specific: ``specify: t1 => ... => tk`` -> tier k+1 (``specify:`` alone -> a tier 1)
 
 The student is a real checkpoint (``distill.student``) or, where no weights can be had, a T5 built from
-``distill.scratch`` with a BPE tokenizer trained on the training chains. Training checkpoints
-(weights, optimizer, RNG, log) every ``checkpoint_every`` steps; a killed run resumes to the same weights.
+``distill.scratch`` with a BPE tokenizer trained on the training chains. It trains with the package's one
+training loop (``hierarcaps.training``): checkpoints every ``checkpoint_every`` steps, and a killed run
+resumes to the same weights; on the run's device (a GPU when there is one), in bf16 mixed precision there
+when ``distill.dtype`` says so.
 """
 
 from __future__ import annotations
@@ -14,19 +16,13 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from .._io import atomic_open
-from ..checkpoints import CheckpointStore
 from ..errors import HierarcapsError
-from ..finetune.data import micro_batches
 from ..models.folders import NO_REMOTE_CODE, SAFE_WEIGHTS
-from ..training_log import plot_curves
 from .config import BuildConfig, DistillConfig
 
 GENERALIZE, SPECIFY, SEP = "generalize: ", "specify: ", " => "
@@ -68,37 +64,40 @@ def train_scratch_tokenizer(texts: Sequence[str], vocab_size: int) -> Any:
                                    unk_token="<unk>")
 
 
-def _split(pairs: list[tuple[str, str]], chains: int, fraction: float, seed: int
-           ) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
-    """Held-out pairs by whole chain (both directions of a chain stay on one side)."""
-    per_chain = len(pairs) // max(chains, 1)
-    order = np.random.default_rng([seed, 7]).permutation(chains)
-    held = set(order[:max(1, round(chains * fraction))].tolist()) if fraction > 0 else set()
-    train, val = [], []
-    for c in range(chains):
-        (val if c in held else train).extend(pairs[c * per_chain:(c + 1) * per_chain])
-    return train, val
+def chain_groups(chains: Sequence[Chain]) -> list[str]:
+    """The group of each training pair: its chain (both directions of a chain stay on one side of the split)."""
+    return [str(number) for number, chain in enumerate(chains) for _ in range(len(chain) + 1)]
 
 
 class Distiller:
-    """Train the student on chains; ``run()`` returns the folder of the final model."""
+    """Train the student on chains with the package's training loop; ``run()`` returns the final model's folder.
+
+    The training settings are ``config``'s (``steps``, ``batch_size``, ``lr``, ``eval_every``, ...); held-out
+    pairs are whole chains; the run ends with the last step's weights, as configured (``keep``).
+    """
+
+    selection = "val_loss"
+    higher_is_better = False
 
     def __init__(self, config: DistillConfig, chains: Sequence[Chain], out: Path, seed: int,
-                 progress: bool = True) -> None:
-        self.config, self.out, self.seed, self.progress = config, Path(out), seed, progress
+                 progress: bool = True, device: str = "cpu") -> None:
+        from ..training import holdout
+
+        self.config = dataclasses.replace(config, seed=seed, progress=progress)
+        self.out, self.device = Path(out), device
         pairs = training_pairs(chains)
-        self.train_pairs, self.val_pairs = _split(pairs, len(chains), config.val_fraction, seed)
+        train, val = holdout(chain_groups(chains), self.config.val_fraction, seed)
+        self.train_pairs, self.val_pairs = [pairs[i] for i in train], [pairs[i] for i in val]
         if not self.train_pairs:
             raise HierarcapsError("no accepted chains to distill: every chain was rejected upstream")
-        digest = json.dumps([dataclasses.asdict(config), seed, pairs], sort_keys=True)
-        self.checkpoints = CheckpointStore(self.out, hashlib.sha256(digest.encode()).hexdigest()[:16])
-        self.step, self.log = 0, []
+        digest = json.dumps([dataclasses.asdict(self.config), pairs], sort_keys=True, default=str)
+        self.run_hash = hashlib.sha256(digest.encode()).hexdigest()[:16]
 
     def _load(self) -> None:
         import torch
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, T5Config, T5ForConditionalGeneration
 
-        torch.manual_seed(self.seed)
+        torch.manual_seed(self.config.seed)
         if self.config.scratch is None:
             self.tokenizer = AutoTokenizer.from_pretrained(self.config.student, **NO_REMOTE_CODE)
             self.model = AutoModelForSeq2SeqLM.from_pretrained(self.config.student, **SAFE_WEIGHTS)
@@ -116,11 +115,7 @@ class Distiller:
             t5 = T5Config(vocab_size=len(self.tokenizer), pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
                           **self.config.scratch)
             self.model = T5ForConditionalGeneration(t5)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.config.lr,
-                                           weight_decay=self.config.weight_decay)
-        warmup = self.config.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+        self.model.to(self.device)
 
     def _batch(self, pairs: Sequence[tuple[str, str]]) -> dict[str, Any]:
         sources = self.tokenizer([s for s, _ in pairs], padding=True, truncation=True,
@@ -128,9 +123,40 @@ class Distiller:
         targets = self.tokenizer([t for _, t in pairs], padding=True, truncation=True,
                                  max_length=self.config.max_target_length, return_tensors="pt")
         labels = targets["input_ids"].masked_fill(targets["attention_mask"] == 0, -100)
-        return {**sources, "labels": labels}
+        return {k: v.to(self.device) for k, v in {**sources, "labels": labels}.items()}
 
-    def validate(self) -> dict[str, float]:
+    def _forward(self, batch: dict[str, Any]) -> Any:
+        """The loss of a batch, under bf16 autocast on a GPU when the config asks for it."""
+        import contextlib
+
+        import torch
+
+        mixed = self.config.dtype == "bfloat16" and self.device.startswith("cuda")
+        with torch.autocast("cuda", dtype=torch.bfloat16) if mixed else contextlib.nullcontext():
+            return self.model(**batch).loss.float()
+
+    # -- the task ------------------------------------------------------------------------------------------------
+    def parameters(self) -> list[Any]:
+        return list(self.model.parameters())
+
+    def trained_state(self) -> dict[str, Any]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def load_trained_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state)
+
+    def after_step(self) -> None:
+        pass
+
+    def loss(self, micro_batch: int) -> dict[str, Any]:
+        from ..training import batch_rows
+
+        self.model.train()
+        size = min(self.config.batch_size, len(self.train_pairs))
+        rows = next(batch_rows(len(self.train_pairs), size, self.config.seed, micro_batch))
+        return {"loss": self._forward(self._batch([self.train_pairs[i] for i in rows]))}
+
+    def evaluate(self) -> dict[str, float]:
         """Token-weighted cross-entropy on the held-out chains."""
         import torch
 
@@ -142,96 +168,64 @@ class Distiller:
             for start in range(0, len(self.val_pairs), 64):
                 batch = self._batch(self.val_pairs[start:start + 64])
                 n = int((batch["labels"] != -100).sum())
-                total += float(self.model(**batch).loss) * n
+                total += float(self._forward(batch)) * n
                 tokens += n
-        self.model.train()
         return {"val_loss": total / tokens}
 
-    def _save_checkpoint(self) -> None:
-        import torch
-
-        self.checkpoints.save(self.step, {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "log": self.log})
-
-    def _resume(self) -> None:
-        import torch
-
-        state = self.checkpoints.latest()
-        if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])
-            self.step, self.log = state["step"], state["log"]
-
+    # -- the run --------------------------------------------------------------------------------------------------
     def run(self) -> Path:
-        from tqdm.auto import tqdm
+        from ..training import TrainingLoop
 
         final = self.out / "model"
         if final.exists():   # it appears (by rename) only once complete
             return final
         self._load()
-        self._resume()
-        if not self.log:
-            self.log.append({"step": 0, **self.validate()})
-        self.model.train()
-        config = self.config
-        batch_size = min(config.batch_size, len(self.train_pairs))
-        batches = micro_batches(len(self.train_pairs), batch_size, self.seed, start=self.step)
-        started, first = time.perf_counter(), self.step
-        with tqdm(total=config.max_steps, initial=self.step, desc="Distilling", unit="step",
-                  disable=not self.progress) as bar:
-            while self.step < config.max_steps:
-                loss = self.model(**self._batch([self.train_pairs[i] for i in next(batches)])).loss
-                loss.backward()
-                self.optimizer.step()
-                self.scheduler.step()
-                self.optimizer.zero_grad(set_to_none=True)
-                self.step += 1
-                entry = {"step": self.step, "loss": float(loss.detach())}
-                if self.step % config.eval_every == 0 or self.step == config.max_steps:
-                    entry.update(self.validate())
-                self.log.append(entry)
-                bar.set_postfix(loss=f"{entry['loss']:.3f}")
-                bar.update(1)
-                if self.step % config.checkpoint_every == 0 and self.step < config.max_steps:
-                    self._save_checkpoint()
-        return self._finish(time.perf_counter() - started, self.step - first)
+        loop = TrainingLoop(self, self.config, self.out, self.run_hash, desc="Distilling")
+        summary = loop.run()
+        return self._finish(loop, summary)
 
-    def _finish(self, seconds: float, steps: int) -> Path:
+    def _finish(self, loop: Any, summary: dict[str, Any]) -> Path:
+        """The model and its summary first (the run is complete once the model is in place), the curves after:
+        without matplotlib the run still ends, and says which plot it skipped."""
+        from ..training import write_log
+
         final, tmp = self.out / "model", self.out / "model.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         self.model.eval()
         self.model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
-        val = [e["val_loss"] for e in self.log if "val_loss" in e]
-        summary = {"train_pairs": len(self.train_pairs), "val_pairs": len(self.val_pairs), "steps": self.step,
-                   "val_loss_first": val[0] if val else None, "val_loss_last": val[-1] if val else None,
-                   "seconds_this_session": seconds,
-                   "pairs_per_s": steps * self.config.batch_size / seconds if seconds else None,
-                   "config": dataclasses.asdict(self.config)}
+        val = [e["val_loss"] for e in loop.log if "val_loss" in e]
+        seconds = summary["train_seconds"]
+        done = summary["steps"] - loop.first_step
+        record = {"train_pairs": len(self.train_pairs), "val_pairs": len(self.val_pairs), "steps": summary["steps"],
+                  "val_loss_first": val[0] if val else None, "val_loss_last": val[-1] if val else None,
+                  "seconds_this_session": seconds,
+                  "pairs_per_s": done * self.config.batch_size / seconds if seconds else None,
+                  "config": dataclasses.asdict(self.config)}
         # beside the model, not in it: the model folder's content hash is the student's version
         with atomic_open(self.out / "summary.json") as handle:
-            json.dump(summary, handle, indent=2)
-        with atomic_open(self.out / "log.json") as handle:
-            json.dump({"log": self.log}, handle)
-        plot_curves(self.log, self.out / "curves.png")
+            json.dump(record, handle, indent=2)
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
-        shutil.rmtree(self.checkpoints.folder, ignore_errors=True)
+        loop.finish_checkpoints()
+        write_log(self.out, loop.log, summary=summary)
         return final
 
 
 class Student:
     """A trained student for batched generation in both directions."""
 
-    def __init__(self, folder: str | Path, config: BuildConfig) -> None:
+    def __init__(self, folder: str | Path, config: BuildConfig, *, device: str = "cpu", dtype: str = "float32"
+                 ) -> None:
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        from .backends import torch_dtype
 
         self.tokenizer = AutoTokenizer.from_pretrained(folder, **NO_REMOTE_CODE)
         self.model = AutoModelForSeq2SeqLM.from_pretrained(folder, **SAFE_WEIGHTS).eval()
-        self.config = config
+        half = torch_dtype(dtype) if device.startswith("cuda") else None
+        self.model.to(device, **({"dtype": half} if half else {}))
+        self.config, self.device = config, device
 
     def _generate(self, sources: list[str], seed: int, samples: int) -> list[list[str]]:
         import torch
@@ -240,7 +234,8 @@ class Student:
         config, out = self.config, []
         sampling = samples > 1
         for start in range(0, len(sources), config.batch_size):
-            batch = self.tokenizer(sources[start:start + config.batch_size], padding=True, return_tensors="pt")
+            batch = self.tokenizer(sources[start:start + config.batch_size], padding=True,
+                                   return_tensors="pt").to(self.device)
             with torch.inference_mode():
                 tokens = self.model.generate(
                     **batch, max_new_tokens=config.max_new_tokens, do_sample=sampling, num_return_sequences=samples,

@@ -9,6 +9,7 @@ negative must contradict positive tier 1. The logic takes any scorer, so tests c
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any, Protocol
 
@@ -68,8 +69,10 @@ def nli_version(config: NLIConfig) -> str:
 class TransformersNLI:
     """A sequence-classification NLI model (MNLI-style), batched, softmax over its labels."""
 
-    def __init__(self, config: NLIConfig) -> None:
+    def __init__(self, config: NLIConfig, *, device: str = "cpu") -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        from .backends import torch_dtype
 
         try:
             if config.scratch is not None:
@@ -77,9 +80,12 @@ class TransformersNLI:
             else:
                 self.tokenizer = AutoTokenizer.from_pretrained(model_source(config.model), **NO_REMOTE_CODE)
                 self.model = AutoModelForSequenceClassification.from_pretrained(model_source(config.model),
-                                                                                **SAFE_WEIGHTS).eval()
+                                                                                **SAFE_WEIGHTS)
         except (OSError, ValueError, TypeError) as exc:
             raise HierarcapsError(f"cannot load NLI model {config.model or config.scratch!r}: {exc}") from exc
+        dtype = torch_dtype(config.dtype)
+        self.model = self.model.eval().to(device, **({"dtype": dtype} if dtype else {}))
+        self.device = device
         self.entail, self.contradict = label_indices(self.model.config.id2label, config.model)
         self.version, self.config = nli_version(config), config
 
@@ -91,24 +97,37 @@ class TransformersNLI:
         for start in range(0, len(premises), step):
             batch = self.tokenizer(list(premises[start:start + step]), list(hypotheses[start:start + step]),
                                    padding=True, truncation=True, max_length=self.config.max_length,
-                                   return_tensors="pt")
+                                   return_tensors="pt").to(self.device)
             with torch.inference_mode():
-                probs = self.model(**batch).logits.float().softmax(-1).numpy()
+                probs = self.model(**batch).logits.float().softmax(-1).cpu().numpy()
             out[start:start + len(probs)] = probs[:, [self.entail, self.contradict]]
         return out
 
 
+ARTICLES = frozenset({"a", "an", "the"})
+
+
+def gist(text: str) -> str:
+    """What a tier says, for comparing tiers: case, punctuation, articles and whitespace left out."""
+    words = re.sub(r"[^\w\s]", " ", text.casefold()).split()
+    return " ".join(w for w in words if w not in ARTICLES)
+
+
 def structural_reason(chain: Chain | None, generic_not_longer: bool) -> str | None:
-    """Why a chain fails before any NLI call (unparseable, empty or repeated tiers, a longer generic tier)."""
+    """Why a chain fails before any NLI call (unparseable, empty tiers, control characters or the separator in
+    a tier, a tier that copies the caption or repeats another but for articles, punctuation or case, a longer
+    generic tier)."""
     if chain is None:
         return "unparseable"
-    if any(not tier.strip() for tier in chain):
+    if any(not gist(tier) for tier in chain):
         return "empty_tier"
     if any(control_characters(tier) for tier in chain):
         return "control_characters"
     if any("=>" in tier for tier in chain):
         return "separator_in_tier"
-    if len({tier.strip().lower() for tier in chain}) < len(chain):
+    if any(gist(tier) == gist(chain[-1]) for tier in chain[:-1]):
+        return "copies_caption"
+    if len({gist(tier) for tier in chain}) < len(chain):
         return "duplicate_tier"
     if generic_not_longer and any(len(chain[k].split()) > len(chain[k + 1].split()) for k in range(len(chain) - 1)):
         return "generic_longer"
@@ -164,43 +183,53 @@ def decide_chain(row: dict[str, Any], config: NLIConfig) -> str | None:
     return chain_reason(tuple(row["chain"]) if row.get("chain") else None, row["nli"], config)
 
 
-def select_negatives(positives: Sequence[Chain], candidates: Sequence[Sequence[Sequence[str]]],
-                     scorer: NLIScorer, config: NLIConfig) -> list[tuple[Chain | None, str | None]]:
-    """For each positive chain, the first qualifying candidate per tier (``candidates[i][k]`` are the
-    candidates for negative tier k+1), as a negative chain, or None with the first tier that had none."""
+Scored = list[list[dict[str, Any]]]
+"""Per negative tier, its usable candidates as {"text", "fit": P(fits under positive tier k), "contradiction":
+P(contradicts positive tier k+1)}; the fit of a tier-1 candidate is None (it only has to contradict)."""
+
+
+def usable_candidate(candidate: str, positive_tier: str) -> bool:
+    """A candidate worth scoring: non-empty, not the positive tier itself, no control characters or separator."""
+    text = candidate.strip()
+    return bool(text) and text.lower() != positive_tier.strip().lower() and not control_characters(text) \
+        and "=>" not in text
+
+
+def score_candidates(positives: Sequence[Chain], candidates: Sequence[Sequence[Sequence[str]]],
+                     scorer: NLIScorer) -> list[Scored]:
+    """Every usable candidate of every negative tier scored in one batched NLI call (``candidates[i][k]`` are
+    item i's candidates for negative tier k+1). Kept with the row, the scores let thresholds change later
+    without running the model again."""
     pairs: list[tuple[str, str]] = []
-    index_of: dict[tuple[int, int, int], tuple[int, int]] = {}    # (item, tier, cand) -> (entail row, contra row)
+    slots: list[tuple[int, int, str, int]] = []          # (item, tier, candidate, first pair row)
     for i, (positive, per_tier) in enumerate(zip(positives, candidates)):
         for k, options in enumerate(per_tier):
-            for c, candidate in enumerate(options):
-                if not candidate.strip() or candidate.strip().lower() == positive[k].strip().lower() \
-                        or control_characters(candidate) or "=>" in candidate:
+            for candidate in options:
+                if not usable_candidate(candidate, positive[k]):
                     continue
-                entail_row = -1
+                slots.append((i, k, candidate.strip(), len(pairs)))
                 if k > 0:
-                    entail_row = len(pairs)
                     pairs.append((candidate, positive[k - 1]))
                 pairs.append((candidate, positive[k]))
-                index_of[(i, k, c)] = (entail_row, len(pairs) - 1)
     probs = scorer.probabilities([p for p, _ in pairs], [h for _, h in pairs]) if pairs else np.zeros((0, 2))
-    results: list[tuple[Chain | None, str | None]] = []
-    for i, per_tier in enumerate(candidates):
-        chosen: list[str] = []
-        for k, options in enumerate(per_tier):
-            taken = {tier.lower() for tier in chosen}
-            pick = next((cand for c, cand in enumerate(options) if (i, k, c) in index_of
-                         and cand.strip().lower() not in taken
-                         and _qualifies(probs, *index_of[(i, k, c)], config)), None)
-            if pick is None:
-                break
-            chosen.append(pick.strip())
-        if len(chosen) == len(per_tier):
-            results.append((tuple(chosen), None))
-        else:
-            results.append((None, f"no_negative:t{len(chosen) + 1}"))
-    return results
+    scored: list[Scored] = [[[] for _ in per_tier] for per_tier in candidates]
+    for i, k, candidate, row in slots:
+        fit = float(probs[row, 0]) if k > 0 else None
+        scored[i][k].append({"text": candidate, "fit": fit,
+                             "contradiction": float(probs[row + (1 if k > 0 else 0), 1])})
+    return scored
 
 
-def _qualifies(probs: np.ndarray, entail_row: int, contradict_row: int, config: NLIConfig) -> bool:
-    fits_under = entail_row < 0 or probs[entail_row, 0] >= config.entail_threshold
-    return bool(fits_under and probs[contradict_row, 1] >= config.contradict_threshold)
+def pick_negative(scored: Scored, config: NLIConfig) -> tuple[Chain | None, str | None]:
+    """The first qualifying candidate per tier (fits under positive tier k, contradicts positive tier k+1, not
+    a tier already chosen), as a negative chain; or None with the first tier that had none."""
+    chosen: list[str] = []
+    for options in scored:
+        taken = {tier.lower() for tier in chosen}
+        pick = next((c["text"] for c in options if c["text"].lower() not in taken
+                     and (c["fit"] is None or c["fit"] >= config.entail_threshold)
+                     and c["contradiction"] >= config.contradict_threshold), None)
+        if pick is None:
+            return None, f"no_negative:t{len(chosen) + 1}"
+        chosen.append(pick)
+    return tuple(chosen), None

@@ -40,16 +40,8 @@ from ..data.records import Hierarchy
 from ..engines import LocalEngine, RayEngine
 from ..errors import DataError, HierarcapsError
 from .config import STAGES, GenerationConfig
-from .stages import (
-    Models,
-    Row,
-    augment_batch,
-    build_batch,
-    filter_batch,
-    final_check_batch,
-    load_prompts,
-    seed_batch,
-)
+from .prompts import load_prompts
+from .stages import Models, Row, augment_batch, build_batch, decide_built, filter_batch, final_check, seed_batch
 
 
 def read_captions(path: str | Path) -> list[Row]:
@@ -88,7 +80,7 @@ def read_captions(path: str | Path) -> list[Row]:
 
 def dry_run_config(config: GenerationConfig) -> GenerationConfig:
     """A handful of captions and a few distillation steps, in a separate folder."""
-    distill = dataclasses.replace(config.distill, max_steps=min(config.distill.max_steps, 10), eval_every=5,
+    distill = dataclasses.replace(config.distill, steps=min(config.distill.steps or 0, 10), eval_every=5,
                                   checkpoint_every=5)
     return dataclasses.replace(config, limit=min(config.limit or 8, 8), shard_size=4, out=f"{config.out}-dry-run",
                                distill=distill)
@@ -203,8 +195,6 @@ class Runner:
                 if pool else []
         if stage == "build":
             return "captions", lambda rows, seed, shard: build_batch(rows, models, seed, self.teacher_chains(shard))
-        if stage == "export":
-            return "build", lambda rows, seed, shard: final_check_batch(rows, models)
         raise HierarcapsError(f"stage {stage!r} is not a shard stage")
 
     def teacher_chains(self, shard: int) -> dict[str, list[tuple[str, list[str]]]]:
@@ -224,14 +214,14 @@ class Runner:
         """The accepted seed chains the augment prompts draw demonstrations from (none: augmentation is off)."""
         return self.accepted_chains("filter") if self.config.augment.samples_per_caption > 0 else []
 
-    def compute_shard(self, stage: str, shard: int, *, write: bool = True) -> dict[str, Any]:
-        """One shard of a shard stage: written with its marker (returns its row count), or returned."""
-        begun = time.perf_counter()
+    def compute_shard(self, stage: str, shard: int) -> dict[str, Any]:
+        """One shard of a shard stage, written with its marker and the seconds its work took (loading a model
+        on first use is not counted: it is the same whatever the shard)."""
+        begun, loading = time.perf_counter(), self.models.load_seconds
         source, transform = self.shard_transform(stage)
         rows = transform(self.read_shard(source, shard), self.shard_seed(stage, shard), shard)
-        if not write:
-            return {"shard": shard, "rows": rows}
-        self._write_shard(stage, shard, rows, time.perf_counter() - begun)
+        seconds = time.perf_counter() - begun - (self.models.load_seconds - loading)
+        self._write_shard(stage, shard, rows, seconds)
         return {"shard": shard, "rows": len(rows)}
 
     def stage_gpus(self, stage: str) -> float:
@@ -240,10 +230,10 @@ class Runner:
             return float(self.config.llm.engine_args.get("tensor_parallel_size", 1))
         return 0.0
 
-    def worker(self, stage: str, *, write: bool = True) -> ShardWorker:
+    def worker(self, stage: str) -> ShardWorker:
         """This runner itself under the local engine; a fresh runner per actor under Ray."""
         own = self if isinstance(self.engine, LocalEngine) else None
-        return ShardWorker(self.config, stage, write, own)
+        return ShardWorker(self.config, stage, own)
 
     def map_shards(self, stage: str) -> None:
         """Compute and write every unfinished shard of a shard stage on the run's engine."""
@@ -296,20 +286,18 @@ class Runner:
         folder = self.out / STAGES["distill"]
         if not (folder / "model").exists():
             chains = self.accepted_chains("filter", "augment")
-            Distiller(self.config.distill, chains, folder, self.config.seed, self.progress).run()
+            Distiller(self.config.distill, chains, folder, self.config.seed, self.progress, self.models.device).run()
 
     def stage_export(self) -> None:
-        """A final NLI pass, de-duplication, the official CSV and parquet with provenance, and the statistics."""
+        """A final check (every link of each positive entailed, from the probabilities stored at build),
+        de-duplication, the official CSV and parquet with provenance, and the statistics."""
         from .report import deduplicate, render_stats, stage_summary, tier_lengths
 
         folder = self.out / STAGES["export"]
         if (folder / "stats.json").exists():
             return
         built = self.read_stage("build")
-        checked = {result["shard"]: result["rows"] for result in self.engine.map(
-            self.worker("export", write=False), [{"shard": s} for s in range(self.n_shards)],
-            desc="Stage export (final NLI)", progress=self.progress)}
-        final = deduplicate([invalid_as_reason(row) for shard in range(self.n_shards) for row in checked[shard]])
+        final = deduplicate([invalid_as_reason(final_check(row, self.config.nli)) for row in built])
         records = [Hierarchy(id=r["id"], positive=tuple(r["positive"]), negative=tuple(r["negative"]),
                              image_url=r["image_url"] or None, source=r.get("source") or "student",
                              split="generated")
@@ -355,13 +343,22 @@ class ShardWorker:
 
     config: GenerationConfig
     stage: str
-    write: bool = True
     runner: Runner | None = None
 
     def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
-        if self.runner is None:
+        if self.runner is None:                 # a Ray actor: its process is the package's to set up
+            set_threads(self.config.threads)
             self.runner = Runner(self.config, progress=False).attach()
-        return self.runner.compute_shard(self.stage, int(task["shard"]), write=self.write)
+        return self.runner.compute_shard(self.stage, int(task["shard"]))
+
+
+def set_threads(threads: int | None) -> None:
+    """Torch's CPU threads for this process, when the config names a number (process-wide: only a process the
+    package owns, the command or an engine's actor, calls this)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def run_generation(config: GenerationConfig, *, until: str = "export", progress: bool = True,
@@ -370,13 +367,14 @@ def run_generation(config: GenerationConfig, *, until: str = "export", progress:
 
 
 RETHRESHOLD_STAGES = ("filter", "augment")
-DOWNSTREAM = ("distill", "build", "export")
 
 
 def rethreshold(config: GenerationConfig) -> dict[str, dict[str, int]]:
     """Re-decide every judged chain from the NLI probabilities stored with it, under ``config``'s thresholds,
-    without running any model; the stages that used the old decisions (distill, build, export) are marked
-    stale and recomputed by the next run. Returns the new reason counts per stage."""
+    without running any model. When the chains the student learns from are the same as before (only the
+    contradiction threshold changed, say), the student and the built rows are kept and the built rows'
+    negatives re-decided from their stored candidate scores; otherwise distill and build are removed and the
+    next run recomputes them. The export is always redone by the next run. Returns reason counts per stage."""
     from .nli import decide_chain
 
     runner = Runner(config, progress=False)             # models load lazily: none is touched here
@@ -390,25 +388,31 @@ def rethreshold(config: GenerationConfig) -> dict[str, dict[str, int]]:
         raise HierarcapsError("--rethreshold changes only NLI thresholds; this config also changes "
                               + ", ".join(changed))
     runner.n_shards = json.loads(manifest.read_text())["shards"]
-    counts: dict[str, dict[str, int]] = {}
-    for stage in RETHRESHOLD_STAGES:
-        tally: collections.Counter[str] = collections.Counter()
-        for shard in range(runner.n_shards):
-            if not runner.is_done(stage, shard):
-                continue
-            rows = runner.read_shard(stage, shard)
-            for row in rows:
-                row["reason"] = decide_chain(row, config.nli)
-                tally[row["reason"] or "accepted"] += 1
-            marker = json.loads(runner.shard_path(stage, shard).with_suffix(".done").read_text())
-            runner._write_shard(stage, shard, rows, marker["seconds"])
-        counts[stage] = dict(tally)
-    for stage in DOWNSTREAM:
+    taught = runner.accepted_chains(*RETHRESHOLD_STAGES)
+    counts = {stage: redecide_stage(runner, stage, lambda row: {**row, "reason": decide_chain(row, config.nli)})
+              for stage in RETHRESHOLD_STAGES}
+    stale = ("distill", "build", "export") if runner.accepted_chains(*RETHRESHOLD_STAGES) != taught else ("export",)
+    if "build" not in stale:
+        counts["build"] = redecide_stage(runner, "build", lambda row: decide_built(row, config.nli))
+    for stage in stale:
         shutil.rmtree(runner.out / STAGES[stage], ignore_errors=True)
     with atomic_open(runner.out / "run.json") as handle:       # the folder now holds this config's decisions
         json.dump({"fingerprint": config.fingerprint(), "config": config.to_dict(), "package_version": __version__},
                   handle, indent=2)
     return counts
+
+
+def redecide_stage(runner: Runner, stage: str, decide: Callable[[Row], Row]) -> dict[str, int]:
+    """Rewrite every finished shard of ``stage`` with each row re-decided; the new reason counts."""
+    tally: collections.Counter[str] = collections.Counter()
+    for shard in range(runner.n_shards):
+        if not runner.is_done(stage, shard):
+            continue
+        rows = [decide(row) for row in runner.read_shard(stage, shard)]
+        tally.update(row["reason"] or "accepted" for row in rows)
+        marker = json.loads(runner.shard_path(stage, shard).with_suffix(".done").read_text())
+        runner._write_shard(stage, shard, rows, marker["seconds"])
+    return dict(tally)
 
 
 DECISION_SETTINGS = ("entail_threshold", "contradict_threshold", "generic_not_longer")

@@ -5,12 +5,14 @@ a batch always gives the same rows: that is what lets a killed run resume shard 
 let a distributed engine (Ray Data ``map_batches``) run these functions unchanged.
 
 Row fields: ``id``, ``caption``, ``image_url``; ``chain`` (t1..t3 + caption, or None), ``raw`` (the LLM's
-text) and ``reason`` (None when accepted) after seed/filter/augment; ``positive``, ``negative``, ``reason`` after build.
+text), ``nli`` (link probabilities) and ``reason`` (None when accepted) after seed/filter/augment; ``source``,
+``positive``, ``negative``, ``nli``, ``candidates`` (scored negative candidates) and ``reason`` after build.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,70 +25,69 @@ from .nli import (
     NLIScorer,
     TransformersNLI,
     chain_reason,
-    judge_chains,
     link_probabilities,
-    select_negatives,
+    pick_negative,
+    score_candidates,
     structural_reason,
 )
+from .prompts import FIELDS, Prompts, conversation, seed_conversation
 
 Row = dict[str, Any]
-FIELDS = ["tier_1", "tier_2", "tier_3"]
 
 
 class Models:
-    """The models of a run, each loaded the first time a stage needs it."""
+    """The models of a run, each loaded the first time a stage needs it, on the run's device; the seconds spent
+    loading are counted (``load_seconds``), so a shard's time is its work's, not its model's loading."""
 
     def __init__(self, config: GenerationConfig, student_folder: Path | None = None) -> None:
         self.config, self.student_folder = config, student_folder
+        self.device = config.resolved_device()
+        self.load_seconds = 0.0
+
+    def _timed(self, build: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return build()
+        finally:
+            self.load_seconds += time.perf_counter() - started
 
     @functools.cached_property
     def llm(self) -> LLMBackend:
-        return make_backend(self.config.llm, self.config.seed)
+        return self._timed(lambda: make_backend(self.config.llm, self.config.seed, self.device))
 
     @functools.cached_property
     def nli(self) -> NLIScorer:
-        return TransformersNLI(self.config.nli)
+        return self._timed(lambda: TransformersNLI(self.config.nli, device=self.device))
 
     @functools.cached_property
     def student(self) -> Any:
         from .distill import Student
 
-        return Student(self.student_folder, self.config.build)
+        return self._timed(lambda: Student(self.student_folder, self.config.build, device=self.device,
+                                           dtype=self.config.distill.dtype))
 
 
-def load_prompts(folder: str | Path) -> dict[str, str]:
-    """The templates a lab edits: ``seed.txt``, ``augment.txt``, ``demonstration.txt``."""
-    from ..errors import DataError
-
-    folder, prompts = Path(folder), {}
-    for name in ("seed", "augment", "demonstration"):
-        path = folder / f"{name}.txt"
-        if not path.exists():
-            raise DataError("prompt template missing", file=str(path))
-        prompts[name] = path.read_text(encoding="utf-8").strip()
-    return prompts
-
-
-def render(template: str, **values: str) -> str:
-    """Fill ``{name}`` slots by plain replacement (templates hold literal JSON braces)."""
-    for name, value in values.items():
-        template = template.replace("{" + name + "}", value)
-    return template
+def row_seeds(seed: int, count: int) -> list[int]:
+    """A seed per row, from the shard's seed and the row's position: a row samples the same whichever rows
+    share its batch or its engine."""
+    return [int(s) for s in np.random.SeedSequence(seed).generate_state(count)]
 
 
 def _chain_row(caption: str, completion: Completion) -> dict[str, Any]:
-    """The chain (t1..t3 + the caption) a completion gives, the model's raw text, and a parse reason."""
+    """The chain (t1..t3 + the caption) a completion gives, the model's raw text, and a parse reason (a value
+    cut at the length limit is ``truncated``, not a caption)."""
     fields = completion.fields
     chain = None if fields is None else [fields[f].strip() for f in FIELDS] + [caption]
-    return {"chain": chain, "raw": completion.text, "reason": None if chain else "unparseable"}
+    reason = "unparseable" if chain is None else ("truncated" if completion.truncated else None)
+    return {"chain": chain, "raw": completion.text, "reason": reason}
 
 
-def seed_batch(rows: list[Row], models: Models, prompts: dict[str, str], seed: int) -> list[Row]:
-    """The LLM writes tiers 1-3 for each caption (tier 4 is the caption)."""
+def seed_batch(rows: list[Row], models: Models, prompts: Prompts, seed: int) -> list[Row]:
+    """The LLM writes tiers 1-3 for each caption (tier 4 is the caption), shown the seed demonstrations."""
     llm = models.config.llm
     sampling = Sampling(llm.temperature, llm.top_p, llm.max_new_tokens)
-    outputs = models.llm.complete_json([render(prompts["seed"], caption=r["caption"]) for r in rows],
-                                       FIELDS, sampling, seed)
+    conversations = [seed_conversation(prompts, r["caption"]) for r in rows]
+    outputs = models.llm.complete_json(conversations, FIELDS, sampling, row_seeds(seed, len(rows)))
     return [{**r, **_chain_row(r["caption"], out), "origin": "seed"} for r, out in zip(rows, outputs)]
 
 
@@ -98,29 +99,34 @@ def filter_batch(rows: list[Row], models: Models) -> list[Row]:
             for r, chain, probs in zip(rows, chains, links)]
 
 
-def _demonstration(prompts: dict[str, str], chain: Sequence[str]) -> str:
-    import json
+def demonstrations(pool: Sequence[Sequence[str]], caption: str, count: int, rng: np.random.Generator
+                   ) -> list[Sequence[str]]:
+    """``count`` accepted chains from the pool, none of this caption's, drawn without reading the whole pool
+    (the cost of a row does not grow with the pool)."""
+    chosen: dict[int, Sequence[str]] = {}
+    for _ in range(8 * count + 8):
+        if len(chosen) == min(count, len(pool)):
+            break
+        index = int(rng.integers(len(pool)))
+        if index not in chosen and pool[index][3] != caption:
+            chosen[index] = pool[index]
+    return list(chosen.values())
 
-    tiers = json.dumps(dict(zip(FIELDS, chain[:3])))
-    return render(prompts["demonstration"], caption=chain[3], json=tiers)
 
-
-def augment_batch(rows: list[Row], models: Models, prompts: dict[str, str], pool: Sequence[Sequence[str]],
+def augment_batch(rows: list[Row], models: Models, prompts: Prompts, pool: Sequence[Sequence[str]],
                   seed: int) -> list[Row]:
     """More chains per caption, prompted with accepted chains as demonstrations, sampled and then filtered."""
     settings = models.config.augment
     rng = np.random.default_rng(seed)
     requests, owners = [], []
     for row in rows:
-        others = [c for c in pool if c[3] != row["caption"]]
         for sample in range(settings.samples_per_caption):
-            picks = rng.choice(len(others), size=min(settings.demonstrations, len(others)), replace=False) \
-                if others else []
-            shots = "\n\n".join(_demonstration(prompts, others[i]) for i in picks)
-            requests.append(render(prompts["augment"], demonstrations=shots, caption=row["caption"]))
+            shown = demonstrations(pool, row["caption"], settings.demonstrations, rng)
+            requests.append(conversation(prompts.augment, [(chain[3], chain[:3]) for chain in shown], row["caption"]))
             owners.append((row, sample))
     sampling = Sampling(settings.temperature, settings.top_p, models.config.llm.max_new_tokens)
-    outputs = models.llm.complete_json(requests, FIELDS, sampling, seed) if requests else []
+    outputs = models.llm.complete_json(requests, FIELDS, sampling, row_seeds(seed, len(requests))) \
+        if requests else []
     made = [{**row, "id": f"{row['id']}#aug{sample}", **_chain_row(row["caption"], out), "origin": "augment"}
             for (row, sample), out in zip(owners, outputs)]
     return filter_batch(made, models)
@@ -129,8 +135,10 @@ def augment_batch(rows: list[Row], models: Models, prompts: dict[str, str], pool
 def build_batch(rows: list[Row], models: Models, seed: int,
                 teacher: dict[str, list[tuple[str, list[str]]]] | None = None) -> list[Row]:
     """Each caption's positive chains: the student's, and the LLM's accepted ones (``teacher``: caption id ->
-    (origin, chain)); then the student's sampled candidates for each negative tier under each positive, of
-    which NLI keeps the first that fits under positive tier k and contradicts positive tier k+1."""
+    (origin, chain)); then the student's sampled candidates for each negative tier under each positive. NLI
+    scores every link of each positive and every candidate once; the scores stay with the row (``nli``,
+    ``candidates``), and the decision (structure, then the first candidate that fits under positive tier k and
+    contradicts positive tier k+1) is made from them, so thresholds can change later without a model."""
     student, nli = models.student, models.config.nli
     learned = student.generalize([r["caption"] for r in rows], seed)
     items: list[tuple[Row, str, str, Any]] = []          # (caption row, id, source, positive chain)
@@ -139,30 +147,39 @@ def build_batch(rows: list[Row], models: Models, seed: int,
         for number, (origin, given) in enumerate((teacher or {}).get(row["id"], [])):
             items.append((row, f"{row['id']}#llm-{origin}{number}", f"llm-{origin}", tuple(given)))
     positives = [positive for *_, positive in items]
-    reasons = [None if p is None else structural_reason(p, nli.generic_not_longer) for p in positives]
-    reasons = ["positive:" + (r or "unparseable") if p is None or r else None for p, r in zip(positives, reasons)]
-    good = [i for i, reason in enumerate(reasons) if reason is None]
+    structural = [structural_reason(p, nli.generic_not_longer) if p is not None else "unparseable" for p in positives]
+    good = [i for i, reason in enumerate(structural) if reason is None]
+    links = link_probabilities([positives[i] for i in good], models.nli) if good else []
     samples = models.config.build.negative_candidates
     candidates: list[list[list[str]]] = [[] for _ in good]
     for k in range(4):
         drawn = student.specify([positives[i][:k] for i in good], samples, seed + k + 1) if good else []
         for slot, options in enumerate(drawn):
             candidates[slot].append(options)
-    negatives: list[Any] = [None] * len(items)
-    picked = select_negatives([positives[i] for i in good], candidates, models.nli, nli) if good else []
-    for i, (negative, reason) in zip(good, picked):
-        negatives[i], reasons[i] = negative, reason
-    return [{"id": item_id, "caption": row["caption"], "image_url": row.get("image_url"), "source": source,
-             "positive": list(p) if p is not None else None, "negative": list(n) if n is not None else None,
-             "reason": reason}
-            for (row, item_id, source, _), p, n, reason in zip(items, positives, negatives, reasons)]
-
-
-def final_check_batch(rows: list[Row], models: Models) -> list[Row]:
-    """The export's last NLI pass over the positive chains that have a negative."""
-    complete = [i for i, r in enumerate(rows) if r["reason"] is None]
-    reasons = judge_chains([tuple(rows[i]["positive"]) for i in complete], models.nli, models.config.nli)
-    out = [dict(r) for r in rows]
-    for i, reason in zip(complete, reasons):
-        out[i]["reason"] = None if reason is None else "final:" + reason
+    scored = score_candidates([positives[i] for i in good], candidates, models.nli) if good else []
+    stored: dict[int, tuple[Any, Any]] = dict(zip(good, zip(links, scored)))
+    out = []
+    for i, ((row, item_id, source, _), positive) in enumerate(zip(items, positives)):
+        built = {"id": item_id, "caption": row["caption"], "image_url": row.get("image_url"), "source": source,
+                 "positive": list(positive) if positive is not None else None, "negative": None,
+                 "nli": stored[i][0] if i in stored else None, "candidates": stored[i][1] if i in stored else None,
+                 "reason": "positive:" + structural[i] if structural[i] else None}
+        out.append(decide_built(built, nli))
     return out
+
+
+def decide_built(row: Row, config: Any) -> Row:
+    """A built row's negative (and its reason) from its stored candidate scores under ``config``'s thresholds."""
+    if row["candidates"] is None:
+        return row
+    negative, reason = pick_negative(row["candidates"], config)
+    return {**row, "negative": list(negative) if negative is not None else None, "reason": reason}
+
+
+def final_check(row: Row, config: Any) -> Row:
+    """The export's last check of a complete row: every link of its positive chain entailed, from the NLI
+    probabilities stored at build (no model runs)."""
+    if row["reason"] is not None:
+        return row
+    reason = chain_reason(tuple(row["positive"]), row["nli"], config)
+    return {**row, "reason": None if reason is None else "final:" + reason}
