@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
 
-    from hierarcaps.benchmarks.harness import EvalOptions, embed_benchmark
+    from hierarcaps.harness.harness import EvalOptions, embed_benchmark
     from hierarcaps.data import load_official
     from hierarcaps.metrics.scoring import score
     from hierarcaps.models import load_encoder

@@ -111,7 +111,7 @@ def test_written_files_honour_the_umask(tmp_path: Path) -> None:
 
 
 def test_evaluate_as_a_library_leaves_the_allocator_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hierarcaps.benchmarks import harness
+    from hierarcaps.harness import harness
     from hierarcaps.models import torch_utils
 
     called = []

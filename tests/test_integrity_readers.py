@@ -164,7 +164,7 @@ def test_zeroshot_passes_over_special_files_in_image_folders(tmp_path: Path, tin
         for i, source in enumerate(sorted(test_image_dir.glob("*.jpg"))[:count]):
             shutil.copy(source, images / name / f"{i}.jpg")
     os.mkfifo(images / "dog" / "blocking.jpg")
-    from hierarcaps.benchmarks.zeroshot import image_folder
+    from hierarcaps.harness.zeroshot import image_folder
 
     paths, labels, names = image_folder(images)
     assert sorted(labels.tolist()) == [0, 0, 1, 1]

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..cli import command
-from ..cli_options import echo
+from ..commandline import Command, echo
 
 
 def _server_options(p: argparse.ArgumentParser) -> None:
@@ -36,7 +35,6 @@ def _annotate_args(p: argparse.ArgumentParser) -> None:
     pull.add_argument("--nli", help="an NLI model (hub id or folder) that re-checks the links of every edited chain")
 
 
-@command("annotate", "curate hierarchies in Label Studio: push tasks, pull the curated split", _annotate_args)
 def _annotate(args: argparse.Namespace) -> int:
     from .server import Server
     from .workflow import pull, push
@@ -55,3 +53,9 @@ def _annotate(args: argparse.Namespace) -> int:
                                             "rejected", "failed_checks", "records", "agreement")}, indent=2))
     echo(f"wrote the curated split to {args.out}")
     return 0
+
+
+COMMANDS = (
+    Command("annotate", "curate hierarchies in Label Studio: push tasks, pull the curated split", _annotate_args,
+            _annotate),
+)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import command
-from ..cli_options import echo
+from ..commandline import Command, echo
 from ..configs import add_options, from_options
 from ..models.registry import spec_help
 from .trainer import FinetuneConfig
@@ -33,8 +32,6 @@ def _finetune_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true")
 
 
-@command("finetune", "fine-tune a model's text side with the RE (or entailment-cone) objective; resumable",
-         _finetune_args)
 def _finetune(args: argparse.Namespace) -> int:
     from .trainer import Trainer
 
@@ -45,3 +42,9 @@ def _finetune(args: argparse.Namespace) -> int:
          f"held-out d_corr {last.get('val_d_corr', float('nan')):.4f}")
     echo(f"score it: hierarcaps evaluate --model {final}")
     return 0
+
+
+COMMANDS = (
+    Command("finetune", "fine-tune a model's text side with the RE (or entailment-cone) objective; resumable",
+         _finetune_args, _finetune),
+)

@@ -6,8 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..cli import command
-from ..cli_options import echo, engine, engine_options
+from ..commandline import Command, echo, engine, engine_options
 from ..errors import HierarcapsError
 from .config import STAGES
 
@@ -39,8 +38,6 @@ def _init(words: list[str]) -> int:
     return 0
 
 
-@command("generate", "make 4-tier positive and negative hierarchies from captions (LLM + NLI -> Flan-T5)",
-         _generate_args)
 def _generate(args: argparse.Namespace) -> int:
     from .config import load_config
     from .runner import dry_run_config, run_generation, set_threads
@@ -69,3 +66,9 @@ def _generate(args: argparse.Namespace) -> int:
     else:
         echo(f"stage {args.until} done: {folder}")
     return 0
+
+
+COMMANDS = (
+    Command("generate", "make 4-tier positive and negative hierarchies from captions (LLM + NLI -> Flan-T5)",
+         _generate_args, _generate),
+)

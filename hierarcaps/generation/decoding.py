@@ -79,6 +79,7 @@ class RowState:
     offset: int = 0
     in_value: bool = False
     text: str = ""
+    tokens: int = 0
     truncated: bool = False
     broken: bool = False
 
@@ -125,6 +126,7 @@ class JsonConstraint:
 
     def advance(self, state: RowState, text: str) -> None:
         """Feed a chosen token's text to a row's state."""
+        state.tokens += 1
         for char in text:
             if state.finished:
                 state.broken = True

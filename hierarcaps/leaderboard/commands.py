@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..cli import command
-from ..cli_options import echo
+from ..commandline import Command, echo
 from ..errors import HierarcapsError
 
 DEFAULT_BOARD = "leaderboard"
@@ -29,7 +28,6 @@ def _args(p: argparse.ArgumentParser) -> None:
         action.add_argument("--board", default=DEFAULT_BOARD)
 
 
-@command("leaderboard", "submissions: template, validate, add, build, check", _args)
 def _leaderboard(args: argparse.Namespace) -> int:
     from . import board
     from .submission import write_template
@@ -61,3 +59,8 @@ def _leaderboard(args: argparse.Namespace) -> int:
         raise HierarcapsError(f"{args.board}: {len(problems)} problem(s)")
     echo(f"{args.board}: ok")
     return 0
+
+
+COMMANDS = (
+    Command("leaderboard", "submissions: template, validate, add, build, check", _args, _leaderboard),
+)

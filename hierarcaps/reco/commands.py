@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..cli import command
-from ..cli_options import echo, engine, engine_options, image_options
+from ..commandline import Command, echo, engine, engine_options, image_options
 from ..configs import add_options, from_options
 from ..models.registry import spec_help
 
@@ -87,8 +86,6 @@ def _build_memory(args: argparse.Namespace) -> None:
     build_memory(args.out, items, encoder, options, shard_size=args.shard_size, spec=args.model)
 
 
-@command("reco", "retrieval-enhanced models: build a memory, train fusion; score with evaluate --model reco:DIR",
-         _reco_args)
 def _reco(args: argparse.Namespace) -> int:
     from .memory import Memory
 
@@ -116,26 +113,7 @@ def _reco(args: argparse.Namespace) -> int:
     return 0
 
 
-def _zeroshot_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help=spec_help())
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--images", help="a folder of class subfolders")
-    group.add_argument("--dataset", help="a datasets folder or name with image and ClassLabel columns")
-    p.add_argument("--split", default="test")
-    p.add_argument("--templates", help="a text file, one template with {} per line")
-    p.add_argument("--workers", type=int, default=1)
-
-
-@command("zeroshot", "zero-shot classification accuracy of a model (e.g. a RECO model) on labelled images",
-         _zeroshot_args)
-def _zeroshot(args: argparse.Namespace) -> int:
-
-    from ..benchmarks.zeroshot import DEFAULT_TEMPLATES, dataset_split, image_folder, read_templates, zero_shot
-    from ..models.registry import load_encoder
-
-    images, labels, names = image_folder(args.images) if args.images else dataset_split(args.dataset,
-                                                                                       split=args.split)
-    templates = read_templates(args.templates) if args.templates else DEFAULT_TEMPLATES
-    echo(json.dumps(zero_shot(load_encoder(args.model, lazy=True), images, labels, names, templates,
-                               workers=args.workers), indent=2))
-    return 0
+COMMANDS = (
+    Command("reco", "retrieval-enhanced models: build a memory, train fusion; score with evaluate --model reco:DIR",
+         _reco_args, _reco),
+)

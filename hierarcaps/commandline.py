@@ -1,12 +1,26 @@
-"""Command-line options that several subcommands share (public: workshop command modules use them)."""
+"""What every subcommand is made of: its declaration (:class:`Command`), the options several share (images,
+engines), and output that is safe to print (:func:`echo`). The bottom of the command layer: workshops declare
+their commands with it, and ``cli`` registers them."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from .data.images import DEFAULT_IMAGE_SOURCE, IMAGE_SOURCES
+
+
+@dataclasses.dataclass(frozen=True)
+class Command:
+    """A subcommand: its name, one line of help, what adds its arguments, and what runs it (exit code)."""
+
+    name: str
+    help: str
+    configure: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
 
 
 def image_options(parser: argparse.ArgumentParser) -> None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
-from ..cli import command
-from ..cli_options import echo, image_options
+from ..commandline import Command, echo, image_options
+from ..models.registry import spec_help
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
@@ -31,7 +32,6 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
     image_options(p)
 
 
-@command("evaluate", "score a model on HierarCaps (hierarchy + retrieval metrics, CIs, baselines)", _evaluate_args)
 def _evaluate(args: argparse.Namespace) -> int:
     from .harness import EvalOptions, evaluate, save_result
     from .table import result_table
@@ -91,7 +91,6 @@ def _report_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", help="write the report to this file instead of printing it")
 
 
-@command("report", "merge result JSON files into one table: CIs, main score, baselines", _report_args)
 def _report(args: argparse.Namespace) -> int:
     from .._io import atomic_open
     from .table import read_results, report
@@ -104,3 +103,35 @@ def _report(args: argparse.Namespace) -> int:
     else:
         echo(text)
     return 0
+
+
+def _zeroshot_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help=spec_help())
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--images", help="a folder of class subfolders")
+    group.add_argument("--dataset", help="a datasets folder or name with image and ClassLabel columns")
+    p.add_argument("--split", default="test")
+    p.add_argument("--templates", help="a text file, one template with {} per line")
+    p.add_argument("--workers", type=int, default=1)
+
+
+def _zeroshot(args: argparse.Namespace) -> int:
+
+    from ..models.registry import load_encoder
+    from .zeroshot import DEFAULT_TEMPLATES, dataset_split, image_folder, read_templates, zero_shot
+
+    images, labels, names = image_folder(args.images) if args.images else dataset_split(args.dataset,
+                                                                                       split=args.split)
+    templates = read_templates(args.templates) if args.templates else DEFAULT_TEMPLATES
+    echo(json.dumps(zero_shot(load_encoder(args.model, lazy=True), images, labels, names, templates,
+                               workers=args.workers), indent=2))
+    return 0
+
+
+COMMANDS = (
+    Command("evaluate", "score a model on HierarCaps (hierarchy + retrieval metrics, CIs, baselines)", _evaluate_args,
+            _evaluate),
+    Command("zeroshot", "zero-shot classification accuracy of a model (e.g. a RECO model) on labelled images",
+            _zeroshot_args, _zeroshot),
+    Command("report", "merge result JSON files into one table: CIs, main score, baselines", _report_args, _report),
+)
