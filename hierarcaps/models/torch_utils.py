@@ -62,6 +62,12 @@ def autocast(device: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
+def torch_dtype(name: str) -> Any:
+    import torch
+
+    return None if name == "auto" else getattr(torch, name)
+
+
 def weights_fingerprint(module: Any) -> str:
     """xxh3-128 over every parameter and buffer (names, shapes, bytes): cheap even for large models."""
     import torch

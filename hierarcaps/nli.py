@@ -8,6 +8,7 @@ negative must contradict positive tier 1. The logic takes any scorer, so tests c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Sequence
@@ -15,11 +16,28 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..data.records import control_characters
-from ..errors import HierarcapsError
-from ..models.folders import NO_REMOTE_CODE, SAFE_WEIGHTS
-from .backends import model_source, model_version
-from .config import NLIConfig
+from .configs import setting
+from .data.records import control_characters
+from .errors import HierarcapsError
+from .models.folders import NO_REMOTE_CODE, SAFE_WEIGHTS, model_source, model_version
+from .models.torch_utils import torch_dtype
+
+
+@dataclasses.dataclass
+class NLIConfig:
+    """The NLI model and the thresholds a chain link and a negative must meet."""
+
+    model: str = ""
+    scratch: dict[str, Any] | None = None  # BertConfig fields: a random-weight stand-in (packaged MiniLM tokenizer)
+    # for runs where no NLI weights can be had; its decisions are noise, so use it only to exercise a pipeline
+    entail_threshold: float = setting(0.5, low=0.0, high=1.0)       # P(entailment) a link needs
+    contradict_threshold: float = setting(0.5, low=0.0, high=1.0)   # P(contradiction) a negative needs
+    generic_not_longer: bool = False       # also require each tier to have no more words than the next
+    batch_size: int = setting(64, low=1, high=65536)
+    max_length: int = setting(128, low=8, high=8192)
+    dtype: str = setting("auto", choices=("auto", "float32", "bfloat16", "float16"))
+
+
 
 Chain = tuple[str, ...]
 
@@ -71,8 +89,6 @@ class TransformersNLI:
 
     def __init__(self, config: NLIConfig, *, device: str = "cpu") -> None:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from .backends import torch_dtype
 
         try:
             if config.scratch is not None:
