@@ -32,8 +32,8 @@ def main() -> None:
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
 
-    from hierarcaps.harness.harness import EvalOptions, embed_benchmark
     from hierarcaps.data import load_official
+    from hierarcaps.harness.harness import EvalOptions, embed_benchmark
     from hierarcaps.metrics.scoring import score
     from hierarcaps.models import load_encoder
     from hierarcaps.models.random_models import save_random_hf_clip

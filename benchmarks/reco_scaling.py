@@ -11,7 +11,6 @@ A size of 0 is every training pair. Writes benchmarks/results/reco_scaling.{md,j
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from pathlib import Path

@@ -40,7 +40,9 @@ def image_store(args: argparse.Namespace, **kwargs: Any):
 
 def engine_options(parser: argparse.ArgumentParser) -> None:
     """Where shard work runs: this process, or a Ray cluster (``pip install 'hierarcaps[distributed]'``)."""
-    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+    from .engines import ENGINES
+
+    parser.add_argument("--engine", choices=list(ENGINES), default="local",
                         help="local: this process; ray: Ray Data actor pools (same outputs, resumable by either)")
     parser.add_argument("--address", help="Ray cluster address (auto, ray://host:10001); default: a local cluster")
     parser.add_argument("--actors", type=int, help="the most actors per stage (default: one per GPU for GPU stages, "
@@ -53,12 +55,8 @@ def engine(args: argparse.Namespace) -> Any:
     """The engine that ``engine_options`` describe."""
     from .engines import make_engine
 
-    if args.engine == "local":
-        return make_engine("local")
-    return make_engine("ray", address=args.address, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
+    return make_engine(args.engine, address=args.address, actors=args.actors, cpus_per_actor=args.cpus_per_actor,
                        gpus_per_actor=args.gpus_per_actor)
-
-
 def echo(text: object = "", *, err: bool = False) -> None:
     """Print command output with every character a reader cannot see escaped (newlines kept): output echoes
     ids, names and file names from the user's files, which must not move the cursor or reorder the line."""

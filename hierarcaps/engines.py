@@ -19,7 +19,7 @@ import json
 import os
 import socket
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from .errors import HierarcapsError
 
@@ -27,10 +27,27 @@ Task = dict[str, Any]
 Worker = Callable[[Task], Task]
 
 
+class Engine(Protocol):
+    """Where shard work runs. ``in_process``: the worker runs in this process (it may share this process's loaded
+    models and objects); otherwise it is shipped as a picklable callable and builds its own."""
+
+    name: str
+    in_process: bool
+
+    def map(self, worker: Worker, tasks: list[Task], *, desc: str, progress: bool = True,
+            gpus: float = 0.0) -> Iterator[Task]:
+        """One result per task, as the tasks finish; ``gpus``: what one worker can use (more than 1: needs)."""
+
+
 class LocalEngine:
     """Every task in this process, in order."""
 
     name = "local"
+    in_process = True
+
+    @classmethod
+    def from_options(cls, **options: Any) -> LocalEngine:
+        return cls()
 
     def map(self, worker: Worker, tasks: list[Task], *, desc: str, progress: bool = True,
             gpus: float = 0.0) -> Iterator[Task]:
@@ -57,6 +74,12 @@ class RayEngine:
     gpus_per_actor: float = 1.0
 
     name = "ray"
+    in_process = False
+
+    @classmethod
+    def from_options(cls, **options: Any) -> RayEngine:
+        """The engine the command-line options describe (options left out keep their defaults)."""
+        return cls(**{k: v for k, v in options.items() if v is not None})
 
     def __post_init__(self) -> None:
         """Refuse at once what would fail later, after the driver's own work (a memory's index training)."""
@@ -198,15 +221,12 @@ class _RayActor:
             return json.dumps({ERROR_KEY: portable_error(exc)})
 
 
-ENGINES: dict[str, Callable[..., Any]] = {"local": LocalEngine, "ray": RayEngine}
-"""Engines by the name ``--engine`` takes."""
+ENGINES: dict[str, Any] = {"local": LocalEngine, "ray": RayEngine}
+"""Engines by the name ``--engine`` takes: adding one here is all the command line and the stages need."""
 
 
-def make_engine(name: str, **options: Any) -> LocalEngine | RayEngine:
-    """An engine by name; options that are None are left at their defaults (the local engine takes none)."""
+def make_engine(name: str, **options: Any) -> Engine:
+    """An engine by name, built from command-line options (those that are None keep their defaults)."""
     if name not in ENGINES:
         raise HierarcapsError(f"unknown engine {name!r} (choose {', '.join(ENGINES)})")
-    options = {k: v for k, v in options.items() if v is not None}
-    if name == "local":
-        return LocalEngine()
-    return RayEngine(**options)
+    return ENGINES[name].from_options(**options)

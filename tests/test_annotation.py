@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 
 from hierarcaps.annotation.curation import curate, krippendorff_alpha_nominal, merge_export
+from hierarcaps.annotation.server import read_label_config
 from hierarcaps.errors import HierarcapsError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from label_studio_server import TOKEN, label_studio_executable, running_server
 
 RECORDED = Path(__file__).parent / "data" / "label_studio_export.json"
-REPO = Path(__file__).resolve().parents[1]
 
 
 # -- the mapping, on an export recorded from the real server --------------------------------------------
@@ -269,6 +269,6 @@ def test_accepted_chains_that_fail_the_record_checks_or_the_nli_stay_out() -> No
     assert "repeats tier 1" in failed["1"][0] and "not entailed" in failed["2"][0]
     assert failed["3"] == ["tier 4: no verdict"] and failed["4"] == ["edited chain: not_entailed:t4=>t3"]
     assert stats["edited"] == 1 and stats["completed"] == 5
-    config = (REPO / "annotation" / "labeling_config.xml").read_text()
+    config = read_label_config(None)
     assert all(f'name="verdict_{k}" toName="caption" choice="single-radio" showInline="true" required="true"'
                in config for k in range(1, 5))

@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 
 from hierarcaps.cli import main
 from hierarcaps.data import load_official
-from hierarcaps.data.csvio import MAX_FIELD_CHARS, parse_file
+from hierarcaps.data.csvio import parse_file
+from hierarcaps.data.tables import MAX_FIELD_CHARS
 from hierarcaps.errors import DataError, HierarcapsError
 from hierarcaps.leaderboard import board
 from hierarcaps.leaderboard.submission import write_submission, write_template

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from hierarcaps.cli import main
 from hierarcaps.data import load_official, write_csv
-from hierarcaps.data.csvio import MAX_ROWS, parse_file, write_parquet
+from hierarcaps.data.csvio import parse_file, write_parquet
+from hierarcaps.data.tables import MAX_ROWS
 from hierarcaps.errors import HierarcapsError
 from hierarcaps.generation.config import load_config
 

@@ -20,7 +20,7 @@ def _annotate_args(p: argparse.ArgumentParser) -> None:
     push = sub.add_parser("push", help="create or reuse the project and import hierarchies not yet in it")
     push.add_argument("source", help="hierarchy file (a generated hierarchies.parquet/.csv or an official file)")
     _server_options(push)
-    push.add_argument("--label-config", help="labeling config XML (default: annotation/labeling_config.xml)")
+    push.add_argument("--label-config", help="labeling config XML (default: the one shipped with the package)")
     push.add_argument("--image-dir", help="serve local images from this folder (else tasks use image URLs)")
     push.add_argument("--document-root", help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
     push.add_argument("--generator", help="model version shown on the predictions (default: from the file)")

@@ -21,12 +21,15 @@ from ..errors import HierarcapsError
 
 T = TypeVar("T")
 DEFAULT_URL = "http://localhost:8080"
-REPO_CONFIG = Path(__file__).resolve().parents[2] / "annotation" / "labeling_config.xml"
 
 
 def read_label_config(path: str | os.PathLike[str] | None) -> str:
-    """The labeling config XML (default: ``annotation/labeling_config.xml`` of this repository)."""
-    path = Path(path) if path else REPO_CONFIG
+    """The labeling config XML (default: the one shipped inside the package, so an installed wheel works)."""
+    if not path:
+        from importlib import resources
+
+        return resources.files("hierarcaps.annotation").joinpath("assets/labeling_config.xml").read_text("utf-8")
+    path = Path(path)
     if not path.exists():
         raise HierarcapsError(f"labeling config {path} not found; pass --label-config")
     return path.read_text(encoding="utf-8")

@@ -13,14 +13,14 @@ import csv
 import gzip
 import io
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
-from .._io import atomic_open, atomic_path, read_bounded, regular_file_size
+from .._io import atomic_open, atomic_path
 from ..errors import DataError
 from .fetch import cached_download, is_url
 from .records import DEFAULT_TIERS, Hierarchy, image_file_from_url, split_tiers, validate_records
+from .tables import delimiter_of, parquet_table, read_text, text_rows
 
 FORMATS: dict[str, tuple[str, ...]] = {
     "test": ("id", "captions", "image_url"),
@@ -29,45 +29,8 @@ FORMATS: dict[str, tuple[str, ...]] = {
 REQUIRED: dict[str, tuple[str, ...]] = {"test": ("id", "captions"), "pairs": ("positive", "negative")}
 
 
-MAX_TEXT_BYTES = 256 * 2**20
-"""A hierarchy file's text, decompressed (the official training file is a few percent of it)."""
-MAX_FIELD_CHARS = 2**20
-"""One CSV cell; a longer one is reported with its row."""
-MAX_ROWS = 1_000_000
-"""Rows of one hierarchy file (a record costs about 1 KB in memory): larger collections come as several files."""
 MAX_PROBLEMS = 1000
 """Problems collected from one file; parsing stops there (the rest would only repeat them)."""
-
-
-def _read_text(path: Path) -> str:
-    """The file's text (UTF-8, with or without a byte-order mark), decompressed within ``MAX_TEXT_BYTES``."""
-    raw = read_bounded(path, MAX_TEXT_BYTES, what="hierarchy file")
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x} at line {line})",
-                        file=str(path), row=line - 1) from None
-
-
-def _csv_rows(text: str, file: str) -> Iterator[list[str]]:
-    """Rows of CSV text (CRLF or LF), blank lines skipped; a cell over ``MAX_FIELD_CHARS``, broken quoting or
-    more than ``MAX_ROWS`` rows names its line."""
-    limit = csv.field_size_limit()
-    csv.field_size_limit(MAX_FIELD_CHARS)
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        for row in reader:
-            if reader.line_num > MAX_ROWS + 1 and row:
-                raise DataError(f"more than {MAX_ROWS} rows; split the file", file=file, row=reader.line_num - 1)
-            if row:
-                yield row
-    except csv.Error as exc:
-        over = "larger than field limit" in str(exc)
-        raise DataError(f"a cell over {MAX_FIELD_CHARS} characters" if over else f"malformed CSV ({exc})",
-                        file=file, row=max(reader.line_num - 1, 0)) from None
-    finally:
-        csv.field_size_limit(limit)
 
 
 def detect_format(header: Sequence[str], file: str) -> str:
@@ -102,7 +65,7 @@ def parse_csv(path: str | os.PathLike[str], *, split: str = "", source: str | No
     """Records of an official CSV file and every problem found in it (rows are 1-based data rows)."""
     path = Path(path)
     file = str(path)
-    rows = _csv_rows(_read_text(path), file)
+    rows = text_rows(read_text(path), file, delimiter_of(path))
     header = next(rows, None)
     if header is None:
         raise DataError("empty file (no header)", file=file)
@@ -143,90 +106,13 @@ PARQUET_TYPES = {"id": "string", "positive": "list<string>", "negative": "list<s
 """The hierarchy parquet columns this package reads, and their types (others are ignored)."""
 
 
-def _parquet_table(path: Path) -> Any:
-    """The known columns of a hierarchy parquet file, bounded before anything is decoded: the file's size, its
-    footer's row count and uncompressed bytes, the column types, then (strings read as dictionaries) every
-    cell's length and the decoded total."""
-    import pyarrow.parquet as pq
-
-    file = str(path)
-    regular_file_size(path, what="hierarchy file")
-    try:
-        parquet = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow's errors for a file that is not parquet
-        raise DataError(f"not a readable parquet file ({one_line(exc)})", file=file) from None
-    meta = parquet.metadata
-    if meta.num_rows > MAX_ROWS:
-        raise DataError(f"{meta.num_rows} rows, more than the limit of {MAX_ROWS}; split the file", file=file)
-    packed = sum(meta.row_group(g).total_byte_size for g in range(meta.num_row_groups))
-    if packed > MAX_TEXT_BYTES:
-        raise DataError(f"{packed} bytes uncompressed, over the limit of {MAX_TEXT_BYTES}", file=file)
-    schema = parquet.schema_arrow
-    columns = [name for name in PARQUET_TYPES if name in schema.names]
-    for name in columns:
-        if not _has_type(schema.field(name).type, PARQUET_TYPES[name]):
-            raise DataError(f"type {schema.field(name).type}, expected {PARQUET_TYPES[name]}", file=file, row=0,
-                            field=name)
-    leaves = [parquet.schema.column(i).path for i in range(len(parquet.schema))]
-    strings = [leaf for leaf in leaves if leaf.split(".")[0] in columns]
-    try:
-        table = pq.ParquetFile(path, read_dictionary=strings).read(columns=columns)
-    except Exception as exc:
-        raise DataError(f"unreadable parquet data ({one_line(exc)})", file=file) from None
-    _check_decoded_size(table, file)
-    return table
-
-
-def _has_type(kind: Any, expected: str) -> bool:
-    """Whether an Arrow type is a string (``string``) or a list of strings (``list<string>``); an all-null
-    column of an optional field passes."""
-    import pyarrow as pa
-
-    def text(t: Any) -> bool:
-        return pa.types.is_string(t) or pa.types.is_large_string(t) or \
-            (pa.types.is_dictionary(t) and text(t.value_type))
-
-    if pa.types.is_null(kind):
-        return True
-    if expected == "string":
-        return text(kind)
-    return (pa.types.is_list(kind) or pa.types.is_large_list(kind)) and text(kind.value_type)
-
-
-def _check_decoded_size(table: Any, file: str) -> None:
-    """Refuse a table whose strings, once decoded, would exceed the limits (dictionary pages let a small file
-    name one long string a million times)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    total = 0
-    for name in table.column_names:
-        column = table.column(name).combine_chunks()
-        values = pc.list_flatten(column) if str(column.type).startswith("list") else column
-        if pa.types.is_null(getattr(values.type, "value_type", values.type)):
-            continue                                    # no strings at all
-        if hasattr(values, "dictionary"):
-            lengths = pc.binary_length(values.dictionary)
-            longest = pc.max(lengths).as_py() or 0
-            decoded = pc.sum(pc.take(lengths, values.indices)).as_py() or 0
-        else:
-            lengths = pc.binary_length(values)
-            longest, decoded = pc.max(lengths).as_py() or 0, pc.sum(lengths).as_py() or 0
-        if longest > MAX_FIELD_CHARS * 4:
-            raise DataError(f"a cell of {longest} bytes, over the limit of {MAX_FIELD_CHARS} characters",
-                            file=file, field=name)
-        total += decoded
-        if total > MAX_TEXT_BYTES:
-            raise DataError(f"over {MAX_TEXT_BYTES} bytes of text once decoded", file=file, field=name)
-
-
 def parse_parquet(path: str | os.PathLike[str], *, split: str = "", source: str | None = None,
                   n_tiers: int | None = DEFAULT_TIERS) -> tuple[list[Hierarchy], list[DataError]]:
     """Records of a hierarchy parquet file (``write_parquet``'s columns) and every problem found in it; ``split``
     and ``source``, when given, replace the file's own."""
     path = Path(path)
     file = str(path)
-    table = _parquet_table(path)
+    table = parquet_table(path, PARQUET_TYPES)
     missing = {"id", "positive"} - set(table.column_names)
     if missing:
         raise DataError(f"missing column(s) {', '.join(sorted(missing))}", file=file, row=0, field=sorted(missing)[0])
@@ -251,11 +137,6 @@ def parse_parquet(path: str | os.PathLike[str], *, split: str = "", source: str 
     except StopParsing:
         pass
     return records, list(problems)
-
-
-def one_line(exc: BaseException) -> str:
-    """An exception's message on one line, at most 200 characters."""
-    return " ".join(str(exc).split())[:200] or type(exc).__name__
 
 
 def parse_file(path: str | os.PathLike[str], **kwargs: object) -> tuple[list[Hierarchy], list[DataError]]:

@@ -16,10 +16,6 @@ from ..errors import DataError
 from ..nli import NLIConfig
 from ..training import TrainingConfig
 
-STAGES = {"captions": "00-captions", "seed": "10-seed", "filter": "20-filter", "augment": "30-augment",
-          "distill": "40-distill", "build": "50-build", "export": "60-export"}
-"""Every stage in run order, with the folder it writes (the runner calls ``Runner.stage_<name>``)."""
-
 
 @dataclasses.dataclass
 class LLMConfig:

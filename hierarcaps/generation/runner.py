@@ -37,44 +37,36 @@ from .. import __version__
 from .._io import atomic_open, atomic_path, sha256_file
 from ..data.csvio import write_csv, write_parquet
 from ..data.records import Hierarchy
-from ..engines import LocalEngine, RayEngine
+from ..engines import Engine, LocalEngine
 from ..errors import DataError, HierarcapsError
-from .config import STAGES, GenerationConfig
+from .config import GenerationConfig
 from .prompts import load_prompts
 from .stages import Models, Row, augment_batch, build_batch, decide_built, filter_batch, final_check, seed_batch
 
 
 def read_captions(path: str | Path) -> list[Row]:
-    """Captions from a text file (one per line), a CSV with a ``caption`` column, or a hierarchy file
-    (CSV/parquet in an official format: its tier-4 captions)."""
-    import csv
-    import gzip
+    """Captions from a text file (one per line), a table with a ``caption`` column (CSV, TSV or parquet; ``id``
+    and ``image_url`` optional), or a hierarchy file (its tier-4 captions)."""
+    from ..data.tables import header_of, read_text, records
 
     path = Path(path)
-    file = str(path)
     if not path.exists():
-        raise DataError("no such input file", file=file)
-    if path.suffix == ".txt":
-        lines = path.read_text(encoding="utf-8").splitlines()
+        raise DataError("no such input file", file=str(path))
+    if path.name.lower().removesuffix(".gz").endswith(".txt"):
         return [{"id": f"line-{n}", "caption": line.strip(), "image_url": None}
-                for n, line in enumerate(lines, start=1) if line.strip()]
-    opener = gzip.open if path.suffix == ".gz" else open
-    header: list[str] = []
-    if path.suffix != ".parquet":
-        with opener(path, "rt", encoding="utf-8", newline="") as handle:  # type: ignore[operator]
-            header = next(csv.reader(handle), [])
-    if "caption" not in header:
+                for n, line in enumerate(read_text(path).splitlines(), start=1) if line.strip()]
+    if "caption" not in header_of(path):
         from ..data.csvio import read_hierarchies
 
         return [{"id": r.id, "caption": r.positive[-1], "image_url": r.image_url}
                 for r in read_hierarchies(path, n_tiers=None)]
     rows = []
-    with opener(path, "rt", encoding="utf-8", newline="") as handle:  # type: ignore[operator]
-        for n, row in enumerate(csv.DictReader(handle), start=1):
-            caption = (row.get("caption") or "").strip()
-            if not caption:
-                raise DataError("empty caption", file=file, row=n, field="caption")
-            rows.append({"id": row.get("id") or f"row-{n}", "caption": caption, "image_url": row.get("image_url")})
+    for number, row in records(path, ("caption",)):
+        caption = str(row.get("caption") or "").strip()
+        if not caption:
+            raise DataError("empty caption", file=str(path), row=number, field="caption")
+        rows.append({"id": str(row.get("id") or f"row-{number}"), "caption": caption,
+                     "image_url": row.get("image_url") or None})
     return rows
 
 
@@ -90,10 +82,10 @@ class Runner:
     """Run (or resume) every stage of a generation config."""
 
     def __init__(self, config: GenerationConfig, *, progress: bool = True,
-                 engine: LocalEngine | RayEngine | None = None) -> None:
+                 engine: Engine | None = None) -> None:
         self.config, self.progress, self.out = config, progress, Path(config.out)
         self.engine = engine or LocalEngine()
-        self.models = Models(config, self.out / STAGES["distill"] / "model")
+        self.models = Models(config, self.out / STAGE["distill"].folder / "model")
         self._versions: dict[str, str] = {}
 
     # -- files -------------------------------------------------------------------------------------------
@@ -105,14 +97,14 @@ class Runner:
             recorded = json.loads(run_file.read_text())
             if recorded["fingerprint"] == self.config.fingerprint():
                 return
-            if any(self.out.glob("*/*.done")) or (self.out / STAGES["distill"] / "model").exists():
+            if any(self.out.glob("*/*.done")) or (self.out / STAGE["distill"].folder / "model").exists():
                 raise HierarcapsError(f"{self.out} holds a run with other settings; use a new `out` or delete it")
         with atomic_open(run_file) as handle:
             json.dump({"fingerprint": self.config.fingerprint(), "config": self.config.to_dict(),
                        "package_version": __version__}, handle, indent=2)
 
     def shard_path(self, stage: str, shard: int) -> Path:
-        return self.out / STAGES[stage] / f"shard-{shard:05d}.parquet"
+        return self.out / STAGE[stage].folder / f"shard-{shard:05d}.parquet"
 
     def is_done(self, stage: str, shard: int) -> bool:
         return self.shard_path(stage, shard).with_suffix(".done").exists()
@@ -125,7 +117,7 @@ class Runner:
         if not self._versions:
             self._versions = {"llm": f"{self.config.llm.backend}:{model_version(self.config.llm.model)}",
                               "nli": nli_version(self.config.nli)}
-        student = self.out / STAGES["distill"] / "model"
+        student = self.out / STAGE["distill"].folder / "model"
         if "student" not in self._versions and student.exists():
             self._versions["student"] = model_version(str(student))
         return self._versions
@@ -154,12 +146,12 @@ class Runner:
         return [row for shard in range(self.n_shards) for row in self.read_shard(stage, shard)]
 
     def shard_seed(self, stage: str, shard: int) -> int:
-        sequence = np.random.SeedSequence([self.config.seed, list(STAGES).index(stage), shard])
+        sequence = np.random.SeedSequence([self.config.seed, list(STAGE).index(stage), shard])
         return int(sequence.generate_state(1)[0] % (2**31 - 1))
 
     # -- stages ------------------------------------------------------------------------------------------
     def stage_captions(self) -> None:
-        manifest = self.out / STAGES["captions"] / "manifest.json"
+        manifest = self.out / STAGE["captions"].folder / "manifest.json"
         if manifest.exists():
             self.n_shards = json.loads(manifest.read_text())["shards"]
             return
@@ -179,23 +171,8 @@ class Runner:
     def attach(self) -> Runner:
         """Join a run whose captions are already sharded (what an engine's worker does)."""
         self.prompts = load_prompts(self.config.prompts)
-        self.n_shards = json.loads((self.out / STAGES["captions"] / "manifest.json").read_text())["shards"]
+        self.n_shards = json.loads((self.out / STAGE["captions"].folder / "manifest.json").read_text())["shards"]
         return self
-
-    def shard_transform(self, stage: str) -> tuple[str, Callable[[list[Row], int, int], list[Row]]]:
-        """The stage a shard stage reads, and its batch transform (rows, shard seed, shard) -> rows."""
-        models, prompts = self.models, self.prompts
-        if stage == "seed":
-            return "captions", lambda rows, seed, shard: seed_batch(rows, models, prompts, seed)
-        if stage == "filter":
-            return "seed", lambda rows, seed, shard: filter_batch(rows, models)
-        if stage == "augment":
-            pool = self.augment_pool
-            return "captions", lambda rows, seed, shard: augment_batch(rows, models, prompts, pool, seed) \
-                if pool else []
-        if stage == "build":
-            return "captions", lambda rows, seed, shard: build_batch(rows, models, seed, self.teacher_chains(shard))
-        raise HierarcapsError(f"stage {stage!r} is not a shard stage")
 
     def teacher_chains(self, shard: int) -> dict[str, list[tuple[str, list[str]]]]:
         """Caption id -> the LLM's accepted chains for it in this shard (seed first, then augmentation), each
@@ -218,28 +195,22 @@ class Runner:
         """One shard of a shard stage, written with its marker and the seconds its work took (loading a model
         on first use is not counted: it is the same whatever the shard)."""
         begun, loading = time.perf_counter(), self.models.load_seconds
-        source, transform = self.shard_transform(stage)
-        rows = transform(self.read_shard(source, shard), self.shard_seed(stage, shard), shard)
+        declared = STAGE[stage]
+        rows = declared.transform(self, self.read_shard(declared.source, shard), self.shard_seed(stage, shard), shard)
         seconds = time.perf_counter() - begun - (self.models.load_seconds - loading)
         self._write_shard(stage, shard, rows, seconds)
         return {"shard": shard, "rows": len(rows)}
 
-    def stage_gpus(self, stage: str) -> float:
-        """GPUs one worker of a stage can use: the LLM stages under vLLM (its tensor-parallel size)."""
-        if stage in ("seed", "augment") and self.config.llm.backend == "vllm":
-            return float(self.config.llm.engine_args.get("tensor_parallel_size", 1))
-        return 0.0
-
     def worker(self, stage: str) -> ShardWorker:
         """This runner itself under the local engine; a fresh runner per actor under Ray."""
-        own = self if isinstance(self.engine, LocalEngine) else None
+        own = self if self.engine.in_process else None
         return ShardWorker(self.config, stage, own)
 
     def map_shards(self, stage: str) -> None:
         """Compute and write every unfinished shard of a shard stage on the run's engine."""
         todo = [{"shard": s} for s in range(self.n_shards) if not self.is_done(stage, s)]
         for _ in self.engine.map(self.worker(stage), todo, desc=f"Stage {stage}", progress=self.progress,
-                                 gpus=self.stage_gpus(stage)):
+                                 gpus=STAGE[stage].gpus(self.config)):
             pass
 
     def accepted_chains(self, *stages: str) -> list[tuple[str, ...]]:
@@ -255,35 +226,26 @@ class Runner:
 
     def run(self, until: str = "export") -> Path:
         """Run every stage up to ``until``; returns the folder that stage wrote."""
-        if until not in STAGES:
-            raise HierarcapsError(f"unknown stage {until!r} (stages: {', '.join(STAGES)})")
+        if until not in STAGE:
+            raise HierarcapsError(f"unknown stage {until!r} (stages: {', '.join(STAGE)})")
         self.prompts = load_prompts(self.config.prompts)   # inputs are checked before the folder is claimed
         if not Path(self.config.input).exists():
             raise DataError("no such input file", file=self.config.input)
         self.out.mkdir(parents=True, exist_ok=True)
         self._claim_folder()
         for stage in STAGES:
-            getattr(self, f"stage_{stage}")()
-            if stage == until:
+            if stage.transform is not None:
+                self.map_shards(stage.name)
+            else:
+                stage.run(self)
+            if stage.name == until:
                 break
-        return self.out / STAGES[until]
-
-    def stage_seed(self) -> None:
-        self.map_shards("seed")
-
-    def stage_filter(self) -> None:
-        self.map_shards("filter")
-
-    def stage_augment(self) -> None:
-        self.map_shards("augment")
-
-    def stage_build(self) -> None:
-        self.map_shards("build")
+        return self.out / STAGE[until].folder
 
     def stage_distill(self) -> None:
         from .distill import Distiller
 
-        folder = self.out / STAGES["distill"]
+        folder = self.out / STAGE["distill"].folder
         if not (folder / "model").exists():
             chains = self.accepted_chains("filter", "augment")
             Distiller(self.config.distill, chains, folder, self.config.seed, self.progress, self.models.device).run()
@@ -293,7 +255,7 @@ class Runner:
         de-duplication, the official CSV and parquet with provenance, and the statistics."""
         from .report import deduplicate, render_stats, stage_summary, tier_lengths
 
-        folder = self.out / STAGES["export"]
+        folder = self.out / STAGE["export"].folder
         if (folder / "stats.json").exists():
             return
         built = self.read_stage("build")
@@ -308,9 +270,9 @@ class Runner:
         csv_path = write_csv(records, folder / "hierarchies.csv", fmt="pairs")
         parquet_path = write_parquet(records, folder / "hierarchies.parquet",
                                      metadata={"hierarcaps.provenance": json.dumps(provenance)})
-        distill_summary = json.loads((self.out / STAGES["distill"] / "summary.json").read_text())
+        distill_summary = json.loads((self.out / STAGE["distill"].folder / "summary.json").read_text())
         stats = {
-            "captions": json.loads((self.out / STAGES["captions"] / "manifest.json").read_text())["captions"],
+            "captions": json.loads((self.out / STAGE["captions"].folder / "manifest.json").read_text())["captions"],
             "stages": {stage: stage_summary(built if stage == "build" else self.read_stage(stage),
                                              stage_seconds(self, stage))
                        for stage in ("seed", "filter", "augment", "build")},
@@ -362,7 +324,7 @@ def set_threads(threads: int | None) -> None:
 
 
 def run_generation(config: GenerationConfig, *, until: str = "export", progress: bool = True,
-                   engine: LocalEngine | RayEngine | None = None) -> Path:
+                   engine: Engine | None = None) -> Path:
     return Runner(config, progress=progress, engine=engine).run(until)
 
 
@@ -378,7 +340,7 @@ def rethreshold(config: GenerationConfig) -> dict[str, dict[str, int]]:
     from ..nli import decide_chain
 
     runner = Runner(config, progress=False)             # models load lazily: none is touched here
-    manifest = runner.out / STAGES["captions"] / "manifest.json"
+    manifest = runner.out / STAGE["captions"].folder / "manifest.json"
     if not manifest.exists() or not (runner.out / "run.json").exists():
         raise HierarcapsError(f"{runner.out} holds no generation run to re-decide")
     recorded = _without_decisions(json.loads((runner.out / "run.json").read_text())["config"])
@@ -395,7 +357,7 @@ def rethreshold(config: GenerationConfig) -> dict[str, dict[str, int]]:
     if "build" not in stale:
         counts["build"] = redecide_stage(runner, "build", lambda row: decide_built(row, config.nli))
     for stage in stale:
-        shutil.rmtree(runner.out / STAGES[stage], ignore_errors=True)
+        shutil.rmtree(runner.out / STAGE[stage].folder, ignore_errors=True)
     with atomic_open(runner.out / "run.json") as handle:       # the folder now holds this config's decisions
         json.dump({"fingerprint": config.fingerprint(), "config": config.to_dict(), "package_version": __version__},
                   handle, indent=2)
@@ -440,3 +402,47 @@ def stage_seconds(runner: Runner, stage: str) -> float:
             total += json.loads(marker.read_text())["seconds"]
     return total
 
+
+def llm_gpus(config: GenerationConfig) -> float:
+    """GPUs one worker of an LLM stage needs: vLLM's tensor-parallel size (the transformers backend: none)."""
+    if config.llm.backend == "vllm":
+        return float(config.llm.engine_args.get("tensor_parallel_size", 1))
+    return 0.0
+
+
+def no_gpus(config: GenerationConfig) -> float:
+    return 0.0
+
+
+ShardTransform = Callable[[Runner, list[Row], int, int], list[Row]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline, declared once: the folder it writes; a shard stage's input stage and its pure
+    batch transform (runner, rows, shard seed, shard) -> rows, run shard by shard on the run's engine, and the
+    GPUs one of its workers can use; or, for a stage that runs in the driver, what runs it."""
+
+    name: str
+    folder: str
+    source: str = ""
+    transform: ShardTransform | None = None
+    run: Callable[[Runner], None] | None = None
+    gpus: Callable[[GenerationConfig], float] = no_gpus
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("captions", "00-captions", run=Runner.stage_captions),
+    Stage("seed", "10-seed", "captions", lambda r, rows, seed, shard: seed_batch(rows, r.models, r.prompts, seed),
+          gpus=llm_gpus),
+    Stage("filter", "20-filter", "seed", lambda r, rows, seed, shard: filter_batch(rows, r.models)),
+    Stage("augment", "30-augment", "captions", lambda r, rows, seed, shard: augment_batch(
+        rows, r.models, r.prompts, r.augment_pool, seed) if r.augment_pool else [], gpus=llm_gpus),
+    Stage("distill", "40-distill", run=Runner.stage_distill),
+    Stage("build", "50-build", "captions", lambda r, rows, seed, shard: build_batch(rows, r.models, seed,
+                                                                                    r.teacher_chains(shard))),
+    Stage("export", "60-export", run=Runner.stage_export),
+)
+"""Every stage in run order: adding one is adding its declaration here (resume, markers, ``--until``, the seeds
+and the Ray engine follow)."""
+STAGE = {stage.name: stage for stage in STAGES}

@@ -475,7 +475,7 @@ def build_memory(folder: str | Path, items: Sequence[MemoryItem], encoder: Any, 
     folder = Path(folder)
     options = dataclasses.replace(options or BuildOptions(progress=True), block_size=shard_size)
     engine = options.engine or LocalEngine()
-    local = isinstance(engine, LocalEngine)
+    local = engine.in_process
     if not local and not spec:
         raise HierarcapsError("the ray engine loads the encoder in every actor: give its spec")
     shards = folder / "shards"

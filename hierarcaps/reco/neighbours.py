@@ -76,7 +76,7 @@ def neighbour_rows(memory: Memory, queries: np.ndarray, side: str, k: int, group
     tasks = [{"block": n, "start": start, "end": end, "groups": names[start:end]} for n, start, end in spans
              if not block_file(folder, n).exists()]
     worker = NeighbourWorker(str(memory.folder), str(folder), side, k, cross_modal_search, duplicate_threshold,
-                             memory if engine is None or isinstance(engine, LocalEngine) else None)
+                             memory if engine is None or engine.in_process else None)
     for _ in (engine or LocalEngine()).map(worker, tasks, desc=f"Neighbours ({side})", progress=progress):
         pass
     if not spans:

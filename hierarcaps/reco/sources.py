@@ -7,7 +7,6 @@ Every item has a group, the unit that must never retrieve itself: its image file
 
 from __future__ import annotations
 
-import csv
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ import numpy as np
 from .._io import check_npz_inflation
 from ..data.csvio import read_hierarchies
 from ..data.images import DEFAULT_IMAGE_SOURCE, ImageStore
+from ..data.tables import header_of, records
 from ..errors import DataError
 from .memory import Memory, MemoryItem
 from .train import Pairs
@@ -32,16 +32,17 @@ def from_hierarchies(path: str, *, image_dir: str | None = None, download: bool 
 
 
 def from_csv(path: str) -> list[MemoryItem]:
-    """A CSV with columns ``image`` (path or URL) and ``caption`` (and optionally ``id``)."""
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
-    for number, row in enumerate(rows, start=1):
+    """A table (CSV, TSV or parquet) with columns ``image`` (path or URL) and ``caption``, and optionally ``id``,
+    ``group`` and ``label``."""
+    items = []
+    for number, row in records(path, ("image", "caption")):
         for column in ("image", "caption"):
             if not row.get(column):
-                raise DataError("empty or missing", file=path, row=number, field=column)
-    return [MemoryItem(row.get("id") or f"{Path(path).name}:{i}", row["caption"], row["image"], Path(path).name,
-                       group=row.get("group") or row["image"], label=row.get("label") or "")
-            for i, row in enumerate(rows)]
+                raise DataError("empty", file=path, row=number, field=column)
+        items.append(MemoryItem(str(row.get("id") or f"{Path(path).name}:{number - 1}"), str(row["caption"]),
+                                str(row["image"]), Path(path).name, group=str(row.get("group") or row["image"]),
+                                label=str(row.get("label") or "")))
+    return items
 
 
 def from_dataset(path: str, *, image_column: str = "image", text_column: str = "caption",
@@ -88,15 +89,13 @@ def from_embeddings(path: str) -> tuple[np.ndarray, np.ndarray, list[MemoryItem]
 
 
 def load_items(source: str, **options: Any) -> list[MemoryItem]:
-    """Items of a source by its kind: .csv with image/caption columns, a hierarchy file, or a dataset."""
+    """Items of a source by its kind: a ``datasets`` folder, a table with image and caption columns, or a
+    hierarchy file."""
     path = Path(source)
     if path.is_dir():
         return from_dataset(source, **{k: v for k, v in options.items() if k in ("image_column", "text_column")})
-    if path.suffix == ".csv":
-        with open(path, newline="", encoding="utf-8") as handle:
-            columns = next(csv.reader(handle), [])
-        if {"image", "caption"} <= set(columns):
-            return from_csv(source)
+    if {"image", "caption"} <= set(header_of(path)):
+        return from_csv(source)
     return from_hierarchies(source, **{k: v for k, v in options.items()
                                        if k in ("image_dir", "download", "image_source")})
 
