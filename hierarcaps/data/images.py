@@ -19,7 +19,7 @@ from typing import Any
 
 from .._io import regular_file_size, sha256_file
 from ..errors import DataError, HierarcapsError, ImagesUnavailableError
-from .fetch import ChecksumMismatch, SourceUnreachable, cache_dir, download
+from .fetch import Breaker, ChecksumMismatch, DownloadFailed, cache_dir, download
 from .official import manifest, test_image_sha256
 from .records import Hierarchy
 
@@ -148,27 +148,27 @@ class ImageStore:
     def _download_all(self, missing: dict[str, str | None], *, progress: bool
                       ) -> tuple[dict[str, Path], dict[str, Exception]]:
         """Download in parallel with a progress bar (files already cached are never fetched again, so an
-        interrupted run resumes). A checksum mismatch is fatal; so is a failure that retrying cannot fix, which
-        stops the remaining downloads at once; other failures are returned."""
-        import threading
-
+        interrupted run resumes). A checksum mismatch is fatal; so is a host that fails the same way a few files
+        in a row (see :class:`Breaker`), which stops the remaining downloads; other failures are returned."""
         from tqdm.auto import tqdm
 
         jobs = {name: self._url(name, url) for name, url in missing.items()}
         jobs = {name: url for name, url in jobs.items() if url}
-        stop = threading.Event()
+        breaker = Breaker()
 
         def fetch(item: tuple[str, str]) -> tuple[str, Path | Exception | None]:
             name, url = item
-            if stop.is_set():
+            if breaker.tripped:
                 return name, None
             try:
-                return name, self._fetch(name, url)
-            except SourceUnreachable as exc:
-                stop.set()
+                path = self._fetch(name, url)
+            except DownloadFailed as exc:
+                breaker.failed(exc)
                 return name, exc
             except Exception as exc:  # collected and reported by the caller
                 return name, exc
+            breaker.succeeded(url)
+            return name, path
 
         done: dict[str, Path] = {}
         failures: dict[str, Exception] = {}
@@ -180,10 +180,11 @@ class ImageStore:
                     done[name] = outcome
                 elif outcome is not None:
                     failures[name] = outcome
-        fatal = [exc for exc in failures.values() if isinstance(exc, SourceUnreachable)]
-        if fatal:
-            raise ImagesUnavailableError(f"{fatal[0]}; put the images in a folder and pass --image-dir (or set "
-                                         f"${IMAGE_DIR_ENV}), or set ${MIRROR_ENV} to a server that has them")
+        if breaker.tripped:
+            raise ImagesUnavailableError(
+                f"{breaker.tripped}; stopped with {len(done)} of {len(jobs)} downloaded (kept in the cache for a "
+                f"later run); put the images in a folder and pass --image-dir (or set ${IMAGE_DIR_ENV}), or set "
+                f"${MIRROR_ENV} to a server that has them")
         mismatches = [exc for exc in failures.values() if isinstance(exc, ChecksumMismatch)]
         if mismatches:
             raise ChecksumMismatch(f"{len(mismatches)} download(s) did not match the manifest; first: {mismatches[0]}")
