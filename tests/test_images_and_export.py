@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -206,20 +207,28 @@ def test_export_loads_with_datasets_including_images(tmp_path: Path, test_image_
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
                           env={**os.environ, "HF_DATASETS_OFFLINE": "1"})
     assert done.returncode == 0 and done.stdout.strip() == "23479", done.stderr[-2000:]
+    assert "warn" not in done.stderr.lower() and "malformed" not in done.stderr, done.stderr[-2000:]
 
 
 def check_card_metadata(card_path: Path, rows: dict[str, int]) -> None:
     """The card parses with huggingface_hub and carries what the Hub's dataset cards ask for."""
+    from datasets.info import DatasetInfosDict
     from huggingface_hub import DatasetCard
 
     data = DatasetCard.load(card_path).data.to_dict()
     for key in ("license", "license_name", "license_link", "size_categories", "source_datasets",
                 "annotations_creators", "task_categories", "tags", "configs", "dataset_info", "pretty_name"):
         assert data.get(key), key
-    assert {i["config_name"]: i["splits"][0]["num_examples"] for i in data["dataset_info"]} == rows
+    infos = {i["config_name"]: i for i in data["dataset_info"]}
+    assert {name: i["splits"][0]["num_examples"] for name, i in infos.items()} == rows
+    assert all(i["splits"][0]["num_bytes"] > 0 and i["download_size"] > 0 for i in infos.values())
+    assert infos["test"]["features"][1] == {"name": "positive", "list": "string"}     # the current syntax
+    parsed = DatasetInfosDict.from_directory(str(card_path.parent))   # what load_dataset reads
+    assert {name: info.splits[next(iter(info.splits))].num_examples for name, info in parsed.items()} == rows
 
 
-def test_export_with_a_train_file_adds_the_config_and_refuses_leaks(tmp_path: Path) -> None:
+def test_export_with_a_train_file_adds_the_config_and_refuses_leaks(tmp_path: Path,
+                                                                   capfd: pytest.CaptureFixture[str]) -> None:
     import datasets
 
     from hierarcaps.data import offline_train_split, write_csv
@@ -227,7 +236,12 @@ def test_export_with_a_train_file_adds_the_config_and_refuses_leaks(tmp_path: Pa
 
     train = write_csv(offline_train_split()[:50], tmp_path / "train.csv")
     out = export(tmp_path / "hc", configs=("test",), train=train, images="skip")
-    assert datasets.load_dataset(str(out), "train")["train"].num_rows == 50
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert datasets.load_dataset(str(out), "train")["train"].num_rows == 50
+    printed = capfd.readouterr().err               # `datasets` logs through its own stderr handler
+    assert "warn" not in printed.lower() and "malformed" not in printed, printed
+    check_card_metadata(out / "README.md", {"test": 1000, "train": 50})
     assert "No images are embedded" in (out / "README.md").read_text()        # the card says what is missing
     check_card_metadata(out / "README.md", {"test": 1000, "train": 50})
     test_images = {r.image_file for r in load_official("test")}

@@ -133,32 +133,43 @@ def _size_category(rows: int) -> str:
     return next((label for bound, label in SIZE_CATEGORIES if rows < bound), "1M<n<10M")
 
 
-def _dataset_info(configs: dict[str, dict[str, Any]]) -> str:
-    """The card's ``dataset_info`` YAML: features and split sizes per config."""
-    feature_types = {"id": "string", "image_url": "string", "image_file": "string", "source": "string",
-                     "split": "string"}
-    blocks = []
-    for name, meta in configs.items():
-        lines = [f"- config_name: {name}", "  features:"]
-        for field in ("id", "positive", "negative", "image_url", "image_file", "source", "split", "image"):
-            if field in ("positive", "negative"):
-                lines += [f"  - name: {field}", "    sequence: string"]
-            else:
-                lines += [f"  - name: {field}", f"    dtype: {feature_types.get(field, 'image')}"]
-        lines += ["  splits:", f"  - name: {SPLIT_OF_CONFIG[name]}", f"    num_examples: {meta['rows']}"]
-        blocks.append("\n".join(lines))
-    return "\n".join(blocks)
+def split_info(config: str, dataset: Any, files: Sequence[Path]) -> Any:
+    """What the Hub records of a config: its features and its split's size in examples and in bytes (the
+    in-memory Arrow size, as `datasets` counts it), plus the size of the files on disk."""
+    import datasets
+
+    num_bytes = dataset.data.nbytes
+    split = SPLIT_OF_CONFIG[config]
+    return datasets.DatasetInfo(
+        features=features(), dataset_size=num_bytes, download_size=sum(f.stat().st_size for f in files),
+        splits=datasets.SplitDict({split: datasets.SplitInfo(split, num_bytes=num_bytes,
+                                                             num_examples=dataset.num_rows)}))
+
+
+def card_metadata(configs: dict[str, dict[str, Any]]) -> str:
+    """The card's YAML header, written by the Hub's own tooling (``DatasetCardData`` and `datasets`'
+    ``DatasetInfosDict``) so that its ``configs`` and ``dataset_info`` are in the syntax the Hub reads."""
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCardData
+
+    rows = sum(meta["rows"] for meta in configs.values())
+    data = DatasetCardData(
+        license="other", license_name="hierarcaps-coco-terms", license_link=manifest()["upstream"]["repository"],
+        pretty_name="HierarCaps", language=["en"], multilinguality="monolingual",
+        size_categories=[_size_category(rows)], source_datasets=["extended|coco"],
+        annotations_creators=["machine-generated", "expert-generated"],
+        language_creators=["found", "machine-generated"],
+        task_categories=["image-to-text", "text-to-image", "feature-extraction"],
+        tags=["visual-semantic-hierarchy", "image-text-retrieval", "textual-entailment", "clip", "benchmark"],
+        configs=[{"config_name": name, **({"default": True} if name == "test" else {}),
+                  "data_files": [{"split": SPLIT_OF_CONFIG[name], "path": f"data/{name}/*.parquet"}]}
+                 for name in configs])
+    DatasetInfosDict({name: meta["info"] for name, meta in configs.items()}).to_dataset_card_data(data)
+    return data.to_yaml()
 
 
 def _dataset_card(configs: dict[str, dict[str, Any]]) -> str:
     info = manifest()
-    yaml_configs = []
-    for name in configs:
-        yaml_configs.append(
-            f"- config_name: {name}\n"
-            + ("  default: true\n" if name == "test" else "")
-            + f"  data_files:\n  - split: {SPLIT_OF_CONFIG[name]}\n    path: data/{name}/*.parquet"
-        )
     table = "\n".join(f"| {name} | {meta['rows']:,} | {meta['images']:,} | `{meta['checksum']}` |"
                       for name, meta in configs.items())
     origins = "\n".join(f"- `{name}`: {CONFIG_ORIGINS[name]}" for name in configs)
@@ -170,40 +181,9 @@ def _dataset_card(configs: dict[str, dict[str, Any]]) -> str:
                    "No images are embedded in this export (it was made with `--images skip`): the `image` column "
                    "is empty; `image_url` names each COCO val2014 original, and the protocol's 256x256 "
                    "thumbnails are in the upstream repository's `assets/test_imgs`.")
-    rows = sum(meta["rows"] for meta in configs.values())
     upstream = info["upstream"]
     return f"""---
-license: other
-license_name: hierarcaps-coco-terms
-license_link: {upstream['repository']}
-pretty_name: HierarCaps
-language:
-- en
-multilinguality: monolingual
-size_categories:
-- {_size_category(rows)}
-source_datasets:
-- extended|coco
-annotations_creators:
-- machine-generated
-- expert-generated
-language_creators:
-- found
-- machine-generated
-task_categories:
-- image-to-text
-- text-to-image
-- feature-extraction
-tags:
-- visual-semantic-hierarchy
-- image-text-retrieval
-- textual-entailment
-- clip
-- benchmark
-configs:
-{chr(10).join(yaml_configs)}
-dataset_info:
-{_dataset_info(configs)}
+{card_metadata(configs)}
 ---
 
 # HierarCaps
@@ -287,11 +267,12 @@ def export(out_dir: str | os.PathLike[str], *, configs: Sequence[str] = ("test",
             shards = max(1, -(-len(records) // rows_per_shard))
             folder = staging / "data" / name
             folder.mkdir(parents=True)
-            for index in range(shards):
-                shard = dataset.shard(shards, index, contiguous=True)
-                _write_parquet(shard, folder / f"{SPLIT_OF_CONFIG[name]}-{index:05d}-of-{shards:05d}.parquet")
+            files = [folder / f"{SPLIT_OF_CONFIG[name]}-{index:05d}-of-{shards:05d}.parquet" for index in range(shards)]
+            for index, file in enumerate(files):
+                _write_parquet(dataset.shard(shards, index, contiguous=True), file)
             card_meta[name] = {"rows": len(records), "checksum": content_checksum(records),
-                               "images": sum(1 for r in records if r.image_file in paths)}
+                               "images": sum(1 for r in records if r.image_file in paths),
+                               "info": split_info(name, dataset, files)}
         (staging / "README.md").write_text(_dataset_card(card_meta))
         staging.chmod(0o755)
         _replace_dir(staging, out_dir)
