@@ -14,8 +14,6 @@ import shutil
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 def timed_stages(config, engine) -> dict[str, float]:
     """Wall seconds per stage: the run is taken one stage further each time (finished stages are skipped)."""
@@ -36,7 +34,7 @@ def identical(a: Path, b: Path) -> bool:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=str(REPO / "generation" / "smollm2.yaml"))
+    parser.add_argument("--config", default=None, help="default: the package's example config")
     parser.add_argument("--limit", type=int, default=32)
     parser.add_argument("--shard-size", type=int, default=8)
     parser.add_argument("--actors", type=int, default=2)
@@ -48,8 +46,9 @@ def main() -> None:
 
     from hierarcaps.engines import make_engine
     from hierarcaps.generation.config import load_config
+    from hierarcaps.generation.prompts import example_folder
 
-    base = load_config(args.config)
+    base = load_config(args.config or example_folder() / "config.yaml")
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     ray.init(num_cpus=args.actors, include_dashboard=False, log_to_driver=False)
@@ -65,7 +64,8 @@ def main() -> None:
     lines = [
         "# Local vs Ray engine: one generation config", "",
         f"Command: `python benchmarks/generation_engines.py --limit {args.limit} --shard-size {args.shard_size} "
-        f"--actors {args.actors}` (config `{Path(args.config).name}`; CPU, 2 cores; Ray: a local instance with "
+        f"--actors {args.actors}` (config `{args.config or 'the package example'}`; CPU, 2 cores; "
+        "Ray: a local instance with "
         f"{args.actors} CPUs, {args.actors} one-CPU actors per stage; local: one process, torch's own threads).", "",
         "| stage | local s | local captions/s | ray s | ray captions/s |", "|---|---|---|---|---|", *rows,
         f"| **all** | {total['local']:.1f} | {args.limit / total['local']:.2f} | {total['ray']:.1f} | "

@@ -241,7 +241,7 @@ def write_log(folder: Path, log: list[dict[str, Any]], **extra: Any) -> list[Pat
     import json
 
     from ._io import atomic_open
-    from .training_log import plot_curves
+    from .plotting import plot_curves
 
     with atomic_open(folder / "log.json") as handle:
         json.dump({**extra, "log": log}, handle, indent=1)

@@ -145,7 +145,7 @@ def _annotate(server: Any, project_id: int) -> None:
     submit("5", ben, _review(tasks["5"], "accept", {1: "vehicle"}), 16)         # the later one's tiers win
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_push_annotate_pull_against_a_real_server(server_url: str, shared_dir: Path, tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     import httpx
@@ -201,7 +201,7 @@ def test_push_annotate_pull_against_a_real_server(server_url: str, shared_dir: P
     assert more["completed"] == 6 and {r.id for r in read_hierarchies(out / "curated.csv")} == {"0", "1", "5", "6"}
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_server_problems_are_explained(server_url: str, shared_dir: Path, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from hierarcaps.annotation.server import Server

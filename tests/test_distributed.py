@@ -19,7 +19,7 @@ from hierarcaps.engines import RayEngine
 from hierarcaps.errors import HierarcapsError
 from hierarcaps.reco.memory import BuildOptions, Memory, MemoryItem, write_memory
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

@@ -232,7 +232,7 @@ def test_open_clip_text_tower_fine_tunes_and_reloads_from_its_folder(train_file:
                           torch.from_numpy(trainer.encoder.encode_text(texts)), atol=1e-6)
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_re_fine_tuning_raises_held_out_d_corr_of_the_real_minilm_and_the_child_pairing_does_not(
         tmp_path: Path) -> None:
     """Real data, a real pretrained model: a short run on the offline split lifts held-out d_corr (images never

@@ -29,9 +29,10 @@ from hierarcaps.data.csvio import parse_file
 from hierarcaps.data.tables import MAX_FIELD_CHARS
 from hierarcaps.errors import DataError, HierarcapsError
 from hierarcaps.leaderboard import board
-from hierarcaps.leaderboard.submission import write_submission, write_template
+from hierarcaps.leaderboard.submission import write_template
 from hierarcaps.leaderboard.validate import validate
 
+from . import submissions
 from .measured_cli import assert_refused_within_budget
 
 DIM = 8
@@ -40,14 +41,11 @@ MODEL = {"name": "fuzz-model", "revision": "r1", "parameters": 5, "licence": "mi
 
 
 def unit(rng: np.random.Generator, n: int) -> np.ndarray:
-    v = rng.standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
+    return submissions.unit(rng, n, DIM)
 
 
 def make_submission(folder: Path, seed: int = 0, **model: object) -> Path:
-    rng = np.random.default_rng(seed)
-    return write_submission(folder, load_official("test"), unit(rng, 1)[0], unit(rng, 4000), unit(rng, 1000),
-                            {"model": {**MODEL, **model}, "test_set_not_used_for_training_or_tuning": True})
+    return submissions.random_submission(folder, seed=seed, dim=DIM, **{**MODEL, **model})
 
 
 @pytest.fixture(scope="module")

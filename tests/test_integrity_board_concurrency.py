@@ -10,30 +10,19 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from submissions import random_submission
 
 from hierarcaps import _io
 from hierarcaps._io import sha256_file
-from hierarcaps.data import load_official
 from hierarcaps.errors import HierarcapsError
 from hierarcaps.leaderboard import board
-from hierarcaps.leaderboard.submission import write_submission
 
 DIM = 8
 
 
 def make(folder: Path, name: str, seed: int) -> Path:
-    rng = np.random.default_rng(seed)
-
-    def unit(n: int) -> np.ndarray:
-        v = rng.standard_normal((n, DIM)).astype(np.float32)
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-    return write_submission(folder, load_official("test"), unit(1)[0], unit(4000), unit(1000),
-                            {"model": {"name": name, "revision": "r1", "parameters": 1, "licence": "mit",
-                                       "link": "", "training_data": "none"},
-                             "test_set_not_used_for_training_or_tuning": True})
+    return random_submission(folder, seed=seed, dim=DIM, name=name, link="")
 
 
 def add_in_processes(paths: list[Path], lb: Path) -> list[subprocess.CompletedProcess]:
@@ -48,7 +37,7 @@ def add_in_processes(paths: list[Path], lb: Path) -> list[subprocess.CompletedPr
     return done
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_two_adds_of_different_entries_at_once_both_land(tmp_path: Path) -> None:
     lb = tmp_path / "lb"
     runs = add_in_processes([make(tmp_path / "a", "model-a", 0), make(tmp_path / "b", "model-b", 1)], lb)
@@ -59,7 +48,7 @@ def test_two_adds_of_different_entries_at_once_both_land(tmp_path: Path) -> None
                                for name in ("README.md", "index.html")]
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_two_adds_of_one_entry_at_once_give_one_entry_and_one_answer_each(tmp_path: Path) -> None:
     lb = tmp_path / "lb"
     same = make(tmp_path / "a", "model-a", 0)

@@ -11,17 +11,15 @@ import shutil
 import unicodedata
 from pathlib import Path
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from submissions import random_submission
 
 from hierarcaps.cli import main
-from hierarcaps.data import load_official
 from hierarcaps.errors import HierarcapsError
 from hierarcaps.leaderboard import board
 from hierarcaps.leaderboard.names import entry_folder, name_problem, slug
-from hierarcaps.leaderboard.submission import write_submission
 from hierarcaps.leaderboard.validate import validate
 from hierarcaps.textsafe import escape_controls, skeleton
 
@@ -29,16 +27,7 @@ DIM = 8
 
 
 def make(folder: Path, name: str, revision: str = "r1", seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-
-    def unit(n: int) -> np.ndarray:
-        v = rng.standard_normal((n, DIM)).astype(np.float32)
-        return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-    return write_submission(folder, load_official("test"), unit(1)[0], unit(4000), unit(1000),
-                            {"model": {"name": name, "revision": revision, "parameters": 1, "licence": "mit",
-                                       "link": "", "training_data": "none"},
-                             "test_set_not_used_for_training_or_tuning": True})
+    return random_submission(folder, seed=seed, dim=DIM, name=name, revision=revision, link="")
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from submissions import random_submission, unit
 
 from hierarcaps.data import load_official
 from hierarcaps.errors import HierarcapsError
@@ -23,20 +24,10 @@ from hierarcaps.leaderboard.validate import validate
 DIM = 16
 
 
-def unit(rng: np.random.Generator, n: int) -> np.ndarray:
-    v = rng.standard_normal((n, DIM)).astype(np.float32)
-    return v / np.linalg.norm(v, axis=1, keepdims=True)
-
-
 @pytest.fixture
 def valid(tmp_path: Path) -> Path:
     """A valid submission of random embeddings."""
-    rng = np.random.default_rng(0)
-    records = load_official("test")
-    return write_submission(tmp_path / "sub", records, unit(rng, 1)[0], unit(rng, 4000), unit(rng, 1000),
-                            {"model": {"name": "random-16", "revision": "r1", "parameters": 1, "licence": "mit",
-                                       "link": "https://example.org", "training_data": "none"},
-                             "test_set_not_used_for_training_or_tuning": True})
+    return random_submission(tmp_path / "sub")
 
 
 def problems(path: Path) -> list[str]:

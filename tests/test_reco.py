@@ -82,7 +82,7 @@ def test_search_excludes_the_query_group_and_near_duplicates_only_when_asked(wor
 ACCURACY: dict[str, float] = {}
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 @pytest.mark.parametrize("kind", ["transformer", "mean", "mlp"])
 def test_where_each_neighbour_must_be_judged_the_transformer_beats_mean_and_mlp(kind: str, world: World,
                                                                               tmp_path: Path) -> None:
@@ -413,7 +413,7 @@ def test_the_vocabulary_loss_never_uses_a_copy_of_the_answer_as_a_negative(tmp_p
     assert float(duplicated.detach()) > float(loss.detach()) + 0.5   # copies as negatives: an unlearnable loss
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_selection_keeps_the_best_step_and_auto_falls_back_to_mean(tmp_path: Path, tiny_clip_spec: str) -> None:
     """Held-out selection: the saved model never does worse on validation than mean fusion; with nothing to
     learn (random texts) ``--fusion auto`` uses mean fusion and says why; the model says so too."""

@@ -61,7 +61,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _plots(model: str, options, folder: Path) -> list[Path]:
-    """Re-read the cached embeddings and draw the run's pictures."""
+    """Re-read the cached embeddings and draw the run's pictures (those drawn: matplotlib is optional)."""
     from ..metrics.scoring import per_unit_metrics
     from ..models.registry import load_encoder
     from .harness import benchmark_records, embed_benchmark
@@ -77,7 +77,7 @@ def _plots(model: str, options, folder: Path) -> list[Path]:
         paths = options.image_store().resolve(records, progress=False)
         out.append(predicted_chains(embedded.bench, chains["image"], [paths[f] for f in embedded.image_files],
                                     folder / "predicted_chains.png"))
-    return out
+    return [plot for plot in out if plot is not None]
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:

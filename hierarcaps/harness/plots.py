@@ -10,20 +10,13 @@ import numpy as np
 from ..data.images import open_image
 from ..metrics.hierarchy import ChainScores
 from ..metrics.scoring import EmbeddedBenchmark
+from ..plotting import pyplot
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def radius_by_tier(bench: EmbeddedBenchmark, path: Path, title: str) -> Path:
+def radius_by_tier(bench: EmbeddedBenchmark, path: Path, title: str) -> Path | None:
     """Distribution of the distance to the root for each tier: a model with hierarchy shifts right by tier."""
-    plt = _pyplot()
+    if (plt := pyplot(path)) is None:
+        return None
     radii = bench.radii
     fig, ax = plt.subplots(figsize=(7, 4))
     bins = np.linspace(radii.min(), radii.max(), 40)
@@ -40,9 +33,10 @@ def radius_by_tier(bench: EmbeddedBenchmark, path: Path, title: str) -> Path:
 
 
 def predicted_chains(bench: EmbeddedBenchmark, chains: ChainScores, image_paths: list[Path], path: Path,
-                     count: int = 4, seed: int = 0) -> Path:
+                     count: int = 4, seed: int = 0) -> Path | None:
     """A few images with the chain the model predicts (hits marked) next to the reference chain."""
-    plt = _pyplot()
+    if (plt := pyplot(path)) is None:
+        return None
     rows_of = bench.image_rows()
     flat = bench.texts.reshape(-1)
     picks = np.random.default_rng(seed).choice(len(image_paths), size=min(count, len(image_paths)), replace=False)

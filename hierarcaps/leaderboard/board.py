@@ -7,10 +7,13 @@ entries, so a submissions pull request shows exactly what changed.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +29,11 @@ from ..metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, LEVEL
 from ..metrics.hierarchy import DEFAULT_STEPS, PROTOCOL
 from ..metrics.scoring import EmbeddedBenchmark, score
 from ..results import Result, metrics_problem
+from ..textsafe import markdown_cell
 from . import names
-from .submission import SUBMISSION_FILE
-from .validate import Report, Submission, check_model, read_meta, validate
+from .archive import ArchiveRefused, opened
+from .submission import EMBEDDING_FILES, ID_FILES, SUBMISSION_FILE
+from .validate import Report, Submission, check_model, read_meta, short, validate
 
 RESULT_FILE = "result.json"
 STAGING = ".staging"
@@ -82,30 +87,50 @@ def board_lock(board: Path):
 def add(path: str | Path, board: str | Path = "leaderboard", *, replace: str | None = None) -> tuple[Path, str]:
     """Validate, score and store a submission. Returns (entry folder, 'added' | 'unchanged' | 'replaced').
 
-    Scoring runs first, unlocked; the decision and the store hold the board's lock, so two ``add`` at once take
-    turns and the second decides against what the first wrote. The entry is staged in a folder of its own and
-    renamed into place, so a killed ``add`` leaves no half entry. Another result under the same model and
-    revision, the same embeddings under another entry, or a name a reader cannot tell from an existing entry's,
-    is refused unless ``replace`` names that entry (``<model>/<revision>`` as its folder is named).
+    The entry keeps the submitted embedding file and id lists byte for byte beside its result, so anyone (and
+    the pull-request check) can re-score it. Scoring runs first, unlocked; the decision and the store hold the
+    board's lock, so two ``add`` at once take turns and the second decides against what the first wrote. The
+    entry is staged in a folder of its own and renamed into place, so a killed ``add`` leaves no half entry.
+    Another result under the same model and revision, the same embeddings under another entry, or a name a
+    reader cannot tell from an existing entry's, is refused unless ``replace`` names that entry
+    (``<model>/<revision>`` as its folder is named).
     """
     board = Path(board)
-    sub, report = validate(path)
-    if sub is None:
-        raise HierarcapsError(f"{path}: invalid submission ({len(report.problems)} problem(s)): "
-                              + "; ".join(report.problems[:5]))
-    folder = entry_folder(board, sub.meta)
-    result = dumps(score_submission(sub))
-    with board_lock(board):
-        old = _replaced_entry(board, replace) if replace else None
-        complete = (folder / RESULT_FILE).is_file() and (folder / SUBMISSION_FILE).is_file()
-        if complete and (folder / RESULT_FILE).read_text() == result:
-            return folder, "unchanged"
-        for clash, what in _clashes(board, folder, sub, complete):
-            if clash != old:
-                raise HierarcapsError(f"{clash} already holds {what}; bump the revision, or pass "
-                                      f"--replace {clash.parent.name}/{clash.name} to replace that entry")
-        _store(board, folder, {RESULT_FILE: result, SUBMISSION_FILE: dumps(sub.meta)}, old)
+    try:
+        with opened(path) as submitted:
+            sub, report = validate(submitted)
+            if sub is None:
+                raise HierarcapsError(f"{path}: invalid submission ({len(report.problems)} problem(s)): "
+                                      + "; ".join(report.problems[:5]))
+            folder = entry_folder(board, sub.meta)
+            result = dumps(score_submission(sub))
+            with board_lock(board):
+                old = _replaced_entry(board, replace) if replace else None
+                complete = (folder / RESULT_FILE).is_file() and (folder / SUBMISSION_FILE).is_file()
+                if complete and same_entry(folder, result, kept_files(submitted)):
+                    return folder, "unchanged"
+                for clash, what in _clashes(board, folder, sub, complete):
+                    if clash != old:
+                        raise HierarcapsError(f"{clash} already holds {what}; bump the revision, or pass "
+                                              f"--replace {clash.parent.name}/{clash.name} to replace that entry")
+                texts = {RESULT_FILE: result, SUBMISSION_FILE: dumps(sub.meta)}
+                _store(board, folder, texts, {name: submitted / name for name in kept_files(submitted)}, old)
+    except ArchiveRefused as exc:
+        raise HierarcapsError(f"{path}: invalid submission: {exc}") from None
     return folder, "replaced" if old else "added"
+
+
+def same_entry(folder: Path, result: str, files: list[str]) -> bool:
+    """Whether ``folder`` already holds this result (to the last digits another machine may differ in) and
+    keeps the submitted files."""
+    stored = read_meta(folder / RESULT_FILE, Report(), limit=MAX_RESULT_BYTES)
+    return first_difference(stored, json.loads(result), ignore={"package"}) is None \
+        and all((folder / name).is_file() for name in files)
+
+
+def kept_files(submitted: Path) -> list[str]:
+    """The submitted files an entry keeps beside its result: the embedding file and its id lists."""
+    return [name for name in (*EMBEDDING_FILES, *ID_FILES) if (submitted / name).is_file()]
 
 
 def _clashes(board: Path, folder: Path, sub: Submission, complete: bool) -> list[tuple[Path, str]]:
@@ -131,16 +156,20 @@ def _replaced_entry(board: Path, name: str) -> Path:
     return folder
 
 
-def _store(board: Path, folder: Path, files: dict[str, str], old: Path | None) -> None:
-    """Write the entry's files into a staging folder of its own, then move it into place (removing ``old`` if
-    given). Called under the board's lock, so staging folders left by killed adds are cleared first."""
+def _store(board: Path, folder: Path, texts: dict[str, str], copies: dict[str, Path], old: Path | None) -> None:
+    """Write the entry's files (``texts``, and ``copies`` of submitted files) into a staging folder of its own,
+    then move it into place (removing ``old`` if given). Called under the board's lock, so staging folders left
+    by killed adds are cleared first."""
     staging = board / STAGING
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     unit = Path(tempfile.mkdtemp(prefix="entry-", dir=staging))
     try:
-        for name, text in files.items():
+        for name, text in texts.items():
             (unit / name).write_text(text, encoding="utf-8")
+        for name, source in copies.items():
+            shutil.copyfile(source, unit / name)
+        for name in (*texts, *copies):
             os.chmod(unit / name, 0o666 & ~current_umask())
         os.chmod(unit, 0o777 & ~current_umask())
         for retired in (old, folder):
@@ -199,18 +228,115 @@ def build(board: str | Path = "leaderboard") -> list[Path]:
     return written
 
 
-def check(board: str | Path = "leaderboard") -> list[str]:
-    """Problems with a board folder, one line each: malformed, incomplete or misplaced entries, duplicates,
-    stale pages."""
+@dataclasses.dataclass
+class Review:
+    """What ``review`` found: problems (one line each) and the results re-computed from entries' embeddings."""
+
+    problems: list[str]
+    rescored: dict[Path, dict[str, Any]]
+
+
+def review(board: str | Path = "leaderboard", entries: Sequence[Path] | None = None) -> Review:
+    """Check a board folder as a submission pull request needs: malformed, incomplete, misplaced or duplicated
+    entries; each of ``entries`` (default: every entry that keeps embeddings) re-scored from its embeddings and
+    compared with its stored result; and pages out of date with the entries."""
     board = Path(board)
     problems = entry_problems(board)
+    targets = entries if entries is not None else [f for f, _ in load_entries(board) if kept_files(f)]
+    rescored = {}
+    for folder in targets:
+        result, found = rescore(folder)
+        problems += found
+        if result is not None:
+            rescored[folder] = result
     if problems:
-        return problems
+        return Review(problems, rescored)
     for name, text in rendered(board).items():
         page = board / name
         if not page.exists() or page.read_text() != text:
             problems.append(f"{page}: out of date with the entries (run `hierarcaps leaderboard build`)")
-    return problems
+    return Review(problems, rescored)
+
+
+def check(board: str | Path = "leaderboard") -> list[str]:
+    """Problems with a board folder, one line each (see :func:`review`)."""
+    return review(board).problems
+
+
+def rescore(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
+    """The entry's result computed again from the embeddings it keeps, and the problems found doing so: none
+    kept, invalid, or a stored result that does not match them."""
+    if not any((folder / name).is_file() for name in EMBEDDING_FILES):
+        return None, [f"{folder}: no embeddings to re-score (an entry keeps the submitted embedding file; add it "
+                      "with `hierarcaps leaderboard add`)"]
+    sub, report = validate(folder)
+    if sub is None:
+        return None, [f"{folder}/{problem}" for problem in report.problems]
+    result = score_submission(sub)
+    stored = read_meta(folder / RESULT_FILE, Report(), limit=MAX_RESULT_BYTES)
+    where = first_difference(stored, result, ignore={"package"})
+    return result, [f"{folder / RESULT_FILE}: does not match its embeddings ({where})"] if where else []
+
+
+def first_difference(stored: Any, computed: Any, *, ignore: frozenset[str] | set[str] = frozenset(),
+                     path: str = "") -> str | None:
+    """Where two result documents first differ (numbers within 1e-9, for other machines' last digits), or None;
+    top-level keys in ``ignore`` (the package version) are skipped."""
+    if isinstance(stored, dict) and isinstance(computed, dict):
+        for key in sorted(set(stored) | set(computed)):
+            if not path and key in ignore:
+                continue
+            if key not in stored or key not in computed:
+                return f"{path}{key}: {'missing' if key not in stored else 'not expected'}"
+            if (found := first_difference(stored[key], computed[key], path=f"{path}{key}.")) is not None:
+                return found
+        return None
+    if isinstance(stored, list) and isinstance(computed, list) and len(stored) == len(computed):
+        return next((found for i, (a, b) in enumerate(zip(stored, computed))
+                     if (found := first_difference(a, b, path=f"{path}{i}.")) is not None), None)
+    numbers = all(isinstance(v, int | float) and not isinstance(v, bool) for v in (stored, computed))
+    if (numbers and math.isclose(stored, computed, rel_tol=1e-9, abs_tol=1e-9)) or stored == computed:
+        return None
+    return f"{path.rstrip('.')}: stored {short(stored)}, re-scored {short(computed)}"
+
+
+def changed_entries(board: Path, since: str) -> list[Path]:
+    """Entry folders with files changed between the git revision ``since`` and HEAD (a pull request's
+    entries), existing ones only."""
+    import subprocess
+
+    if since.startswith("-"):
+        raise HierarcapsError(f"--changed-since {since!r}: not a git revision")
+    try:
+        done = subprocess.run(["git", "diff", "--name-only", "--no-renames", f"{since}...HEAD", "--", "."],
+                              cwd=board / "entries", capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise HierarcapsError(f"cannot run git in {board}: {exc}") from None
+    if done.returncode != 0:
+        raise HierarcapsError(f"git diff {since}...HEAD failed in {board}: {done.stderr.strip()[:300]}")
+    top = Path(subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=board, capture_output=True,
+                              text=True, timeout=60).stdout.strip())
+    folders = {(top / line).parent for line in done.stdout.splitlines() if line.strip()}
+    return sorted(f for f in folders if f.is_dir() and f.parent.parent.resolve() == (board / "entries").resolve())
+
+
+def summary(board: Path, outcome: Review) -> str:
+    """Markdown for the reviewer: the re-scored entries with their place on the board, then the problems."""
+    from .render import markdown_table, rows
+
+    table = rows([result for _, result in load_entries(board)], reference_rows())
+    for place, row in enumerate(table, start=1):
+        row["place"] = place
+    names = {(r["model"]["name"], r["model"]["revision"]) for r in outcome.rescored.values()}
+    checked = [row for row in table if not row["reference"] and (row["name"], row["revision"]) in names]
+    lines = ["## Leaderboard check", "",
+             f"Entries re-scored from their embeddings: {len(outcome.rescored)}; board places count the "
+             f"{sum(r['reference'] for r in table)} reference rows.", ""]
+    if checked:
+        lines += [*markdown_table(checked, rank=True), ""]
+    lines += [f"**{len(outcome.problems)} problem(s)**", "", *(f"- {markdown_cell(p)}" for p in outcome.problems)] \
+        if outcome.problems else ["All checks passed: results match their embeddings, pages are up to date."]
+    return "\n".join(lines) + "\n"
 
 
 def entry_problems(board: Path) -> list[str]:

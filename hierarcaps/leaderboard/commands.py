@@ -22,10 +22,18 @@ def _args(p: argparse.ArgumentParser) -> None:
     add.add_argument("--replace", metavar="MODEL/REVISION",
                      help="the entry this submission replaces (same model and revision, or the same embeddings "
                           "under another name), named by its folders under entries/")
-    for name, help_text in (("build", "render README.md and index.html from the entries"),
-                            ("check", "validate the whole board folder (for submission pull requests)")):
-        action = sub.add_parser(name, help=help_text)
-        action.add_argument("--board", default=DEFAULT_BOARD)
+    build = sub.add_parser("build", help="render README.md and index.html from the entries")
+    build.add_argument("--board", default=DEFAULT_BOARD)
+    check = sub.add_parser("check", help="what a submission pull request runs: re-score entries from their "
+                                         "embeddings, check every entry and the pages, print a markdown summary")
+    check.add_argument("--board", default=DEFAULT_BOARD)
+    which = check.add_mutually_exclusive_group()
+    which.add_argument("--entry", action="append", metavar="FOLDER",
+                       help="an entry folder to re-score (repeatable; default: every entry that keeps embeddings)")
+    which.add_argument("--changed-since", metavar="GIT_REVISION",
+                       help="re-score the entries changed since this revision (a pull request's base)")
+    check.add_argument("--summary", metavar="FILE",
+                       help="also append the markdown summary to FILE (e.g. $GITHUB_STEP_SUMMARY)")
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
@@ -52,12 +60,25 @@ def _leaderboard(args: argparse.Namespace) -> int:
         for path in board.build(args.board):
             echo(f"wrote {path}")
         return 0
-    problems = board.check(args.board)
-    for line in problems:
-        echo(line)
-    if problems:
-        raise HierarcapsError(f"{args.board}: {len(problems)} problem(s)")
-    echo(f"{args.board}: ok")
+    return _check(args)
+
+
+def _check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import board
+
+    root = Path(args.board)
+    entries = [Path(e) for e in args.entry] if args.entry else \
+        board.changed_entries(root, args.changed_since) if args.changed_since else None
+    outcome = board.review(root, entries)
+    text = board.summary(root, outcome)
+    echo(text)
+    if args.summary:
+        with open(args.summary, "a", encoding="utf-8") as handle:
+            handle.write(text)
+    if outcome.problems:
+        raise HierarcapsError(f"{args.board}: {len(outcome.problems)} problem(s); first: {outcome.problems[0]}")
     return 0
 
 

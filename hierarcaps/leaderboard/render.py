@@ -55,23 +55,29 @@ def _safe_link(row: dict[str, Any]) -> str:
 
 
 def markdown(table: list[dict[str, Any]]) -> str:
-    header = ["model", "revision", "params", *(text for _, text in columns())]
     lines = ["# HierarCaps leaderboard", "",
              "Scored by `hierarcaps` from submitted embeddings (protocol hierarcaps-v1, 1K test set). "
              "Values: mean [95% bootstrap CI]. Reference rows (marked) are computed by the same code and ranked "
              "with the entries: a model above caption length knows more than caption length.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             *markdown_table(table),
+             "", "τ_d: Kendall's tau between distance to the root and tier; caption length alone reaches the "
+             "reference values. A tie (two tiers of a row at one distance) counts half, never as the right "
+             "order, for every row of the board: a model whose captions collapse onto one vector scores 0. "
+             "Retrieval ties count as chance. TQ: the tier-4 caption as the query (text-only models).", ""]
+    return "\n".join(lines)
+
+
+def markdown_table(table: list[dict[str, Any]], *, rank: bool = False) -> list[str]:
+    """The board's rows as markdown table lines (with each row's place when ``rank``); every cell escaped."""
+    header = [*(["#"] if rank else []), "model", "revision", "params", *(text for _, text in columns())]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in table:
         name, link = markdown_cell(row["name"]), _safe_link(row)
         name = f"*{name} (reference)*" if row["reference"] else (f"[{name}](<{link}>)" if link else name)
-        cells = [name, markdown_cell(row["revision"]), _params(row["parameters"]),
-                 *(_cell(row["metrics"].get(m)) for m, _ in columns())]
+        cells = [*([str(row["place"])] if rank else []), name, markdown_cell(row["revision"]),
+                 _params(row["parameters"]), *(_cell(row["metrics"].get(m)) for m, _ in columns())]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "τ_d: Kendall's tau between distance to the root and tier; caption length alone reaches the "
-              "reference values. A tie (two tiers of a row at one distance) counts half, never as the right "
-              "order, for every row of the board: a model whose captions collapse onto one vector scores 0. "
-              "Retrieval ties count as chance. TQ: the tier-4 caption as the query (text-only models).", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _tier_chart(table: list[dict[str, Any]]) -> str:

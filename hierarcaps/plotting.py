@@ -1,4 +1,4 @@
-"""Loss curves of a training log: a list of ``{"step": n, <term>: value, ..., "val_<name>": value}``."""
+"""Plots are optional everywhere: one place imports matplotlib, and says in one line which picture it skipped."""
 
 from __future__ import annotations
 
@@ -8,22 +8,29 @@ from typing import Any
 
 import numpy as np
 
+
+def pyplot(path: Path) -> Any | None:
+    """``matplotlib.pyplot`` (headless) for drawing ``path``, or None with a one-line note when matplotlib is not
+    installed, so a run without it still writes every model and result."""
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"note: matplotlib is not installed, so {path} was not drawn (pip install matplotlib)", file=sys.stderr)
+        return None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 SKIP = {"step", "lr"}
 
 
 def plot_curves(log: list[dict[str, Any]], path: Path) -> Path | None:
     """Training terms per step (moving average) on the left, held-out values on the right. Plots are optional:
     without matplotlib nothing is drawn, one line says so, and None is returned."""
-    try:
-        import matplotlib
-    except ImportError:
-        print(f"note: matplotlib is not installed, so {path} was not drawn (pip install matplotlib)",
-              file=sys.stderr)
+    if (plt := pyplot(path)) is None:
         return None
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     terms = sorted({k for e in log for k in e if k not in SKIP and not k.startswith("val_")})
     for term in terms:
