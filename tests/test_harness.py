@@ -15,8 +15,9 @@ from PIL import Image
 from hierarcaps.data import load_official, write_csv
 from hierarcaps.errors import DataError, HierarcapsError, ModelSpecError
 from hierarcaps.harness.harness import EvalOptions, embed_benchmark, evaluate, save_result
+from hierarcaps.metrics.hierarchy import dot_similarity, radii
 from hierarcaps.models import load_encoder
-from hierarcaps.models.base import Encoder
+from hierarcaps.models.base import Encoder, Geometry
 from hierarcaps.models.random_models import save_random_hf_clip, write_open_clip_config
 
 from .reference_protocol import reference_scores
@@ -307,11 +308,8 @@ class HashEncoder(Encoder):
 class InvertedGeometry(HashEncoder):
     """The same vectors with a geometry of its own: generic means far from the root, similar means far apart."""
 
-    def distance_to_root(self, text_emb: np.ndarray, root: np.ndarray) -> np.ndarray:
-        return -super().distance_to_root(text_emb, root)
-
-    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return -super().similarity(a, b)
+    def geometry(self) -> Geometry:
+        return Geometry(distance_to_root=lambda t, r: -radii(t, r), similarity=lambda a, b: -dot_similarity(a, b))
 
 
 @pytest.mark.parametrize("model", [HashEncoder, InvertedGeometry])
@@ -334,3 +332,36 @@ def test_geometry_hooks_score_the_same_cold_and_cached(model: type, tmp_path: Pa
         plain = evaluate(HashEncoder(), options)["metrics"]
         assert plain["d_corr"]["value"] == pytest.approx(-cold["metrics"]["d_corr"]["value"])
         assert plain["text_query/precision"] != cold["metrics"]["text_query/precision"]
+
+
+def test_one_model_has_one_identity_lazy_or_eager(tmp_path: Path) -> None:
+    """The lazy wrapper reports the eager model's weights fingerprint and recipe: the second path's run is a
+    cache hit into the same result folder, and a cached run loads nothing."""
+    folder = save_random_hf_clip(tmp_path / "tiny", "tiny")
+    options = EvalOptions(progress=False, resamples=10, text_only=True)
+    lazy = load_encoder(str(folder), lazy=True)
+    first = evaluate(lazy, options)
+    eager = load_encoder(str(folder))
+    assert lazy.fingerprint() == eager.fingerprint() and lazy.fingerprint().startswith("xxh3:")
+    assert lazy.embedding_recipe() == json.loads(json.dumps(eager.embedding_recipe(), default=str))
+    second = evaluate(eager, options)
+    assert second["timings"]["embedding_cache_hits"] == 1 and second["metrics"] == first["metrics"]
+    assert save_result(first, tmp_path / "r") == save_result(second, tmp_path / "r")
+    again = load_encoder(str(folder), lazy=True)
+    assert evaluate(again, options)["timings"]["embedding_cache_hits"] == 1 and again._loaded is None
+
+
+def test_an_image_adapter_is_scored_on_images_without_declaring_it(tmp_path: Path) -> None:
+    from hierarcaps.models.registry import folder_adapter
+
+    class Pictures(HashEncoder):
+        def _embed_images(self, images, *, batch_size, workers, progress):  # type: ignore[no-untyped-def]
+            return np.ones((len(images), 16))
+
+    assert Pictures().has_images and not HashEncoder().has_images
+    clip = save_random_hf_clip(tmp_path / "clip", "tiny")
+    assert folder_adapter(clip)[2] and load_encoder(str(clip), lazy=True).has_images
+    text = tmp_path / "text"
+    text.mkdir()
+    (text / "config.json").write_text(json.dumps({"model_type": "bert"}))     # no vision config: text only
+    assert not folder_adapter(text)[2]

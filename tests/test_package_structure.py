@@ -165,3 +165,67 @@ def test_a_metric_declared_in_the_catalogue_reaches_the_report_and_the_board(mon
     assert "TQ R@t1" in report([result]) and value in report([result])
     table = rows([result], {})
     assert "TQ R@t1" in markdown(table) and value in markdown(table) and "TQ R@t1" in page(table)
+
+
+class ThreadEngine:
+    """A third engine, declared in ``ENGINES`` only: runs shipped workers (built fresh, as on a cluster) in threads."""
+
+    name = "threads"
+    in_process = False
+    used = 0
+
+    @classmethod
+    def from_options(cls, **options: object) -> ThreadEngine:
+        return cls()
+
+    def map(self, worker, tasks, *, desc, progress=True, gpus=0.0):  # type: ignore[no-untyped-def]
+        from concurrent.futures import ThreadPoolExecutor
+
+        type(self).used += 1
+        with ThreadPoolExecutor(2) as pool:
+            yield from pool.map(worker, tasks)
+
+
+def test_an_engine_and_a_stage_are_each_added_by_one_declaration(monkeypatch, tmp_path: Path,
+                                                                  expanded_records) -> None:
+    """The 'add an engine' and 'add a stage' paths of ARCHITECTURE.md: the CLI choices, the dispatch, resume
+    and the seeds follow the declaration."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+    from tiny_generation_models import write_tiny_config
+
+    from hierarcaps import engines
+    from hierarcaps.cli import build_parser, main
+    from hierarcaps.data.csvio import write_csv
+    from hierarcaps.generation import runner
+
+    shout = runner.Stage("shout", "05-shout", "captions", lambda r, rows, seed, shard: [
+        {**row, "caption": row["caption"].upper(), "seed": seed} for row in rows])
+    stages = (runner.STAGES[0], shout, *runner.STAGES[1:])
+    monkeypatch.setattr(runner, "STAGES", stages)
+    monkeypatch.setattr(runner, "STAGE", {stage.name: stage for stage in stages})
+    monkeypatch.setitem(engines.ENGINES, "threads", ThreadEngine)
+    parser = build_parser()
+    generate = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "generate")[1]
+    choices = {action.dest: action.choices for action in generate._actions}
+    assert "shout" in choices["until"] and "threads" in choices["engine"]
+
+    captions = tmp_path / "captions.csv"
+    write_csv(expanded_records[:25], captions, fmt="pairs")
+    config = write_tiny_config(tmp_path, tmp_path / "no-models-needed", captions)
+    folders = {}
+    for name in ("local", "threads"):
+        out = tmp_path / name
+        assert main(["generate", "--config", str(config), "--until", "shout", "--engine", name, "--out", str(out),
+                     "--no-progress"]) == 0
+        folders[name] = out
+    assert ThreadEngine.used == 1
+    shards = sorted((folders["local"] / "05-shout").glob("*.parquet"))
+    assert len(shards) == 3 and all(s.with_suffix(".done").exists() for s in shards)
+    for shard in shards:                       # the same bytes whichever engine ran the new stage
+        assert shard.read_bytes() == (folders["threads"] / "05-shout" / shard.name).read_bytes()
+    rows = pq.read_table(shards[0]).to_pylist()
+    assert rows[0]["caption"] == rows[0]["caption"].upper() and not (folders["local"] / "10-seed").exists()
+    seed_stage = runner.STAGE["seed"]
+    assert dataclasses.replace(seed_stage).seed_key == 1 and shout.seed_key not in range(7)   # others keep theirs

@@ -27,6 +27,7 @@ import functools
 import json
 import shutil
 import time
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,7 @@ class Runner:
         return [row for shard in range(self.n_shards) for row in self.read_shard(stage, shard)]
 
     def shard_seed(self, stage: str, shard: int) -> int:
-        sequence = np.random.SeedSequence([self.config.seed, list(STAGE).index(stage), shard])
+        sequence = np.random.SeedSequence([self.config.seed, STAGE[stage].seed_key, shard])
         return int(sequence.generate_state(1)[0] % (2**31 - 1))
 
     # -- stages ------------------------------------------------------------------------------------------
@@ -429,19 +430,27 @@ class Stage:
     transform: ShardTransform | None = None
     run: Callable[[Runner], None] | None = None
     gpus: Callable[[GenerationConfig], float] = no_gpus
+    seed_key: int = -1
+    """Its shards' seeds derive from this number, fixed per stage so that adding a stage changes no other
+    stage's seeds (the first seven keep the numbers they always had: their positions)."""
+
+    def __post_init__(self) -> None:
+        if self.seed_key < 0:
+            object.__setattr__(self, "seed_key", zlib.crc32(self.name.encode()))
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("captions", "00-captions", run=Runner.stage_captions),
+    Stage("captions", "00-captions", run=Runner.stage_captions, seed_key=0),
     Stage("seed", "10-seed", "captions", lambda r, rows, seed, shard: seed_batch(rows, r.models, r.prompts, seed),
-          gpus=llm_gpus),
-    Stage("filter", "20-filter", "seed", lambda r, rows, seed, shard: filter_batch(rows, r.models)),
+          gpus=llm_gpus, seed_key=1),
+    Stage("filter", "20-filter", "seed", lambda r, rows, seed, shard: filter_batch(rows, r.models), seed_key=2),
     Stage("augment", "30-augment", "captions", lambda r, rows, seed, shard: augment_batch(
-        rows, r.models, r.prompts, r.augment_pool, seed) if r.augment_pool else [], gpus=llm_gpus),
-    Stage("distill", "40-distill", run=Runner.stage_distill),
+        rows, r.models, r.prompts, r.augment_pool, seed) if r.augment_pool else [], gpus=llm_gpus, seed_key=3),
+    Stage("distill", "40-distill", run=Runner.stage_distill, seed_key=4),
     Stage("build", "50-build", "captions", lambda r, rows, seed, shard: build_batch(rows, r.models, seed,
-                                                                                    r.teacher_chains(shard))),
-    Stage("export", "60-export", run=Runner.stage_export),
+                                                                                    r.teacher_chains(shard)),
+          seed_key=5),
+    Stage("export", "60-export", run=Runner.stage_export, seed_key=6),
 )
 """Every stage in run order: adding one is adding its declaration here (resume, markers, ``--until``, the seeds
 and the Ray engine follow)."""

@@ -123,7 +123,8 @@ def embed_benchmark(encoder: Encoder, records: Sequence[Hierarchy], options: Eva
         timings["embed_images_s"] = time.perf_counter() - start - (encoder.load_seconds - loading)
 
     start, loading = time.perf_counter(), encoder.load_seconds
-    inputs = [encoder.root_text, *distinct.tolist()]
+    geometry = encoder.geometry()
+    inputs = [geometry.root_text, *distinct.tolist()]
     key = cache_key(fingerprint, recipe, "text", checksum_strings(inputs))
     text_vectors = cache.get_or_compute(key, lambda: encoder.encode_text(
         inputs, batch_size=options.text_batch_size, progress=options.progress))
@@ -133,7 +134,7 @@ def embed_benchmark(encoder: Encoder, records: Sequence[Hierarchy], options: Eva
 
     text_emb = distinct_emb[inverse.reshape(texts.shape)]
     bench = EmbeddedBenchmark(texts, text_emb, root, image_emb, row_image,
-                              text_radii=encoder.distance_to_root(text_emb, root), similarity=encoder.similarity)
+                              text_radii=geometry.distance_to_root(text_emb, root), similarity=geometry.similarity)
     return Embedded(bench, list(records), image_files, timings, cache.hits)
 
 
@@ -203,7 +204,7 @@ def evaluate(model: str | Encoder, options: EvalOptions | None = None) -> dict[s
             timings["images_per_s"] = len(embedded.image_files) / max(timings["embed_images_s"], 1e-9)
     return Result(
         model=encoder.metadata(),
-        protocol={"name": PROTOCOL, "steps": options.steps, "root_text": encoder.root_text,
+        protocol={"name": PROTOCOL, "steps": options.steps, "root_text": encoder.geometry().root_text,
                   "bootstrap": {"resamples": options.resamples, "seed": options.seed, "level": LEVEL}},
         dataset={"split": options.data or options.split, "rows": len(records),
                  "images": len(embedded.image_files), "checksum": content_checksum(records),

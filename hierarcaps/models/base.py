@@ -1,13 +1,16 @@
 """The Encoder seam: anything that maps texts (and optionally images) to L2-normalised vectors.
 
-Geometry hooks default to the Radial Embedding view (root = embedding of the empty text, Euclidean
-distance to it, cosine similarity); models with their own geometry override them.
+How a model's vectors are read is one object, its :class:`Geometry` (root text, distance to the root,
+similarity), by default the Radial Embedding view (root = embedding of the empty text, Euclidean distance to
+it, cosine similarity); a model with its own geometry overrides ``geometry()``. Whether a model embeds images
+is inferred from its class (it implements ``_embed_images``), never declared beside it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +32,44 @@ def source_name(source: str) -> str:
     return path.resolve().name if path.is_absolute() or path.exists() or source.startswith(".") else source
 
 
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """How a model's embeddings are read by the metrics: the root's text, each text's distance to the root (its
+    genericity: smaller = more generic; the protocol's radius) and the similarity retrieval ranks by."""
+
+    root_text: str = DEFAULT_ROOT_TEXT
+    distance_to_root: Callable[[np.ndarray, np.ndarray], np.ndarray] = radii
+    similarity: Callable[[np.ndarray, np.ndarray], np.ndarray] = dot_similarity
+
+    def is_default(self) -> bool:
+        return self == DEFAULT_GEOMETRY
+
+
+DEFAULT_GEOMETRY = Geometry()
+
+
 class Encoder:
     """Base class of every model adapter. Subclasses implement ``_embed_texts`` and, for image-text models,
     ``_embed_images``; they fill ``name``, ``revision`` and ``fingerprint()`` for metadata and caching."""
 
     name: str = "encoder"
     revision: str | None = None
-    has_images: bool = False
-    root_text: str = DEFAULT_ROOT_TEXT
     # seconds spent loading weights on first use (lazy encoders); reported apart from embedding time
     load_seconds: float = 0.0
+
+    @classmethod
+    def embeds_images(cls) -> bool:
+        """Whether the class embeds images (it implements ``_embed_images``); known before any weights load."""
+        return cls._embed_images is not Encoder._embed_images
+
+    @property
+    def has_images(self) -> bool:
+        """Inferred from the class, never declared beside it: an image adapter is always scored on images."""
+        return type(self).embeds_images()
+
+    def geometry(self) -> Geometry:
+        """How the metrics read this model's vectors (see :class:`Geometry`)."""
+        return DEFAULT_GEOMETRY
 
     def encode_text(self, texts: Sequence[str], *, batch_size: int = 256, progress: bool = False) -> np.ndarray:
         """(n, d) float32 unit vectors, in the order given."""
@@ -53,21 +84,7 @@ class Encoder:
         return normalise(self._embed_images(images, batch_size=batch_size, workers=workers, progress=progress))
 
     def root(self) -> np.ndarray:
-        return self.encode_text([self.root_text])[0]
-
-    def distance_to_root(self, text_emb: np.ndarray, root: np.ndarray) -> np.ndarray:
-        """Genericity of each text (smaller = more generic); the protocol's radius."""
-        return radii(text_emb, root)
-
-    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        """(len(a), len(b)) similarities the metrics rank by; the dot product (cosine) by default."""
-        return dot_similarity(a, b)
-
-    def has_own_geometry(self) -> bool:
-        """Whether this model overrides the radius, the similarity or the root text."""
-        cls = type(self)
-        return (cls.distance_to_root is not Encoder.distance_to_root or cls.similarity is not Encoder.similarity
-                or self.root_text != DEFAULT_ROOT_TEXT)
+        return self.encode_text([self.geometry().root_text])[0]
 
     def _embed_texts(self, texts: list[str], *, batch_size: int, progress: bool) -> np.ndarray:
         raise NotImplementedError
@@ -93,10 +110,11 @@ class Encoder:
         return {**self.preprocessing(), "numerics": self.numerics()}
 
     def metadata(self) -> dict[str, Any]:
+        geometry = self.geometry()
         return {"name": self.name, "revision": self.revision, "fingerprint": self.fingerprint(),
                 "parameters": self.parameter_count(), "dim": int(self.root().shape[0]),
-                "modalities": ["text", "image"] if self.has_images else ["text"], "root_text": self.root_text,
-                "own_geometry": self.has_own_geometry()}
+                "modalities": ["text", "image"] if self.has_images else ["text"], "root_text": geometry.root_text,
+                "own_geometry": not geometry.is_default()}
 
     def parameter_count(self) -> int | None:
         return None

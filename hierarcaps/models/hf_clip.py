@@ -47,7 +47,6 @@ def folder_image_transform(source: str) -> Callable[[Any], Any]:
 class HFDualEncoder(TorchEncoder):
     """A transformers image-text model loaded with ``AutoModel`` and ``AutoProcessor`` from a hub id or folder."""
 
-    has_images = True
     spec_prefix = "hf:"
 
     def __init__(self, source: str, *, device: str | None = None, revision: str | None = None) -> None:

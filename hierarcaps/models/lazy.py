@@ -1,8 +1,9 @@
-"""Encoders whose identity comes from the files of a local model folder, loaded only when needed.
+"""Encoders of a local model folder, loaded only when something must be embedded.
 
-A cached re-run then costs no model load at all (importing torch + transformers alone takes seconds):
-the folder's content hash keys the embedding cache, and the model's size and dimension are remembered
-in a small JSON next to the cache after the first real load.
+A model has one identity, its weights fingerprint, whichever way it is loaded: the lazy wrapper learns it (with
+the model's size, dimension, preprocessing and geometry) at its first real load and memoises it under the
+folder's file hash, so a cached re-run loads nothing (importing torch + transformers alone takes seconds) and
+still keys caches, names result folders and records lineage exactly as the eagerly loaded model does.
 """
 
 from __future__ import annotations
@@ -18,10 +19,12 @@ import numpy as np
 
 from .._io import write_bytes_atomic
 from ..data.fetch import cache_dir
-from ..metrics.hierarchy import DEFAULT_ROOT_TEXT
-from .base import Encoder
+from .base import DEFAULT_GEOMETRY, Encoder, Geometry
 from .decoding import ImageBatches
 from .folders import folder_fingerprint
+
+MEMO_VERSION = 2
+"""Memos of earlier versions keyed identity by the files; they are not read."""
 
 
 class LazyEncoder(Encoder):
@@ -31,10 +34,14 @@ class LazyEncoder(Encoder):
                  adapter: str, device: str | None = None,
                  load_image_transform: Callable[[], Callable[[Any], Any]] | None = None) -> None:
         self.folder, self._factory, self._loaded = folder, factory, None
-        self.name, self.has_images, self.adapter = name, has_images, adapter
+        self.name, self._has_images, self.adapter = name, has_images, adapter
         self.device, self.load_image_transform = device, load_image_transform
-        self._fingerprint = folder_fingerprint(folder)
+        self._files = folder_fingerprint(folder)
         self._memo_read: dict[str, Any] | None = None
+
+    @property
+    def has_images(self) -> bool:  # type: ignore[override]
+        return self._has_images
 
     @contextlib.contextmanager
     def _counting_load_time(self) -> Iterator[None]:
@@ -51,10 +58,11 @@ class LazyEncoder(Encoder):
         return self._loaded
 
     def fingerprint(self) -> str:
-        return self._fingerprint
+        """The weights fingerprint (the eager model's), from the memo or by loading the model once."""
+        return self.metadata()["fingerprint"]
 
     def preprocessing(self) -> dict[str, Any]:
-        return {"adapter": self.adapter}      # tokenizer and transform configs are files of the folder
+        return self._memo_or_load()["preprocessing"]
 
     def numerics(self) -> str:
         from .torch_utils import numerics, pick_device_lightly
@@ -76,52 +84,36 @@ class LazyEncoder(Encoder):
                                   workers=workers, device=pick_device_lightly(self.device))
         return self.loaded.encode_image(images, batch_size=batch_size, workers=workers, progress=progress)
 
-    # -- geometry: the model's own hooks, whether it is loaded or its embeddings come from the cache --------
+    def geometry(self) -> Geometry:
+        """The loaded model's; without loading it only when an earlier load recorded the default geometry (a
+        model with its own is loaded for it, so cached and cold runs score the same way)."""
+        if self._loaded is None and self._memo() is not None and not self._memo()["own_geometry"]:
+            return DEFAULT_GEOMETRY
+        return self.loaded.geometry()
+
+    def metadata(self) -> dict[str, Any]:
+        """Identity, size, dimension and geometry, as the eager model reports them."""
+        memo = self._memo_or_load()
+        return {**{k: v for k, v in memo.items() if k not in ("preprocessing", "memo")}, "name": self.name}
+
+    # -- the memo: what the first real load learnt, keyed by the folder's files and the adapter -------------
     def _memo_path(self) -> Path:
-        return cache_dir() / "models" / f"{self._fingerprint.split(':')[-1]}.json"
+        return cache_dir() / "models" / f"{self._files.split(':')[-1]}-{self.adapter}.json"
 
     def _memo(self) -> dict[str, Any] | None:
-        """The memo of an earlier load (read once: it is keyed by the weights, so it never changes)."""
+        """The memo of an earlier load (read once: the files it is keyed by decide the weights)."""
         if self._memo_read is None:
             path = self._memo_path()
             memo = json.loads(path.read_text()) if path.exists() else None
-            self._memo_read = memo if memo is not None and "own_geometry" in memo else None
+            self._memo_read = memo if isinstance(memo, dict) and memo.get("memo") == MEMO_VERSION else None
         return self._memo_read
 
-    def _geometry(self) -> Encoder | None:
-        """The loaded model when its geometry is its own (or not yet known), None for the default geometry.
-
-        A model whose earlier load recorded the default geometry is not loaded for it (a cached run stays
-        light); any other is, so cached and cold runs score the same way."""
-        if self._loaded is not None:
-            return self._loaded if self._loaded.has_own_geometry() else None
+    def _memo_or_load(self) -> dict[str, Any]:
         memo = self._memo()
-        return None if memo is not None and memo["own_geometry"] is False else self.loaded
-
-    @property
-    def root_text(self) -> str:  # type: ignore[override]
-        source = self._geometry()
-        return source.root_text if source is not None else DEFAULT_ROOT_TEXT
-
-    def distance_to_root(self, text_emb: np.ndarray, root: np.ndarray) -> np.ndarray:
-        source = self._geometry()
-        return source.distance_to_root(text_emb, root) if source is not None else super().distance_to_root(
-            text_emb, root)
-
-    def similarity(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        source = self._geometry()
-        return source.similarity(a, b) if source is not None else super().similarity(a, b)
-
-    def has_own_geometry(self) -> bool:
-        return self._geometry() is not None
-
-    def metadata(self) -> dict[str, Any]:
-        """Size, dimension and geometry from the memo of an earlier load, else from loading the model now."""
-        memo = self._memo()
-        if memo is not None:
-            return memo
-        info = {**self.loaded.metadata(), "name": self.name, "fingerprint": self._fingerprint,
-                "folder": self.folder.name}
-        write_bytes_atomic(self._memo_path(), json.dumps(info).encode())
-        self._memo_read = info
-        return info
+        if memo is None:
+            loaded = self.loaded
+            text = json.dumps({**loaded.metadata(), "preprocessing": loaded.preprocessing(), "memo": MEMO_VERSION},
+                              default=str)
+            write_bytes_atomic(self._memo_path(), text.encode())
+            memo = self._memo_read = json.loads(text)      # what a later run reads: the same cache keys
+        return memo

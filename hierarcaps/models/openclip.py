@@ -68,7 +68,6 @@ def check_local_weights(name: str, pretrained: str | None) -> None:
 class OpenClipEncoder(TorchEncoder):
     """An open_clip model with the tokenizer and eval transform that travel with it."""
 
-    has_images = True
     spec_prefix = "open_clip:local-dir:"
 
     def __init__(self, spec: str, *, device: str | None = None, pretrained: str | None = None) -> None:

@@ -36,13 +36,21 @@ class Adapter:
     example: str = ""
     origin: str = "hierarcaps"
 
-    def load(self, source: str, device: str | None) -> Encoder:
+    def factory(self) -> Callable[..., Encoder]:
+        """The encoder class (or factory) behind the prefix; importing it loads no weights."""
         module, _, attribute = self.target.partition(":")
         try:
-            factory = getattr(importlib.import_module(module), attribute)
+            return getattr(importlib.import_module(module), attribute)
         except (ImportError, AttributeError) as exc:
             raise ModelSpecError(f"adapter {self.prefix!r} ({self.target}) cannot be imported: {exc}") from None
-        return factory(source, device=device)
+
+    def load(self, source: str, device: str | None) -> Encoder:
+        return self.factory()(source, device=device)
+
+    def embeds_images(self) -> bool:
+        """Inferred from the encoder class, as :attr:`Encoder.has_images` is."""
+        factory = self.factory()
+        return isinstance(factory, type) and issubclass(factory, Encoder) and factory.embeds_images()
 
 
 ADAPTERS = (
@@ -92,11 +100,11 @@ def _open_clip_folder(source: str, device: str | None) -> Encoder:
     return _adapter("open_clip:").load(f"local-dir:{source}", device)
 
 
-# how a saved folder reloads, by the spec prefix an adapter saves itself under
-FOLDER_ADAPTERS: dict[str, tuple[str, Callable[[str, str | None], Encoder], bool]] = {
-    "hf:": ("hf", _adapter("hf:").load, True),
-    "text:": ("text", _adapter("text:").load, False),
-    "open_clip:local-dir:": ("open_clip", _open_clip_folder, True),
+# how a saved folder reloads, by the spec prefix an adapter saves itself under: (name, loader, its adapter)
+FOLDER_ADAPTERS: dict[str, tuple[str, Callable[[str, str | None], Encoder], str]] = {
+    "hf:": ("hf", _adapter("hf:").load, "hf:"),
+    "text:": ("text", _adapter("text:").load, "text:"),
+    "open_clip:local-dir:": ("open_clip", _open_clip_folder, "open_clip:"),
 }
 
 
@@ -118,7 +126,13 @@ EARLY_IMAGE_TRANSFORMS: dict[str, Callable[[str], Callable[[object], object]]] =
 
 
 def folder_adapter(folder: Path) -> tuple[str, Callable[[str, str | None], Encoder], bool]:
-    """(adapter name, factory, has images) for a local model folder, from the files it holds."""
+    """(adapter name, factory, whether it embeds images) for a local model folder, from the files it holds."""
+    name, loader, prefix = folder_loader(folder)
+    return name, loader, _adapter(prefix).embeds_images()
+
+
+def folder_loader(folder: Path) -> tuple[str, Callable[[str, str | None], Encoder], str]:
+    """(adapter name, loader, adapter prefix) for a local model folder, from the files it holds."""
     if (folder / CHECKPOINT_FILE).exists():
         prefix = read_json_object(folder / CHECKPOINT_FILE, what="fine-tuned checkpoint description").get("spec_prefix")
         if prefix not in FOLDER_ADAPTERS:
@@ -126,7 +140,7 @@ def folder_adapter(folder: Path) -> tuple[str, Callable[[str, str | None], Encod
                                  f"{', '.join(FOLDER_ADAPTERS)}")
         return FOLDER_ADAPTERS[prefix]
     if (folder / "modules.json").exists():
-        return "sentence-folder", _sentence_folder, False
+        return "sentence-folder", _sentence_folder, "st:"
     if (folder / "open_clip_config.json").exists():
         return FOLDER_ADAPTERS["open_clip:local-dir:"]
     if (folder / "config.json").exists():

@@ -145,6 +145,11 @@ class TorchEncoder(Encoder):
     spec_prefix: str = ""
     _fingerprint: str | None = None
 
+    @classmethod
+    def embeds_images(cls) -> bool:
+        """Torch adapters embed images when they implement ``image_features``."""
+        return cls.image_features is not TorchEncoder.image_features
+
     def text_features(self, texts: list[str]) -> Any:
         """Unnormalised text features with gradients when enabled: (n, d) tensor."""
         raise NotImplementedError

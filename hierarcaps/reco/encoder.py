@@ -60,7 +60,6 @@ class RecoEncoder(Encoder):
         if self.memory.manifest.get("dim") != self.info["fusion"]["dim"]:
             raise ModelSpecError(f"memory {self.memory.folder} has dimension {self.memory.manifest.get('dim')}; "
                                  f"the fusion modules expect {self.info['fusion']['dim']}")
-        self.has_images = self.base.has_images
         self.name = f"reco:{self.folder.name}" + (f"#{only}" if only else "")
         self.revision = self.info.get("run_hash")
         self.k = self.info["config"]["k"]
@@ -77,6 +76,10 @@ class RecoEncoder(Encoder):
                       progress: bool) -> np.ndarray:
         vectors = self.base.encode_image(images, batch_size=batch_size, workers=workers, progress=progress)
         return self._refine(vectors, "image")
+
+    @property
+    def has_images(self) -> bool:  # type: ignore[override]
+        return self.base.has_images
 
     def numerics(self) -> str:
         return self.base.numerics()
