@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .textsafe import escape_controls
+
 
 class HierarcapsError(Exception):
     """Base class: every error the CLI turns into a one-line message and a non-zero exit."""
@@ -14,9 +16,9 @@ class DataError(HierarcapsError):
                  field: str | None = None) -> None:
         self.file, self.row, self.field, self.reason = file, row, field, message
         where = ", ".join(part for part in (
-            file,
+            escape_controls(file) if file is not None else None,
             f"row {row}" if row is not None else None,
-            f"field '{field}'" if field is not None else None,
+            f"field '{escape_controls(field)}'" if field is not None else None,
         ) if part)
         super().__init__(f"{where}: {message}" if where else message)
 

@@ -12,6 +12,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))   # test helper modules (tiny_generation_models, ...)
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, each worker's torch takes its share of the cores instead of all of them."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        threads = str(max(1, (os.cpu_count() or 1) // int(workers)))
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ.setdefault(name, threads)
+
+
 def shared_data_dir() -> Path:
     return Path(os.environ.get("HIERARCAPS_SHARED", REPO.parent / "shared" / "hierarcaps"))
 

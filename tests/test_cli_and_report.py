@@ -110,6 +110,7 @@ def test_written_files_honour_the_umask(tmp_path: Path) -> None:
     assert stat.S_IMODE((tmp_path / "result.json").stat().st_mode) == 0o644
 
 
+@pytest.mark.integration
 def test_evaluate_as_a_library_leaves_the_allocator_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     from hierarcaps.harness import harness
     from hierarcaps.models import torch_utils

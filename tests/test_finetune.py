@@ -162,7 +162,7 @@ def test_trainer_batch_loss_equals_the_reference_on_a_trained_model(tiny_clip: P
     start = load_encoder(str(tiny_clip), device="cpu")
     start.model.double()
     with torch.no_grad():
-        ours = trainer.batch_loss(rows)
+        ours = trainer.batch_terms(rows)[0]
         E, E_orig, root = (torch.nn.functional.normalize(model.text_features(batch), dim=-1) for model, batch in
                            ((trainer.encoder, texts), (start, texts), (trainer.encoder, [""])))
     reference = reference_batch_loss(E, E_orig, root[0])
@@ -173,10 +173,11 @@ def test_trainer_batch_loss_equals_the_reference_on_a_trained_model(tiny_clip: P
 
 def _finetune_cmd(model: Path, train: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "hierarcaps", "finetune", "--model", str(model), "--train", str(train),
-            "--out", str(out), "--lr", "3e-3", "--steps", "12", "--checkpoint-every", "2", "--val-every", "6",
+            "--out", str(out), "--lr", "3e-3", "--steps", "12", "--checkpoint-every", "2", "--eval-every", "6",
             "--device", "cpu", "--quiet"]
 
 
+@pytest.mark.integration
 def test_killed_run_resumes_to_the_same_weights(tiny_clip: Path, train_file: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
 

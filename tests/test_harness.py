@@ -183,6 +183,7 @@ def test_peak_memory_is_this_process_not_the_one_that_started_it() -> None:
     assert 10 < child_peak < 300, child_peak
 
 
+@pytest.mark.integration
 def test_minilm_on_the_real_test_set_matches_per_row_encoding() -> None:
     import jsonschema
 
@@ -223,6 +224,7 @@ def test_result_file_and_report(tiny_clip: Path, subset: Path, test_image_dir: P
     assert report.stdout.count("[baseline]") == 3 and report.stdout.count("\n") == 6
 
 
+@pytest.mark.integration
 def test_cli_evaluate_writes_result_and_plots(tiny_clip: Path, subset: Path, test_image_dir: Path,
                                               tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -334,11 +336,11 @@ def test_geometry_hooks_score_the_same_cold_and_cached(model: type, tmp_path: Pa
         assert plain["text_query/precision"] != cold["metrics"]["text_query/precision"]
 
 
-def test_one_model_has_one_identity_lazy_or_eager(tmp_path: Path) -> None:
+def test_one_model_has_one_identity_lazy_or_eager(tmp_path: Path, subset: Path) -> None:
     """The lazy wrapper reports the eager model's weights fingerprint and recipe: the second path's run is a
     cache hit into the same result folder, and a cached run loads nothing."""
     folder = save_random_hf_clip(tmp_path / "tiny", "tiny")
-    options = EvalOptions(progress=False, resamples=10, text_only=True)
+    options = EvalOptions(data=str(subset), progress=False, resamples=10, text_only=True)
     lazy = load_encoder(str(folder), lazy=True)
     first = evaluate(lazy, options)
     eager = load_encoder(str(folder))

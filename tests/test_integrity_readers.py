@@ -301,6 +301,7 @@ def test_model_folders_that_cannot_be_loaded_safely_are_one_line(tmp_path: Path,
     assert_one_line_failure(["evaluate", "--model", str(checkpoint), "--text-only"], tmp_path, "spec_prefix")
 
 
+@pytest.mark.integration
 def test_code_inside_a_model_folder_never_runs(tmp_path: Path, tiny_clip: Path) -> None:
     folder = copy_of(tiny_clip, tmp_path / "remote")
     marker = tmp_path / "code-ran"
