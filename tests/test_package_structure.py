@@ -229,3 +229,17 @@ def test_an_engine_and_a_stage_are_each_added_by_one_declaration(monkeypatch, tm
     assert rows[0]["caption"] == rows[0]["caption"].upper() and not (folders["local"] / "10-seed").exists()
     seed_stage = runner.STAGE["seed"]
     assert dataclasses.replace(seed_stage).seed_key == 1 and shout.seed_key not in range(7)   # others keep theirs
+
+
+def test_every_test_architecture_md_cites_exists() -> None:
+    """ARCHITECTURE.md's 'how to add' paths name the tests that guard them: each must exist, and so must each
+    module the map names."""
+    import re
+
+    text = (PACKAGE.parent / "ARCHITECTURE.md").read_text()
+    cited = re.findall(r"(tests/[\w/]+\.py)::(\w+)", text)
+    assert len(cited) >= 6
+    for path, name in cited:
+        assert re.search(rf"^def {name}\(", (PACKAGE.parent / path).read_text(), re.M), (path, name)
+    for module in re.findall(r"^  (\w+\.py)\s", text, re.M):
+        assert (PACKAGE / module).exists(), module

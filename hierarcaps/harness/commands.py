@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..commandline import Command, echo, image_options
+from ..errors import HierarcapsError
 from ..models.registry import spec_help
+
+if TYPE_CHECKING:
+    from ..models.base import Encoder
+    from .harness import EvalOptions
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
@@ -53,8 +60,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         for plot in _plots(args.model, options, path.parent):
             echo(f"plot {plot}")
     if args.export_submission:
-        from .harness import export_submission
-
         folder = export_submission(args.model, options, args.export_submission)
         echo(f"submission written to {folder} (edit submission.json, then `hierarcaps leaderboard validate`)")
     return 0
@@ -135,3 +140,30 @@ COMMANDS = (
             _zeroshot_args, _zeroshot),
     Command("report", "merge result JSON files into one table: CIs, main score, baselines", _report_args, _report),
 )
+
+
+def export_submission(model: str | Encoder, options: EvalOptions, folder: str | os.PathLike[str],
+                      metadata: dict[str, Any] | None = None) -> Path:
+    """A leaderboard submission (embeddings.npz + id lists + submission.json) from any model the harness loads:
+    the harness's embeddings in the board's format, composed here in the command layer so that neither
+    workshop imports the other.
+
+    Embeddings come from the cache when `evaluate` just ran. Edit submission.json (licence, link, training
+    data) before submitting.
+    """
+    from ..data.official import load_official
+    from ..leaderboard.submission import write_submission
+    from ..models.registry import load_encoder
+    from .harness import embed_benchmark
+
+    if options.data or options.split != "test":
+        raise HierarcapsError("submissions are for the official test split (no --data, --split test)")
+    encoder = load_encoder(model, device=options.device, lazy=True) if isinstance(model, str) else model
+    records = load_official("test")
+    bench = embed_benchmark(encoder, records, options).bench
+    info = encoder.metadata()
+    model_meta = {"name": info["name"], "revision": str(info.get("revision") or info["fingerprint"]),
+                  "parameters": int(info.get("parameters") or 0), "licence": "unknown", "link": "",
+                  "training_data": "unknown"}
+    return write_submission(folder, records, bench.root, bench.text_emb.reshape(-1, bench.root.shape[0]),
+                            bench.image_emb, {"model": {**model_meta, **(metadata or {})}})

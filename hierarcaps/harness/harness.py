@@ -240,27 +240,3 @@ def save_result(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path
         json.dump(result, handle, indent=2, sort_keys=False)
         handle.write("\n")
     return path
-
-
-def export_submission(model: str | Encoder, options: EvalOptions, folder: str | os.PathLike[str],
-                      metadata: dict[str, Any] | None = None) -> Path:
-    """A leaderboard submission (embeddings.npz + id lists + submission.json) from any model the harness loads.
-
-    Embeddings come from the cache when `evaluate` just ran. Edit submission.json (licence, link, training
-    data) before submitting.
-    """
-    from ..errors import HierarcapsError
-    from ..leaderboard.submission import write_submission
-    from ..models.registry import load_encoder
-
-    if options.data or options.split != "test":
-        raise HierarcapsError("submissions are for the official test split (no --data, --split test)")
-    encoder = load_encoder(model, device=options.device, lazy=True) if isinstance(model, str) else model
-    records = load_official("test")
-    bench = embed_benchmark(encoder, records, options).bench
-    info = encoder.metadata()
-    model_meta = {"name": info["name"], "revision": str(info.get("revision") or info["fingerprint"]),
-                  "parameters": int(info.get("parameters") or 0), "licence": "unknown", "link": "",
-                  "training_data": "unknown"}
-    return write_submission(folder, records, bench.root, bench.text_emb.reshape(-1, bench.root.shape[0]),
-                            bench.image_emb, {"model": {**model_meta, **(metadata or {})}})

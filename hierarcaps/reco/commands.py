@@ -1,4 +1,4 @@
-"""CLI subcommands ``reco memory|stats|train`` and ``zeroshot``."""
+"""CLI subcommands ``reco memory|stats|train``."""
 
 from __future__ import annotations
 
