@@ -243,3 +243,21 @@ def test_every_test_architecture_md_cites_exists() -> None:
         assert re.search(rf"^def {name}\(", (PACKAGE.parent / path).read_text(), re.M), (path, name)
     for module in re.findall(r"^  (\w+\.py)\s", text, re.M):
         assert (PACKAGE / module).exists(), module
+
+
+def test_every_reported_metric_is_described_and_only_columns_are_shown_by_default() -> None:
+    import numpy as np
+
+    from hierarcaps.leaderboard.render import columns
+    from hierarcaps.metrics import EmbeddedBenchmark, score
+    from hierarcaps.metrics.catalogue import METRICS, headline
+
+    rng = np.random.default_rng(0)
+    texts = np.array([[f"t{r}-{k}" for k in range(4)] for r in range(30)], dtype=object)
+    text_emb, image_emb = rng.standard_normal((30, 4, 8)), rng.standard_normal((30, 8))
+    metrics = score(EmbeddedBenchmark(texts, text_emb, rng.standard_normal(8), image_emb, np.arange(30)),
+                    resamples=5)
+    assert len(metrics) == 23 and set(metrics) == set(METRICS)          # every metric a result holds is described
+    assert all(METRICS[name].label and METRICS[name].description for name in metrics)
+    assert [name for name, _ in columns()] == list(headline()) and "i2t_R@5" not in headline()
+    assert "recall_tier1" in METRICS and not METRICS["recall_tier1"].column
