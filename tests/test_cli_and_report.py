@@ -140,4 +140,4 @@ def test_old_results_upgrade_and_unknown_ones_fail_with_one_line(tmp_path: Path,
     (tmp_path / "broken.json").write_text(json.dumps(broken))
     assert main(["report", str(tmp_path / "broken.json")]) == 1
     err = capsys.readouterr().err
-    assert "'d_corr' needs a finite value" in err and len(err.strip().splitlines()) == 1
+    assert "metrics.d_corr: missing ci95" in err and len(err.strip().splitlines()) == 1

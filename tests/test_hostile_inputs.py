@@ -258,7 +258,7 @@ def test_crafted_entries_render_safely_and_references_rank_among_entries(valid: 
     result["model"]["parameters"] = 5
     result["metrics"]["d_corr"] = {"value": "high", "ci95": None}
     (folder / "result.json").write_text(json.dumps(result))
-    assert any("'d_corr' needs a finite value" in p for p in board.check(lb))
+    assert any("metrics.d_corr.value: must be a finite number" in p for p in board.check(lb))
     result["model"]["parameters"] = 10**400
     result["metrics"].pop("d_corr")
     (folder / "result.json").write_text(json.dumps(result))

@@ -261,3 +261,13 @@ def test_every_reported_metric_is_described_and_only_columns_are_shown_by_defaul
     assert all(METRICS[name].label and METRICS[name].description for name in metrics)
     assert [name for name, _ in columns()] == list(headline()) and "i2t_R@5" not in headline()
     assert "recall_tier1" in METRICS and not METRICS["recall_tier1"].column
+
+
+def test_the_shipped_result_schema_is_the_one_derived_from_the_types() -> None:
+    """One declaration of the result: the published schema file is generated from the section dataclasses
+    (regenerate with ``python -c "from hierarcaps.results import write_schema; write_schema()"``)."""
+    import json
+
+    from hierarcaps.results import schema, schema_path
+
+    assert json.loads(schema_path().read_text()) == schema()

@@ -32,11 +32,11 @@ from ..data.records import Hierarchy, content_checksum
 from ..errors import DataError
 from ..metrics.baselines import all_baselines
 from ..metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, LEVEL, summarise_all
-from ..metrics.hierarchy import DEFAULT_STEPS, PROTOCOL
+from ..metrics.hierarchy import DEFAULT_STEPS
 from ..metrics.scoring import EmbeddedBenchmark, per_unit_metrics
 from ..models.base import Encoder
 from ..models.cache import EmbeddingCache, cache_key, checksum_strings
-from ..results import Result
+from ..results import Dataset, Result
 
 
 def default_workers() -> int:
@@ -172,8 +172,9 @@ def peak_memory() -> dict[str, float]:
     return peaks
 
 
-def evaluate(model: str | Encoder, options: EvalOptions | None = None) -> dict[str, Any]:
-    """Score ``model`` (a spec string or an Encoder) and return the result document.
+def evaluate(model: str | Encoder, options: EvalOptions | None = None) -> Result:
+    """Score ``model`` (a spec string or an Encoder) and return its typed result (``result.to_dict()`` is the
+    JSON document; ``result["metrics"]`` reads it directly).
 
     Process-wide settings are left to the caller: the ``hierarcaps`` command has glibc keep freed memory
     (``keep_freed_memory``), which makes CPU forward passes faster; a library user may call it too.
@@ -202,25 +203,22 @@ def evaluate(model: str | Encoder, options: EvalOptions | None = None) -> dict[s
         timings["texts_per_s"] = distinct_texts / max(timings["embed_texts_s"], 1e-9)
         if embedded.image_files:
             timings["images_per_s"] = len(embedded.image_files) / max(timings["embed_images_s"], 1e-9)
-    return Result(
-        model=encoder.metadata(),
-        protocol={"name": PROTOCOL, "steps": options.steps, "root_text": encoder.geometry().root_text,
-                  "bootstrap": {"resamples": options.resamples, "seed": options.seed, "level": LEVEL}},
-        dataset={"split": options.data or options.split, "rows": len(records),
-                 "images": len(embedded.image_files), "checksum": content_checksum(records),
-                 **({"image_recipe": image_recipe(options.image_source)} if embedded.image_files else {})},
-        package={"name": "hierarcaps", "version": __version__},
-        metrics=metrics, baselines=baselines,
+    return Result.scored(
+        encoder.metadata(), metrics,
+        Dataset(split=options.data or options.split, rows=len(records), checksum=content_checksum(records),
+                images=len(embedded.image_files),
+                image_recipe=image_recipe(options.image_source) if embedded.image_files else None),
+        steps=options.steps, root_text=encoder.geometry().root_text, resamples=options.resamples, seed=options.seed,
+        level=LEVEL, version=__version__, baselines=baselines,
         extra={"environment": environment(options),
-               "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "timings": timings},
-    ).to_dict()
+               "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "timings": timings})
 
 
 def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
 
 
-def result_path(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
+def result_path(result: Result | dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
     """``<out>/<model slug>-<weights hash>/<split>.<protocol>[.<image recipe>].json``: one file per model, weights,
     split and (when not the protocol's thumbnails) image recipe, so results on other pixels never overwrite."""
     model = result["model"]
@@ -232,11 +230,12 @@ def result_path(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path
     return Path(out_dir) / folder / f"{split}.{result['protocol']['name']}{suffix}.json"
 
 
-def save_result(result: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
+def save_result(result: Result | dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
     import json
 
     path = result_path(result, out_dir)
+    document = result.to_dict() if isinstance(result, Result) else result
     with atomic_open(path, "w") as handle:
-        json.dump(result, handle, indent=2, sort_keys=False)
+        json.dump(document, handle, indent=2, sort_keys=False)
         handle.write("\n")
     return path

@@ -16,35 +16,21 @@ from typing import Any
 from .._io import read_bounded, regular_files
 from ..errors import HierarcapsError
 from ..metrics.catalogue import headline, label, main_score
+from ..rendering import baseline_label, markdown_table, metric_cell, text_table
 from ..results import Result
 from ..textsafe import markdown_cell, spreadsheet_cell
 
-BASELINE_LABELS = {"random": "random embeddings", "length_chars": "caption length (characters)",
-                   "length_words": "caption length (words)"}
 REPORT_FORMATS = ("text", "markdown", "csv", "json")
-
-
-def fmt(entry: dict[str, Any] | None, with_ci: bool = True) -> str:
-    if entry is None:
-        return "-"
-    low, high = entry["ci95"]
-    return f"{entry['value']:.4f} [{low:.3f}, {high:.3f}]" if with_ci else f"{entry['value']:.4f}"
-
-
-def render_rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows)]
-    line = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
 def result_table(result: dict[str, Any]) -> str:
     """Every metric of one run with its 95% CI, beside the random and caption-length baselines."""
     baselines = result["baselines"]
-    header = ["metric", result["model"]["name"], "random", "length (chars)", "length (words)"]
-    rows = [[name, fmt(entry), fmt(baselines["random"].get(name), False),
-             fmt(baselines["length_chars"].get(name), False), fmt(baselines["length_words"].get(name), False)]
+    names = ("random", "length_chars", "length_words")
+    header = ["metric", result["model"]["name"], *(baseline_label(n, result["model"].get("dim")) for n in names)]
+    rows = [[name, metric_cell(entry), *(metric_cell(baselines[n].get(name), with_ci=False) for n in names)]
             for name, entry in result["metrics"].items()]
-    return render_rows(header, rows)
+    return text_table(header, rows)
 
 
 def display_name(result: dict[str, Any]) -> str:
@@ -99,7 +85,8 @@ def report_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         baselines = result.get("baselines")
         if isinstance(baselines, dict) and split not in seen_splits:
             seen_splits.add(split)
-            rows += [{"model": BASELINE_LABELS.get(name, name), "split": split, "kind": "baseline",
+            dim = result["model"].get("dim")
+            rows += [{"model": baseline_label(name, dim), "split": split, "kind": "baseline",
                       "main_score": main, "images": "", "metrics": metrics} for name, metrics in baselines.items()]
     return rows
 
@@ -129,8 +116,8 @@ def report(results: Sequence[dict[str, Any]], output: str = "text", metrics: Seq
     header = ["model", "split", f"main score ({label(rows[0]['main_score'])})", *(label(m) for m in metrics)]
     escape = markdown_cell if output == "markdown" else str
     table = [[escape(r["model"]) + (" [baseline]" if r["kind"] == "baseline" else ""), escape(r["split"]),
-              fmt(r["metrics"].get(r["main_score"])), *(fmt(r["metrics"].get(m)) for m in metrics)] for r in rows]
+              metric_cell(r["metrics"].get(r["main_score"])), *(metric_cell(r["metrics"].get(m)) for m in metrics)]
+             for r in rows]
     if output == "markdown":
-        return "\n".join(["| " + " | ".join(map(markdown_cell, header)) + " |", "|" + "---|" * len(header),
-                          *("| " + " | ".join(row) + " |" for row in table)])
-    return render_rows(header, table)
+        return "\n".join(markdown_table(header, table))
+    return text_table(header, table)

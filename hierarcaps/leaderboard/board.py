@@ -26,9 +26,9 @@ from ..data.records import content_checksum
 from ..errors import HierarcapsError
 from ..metrics.baselines import all_baselines
 from ..metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, LEVEL
-from ..metrics.hierarchy import DEFAULT_STEPS, PROTOCOL
+from ..metrics.hierarchy import DEFAULT_ROOT_TEXT, DEFAULT_STEPS, PROTOCOL
 from ..metrics.scoring import EmbeddedBenchmark, score
-from ..results import Result, metrics_problem
+from ..results import Dataset, Result
 from ..textsafe import markdown_cell
 from . import names
 from .archive import ArchiveRefused, opened
@@ -39,7 +39,6 @@ RESULT_FILE = "result.json"
 STAGING = ".staging"
 MAX_RESULT_BYTES = 4 * 2**20
 """A stored result.json (the board reads every one at each build)."""
-ENTRY_KEYS = ("model", "protocol", "dataset", "metrics", "embeddings_sha256", "package")
 
 
 def score_submission(sub: Submission) -> dict[str, Any]:
@@ -57,12 +56,10 @@ def score_submission(sub: Submission) -> dict[str, Any]:
     model = dict(sub.meta["model"])
     model["modalities"] = sub.meta.get("modalities", ["text", "image"])
     model["dim"] = int(sub.root.shape[0])
-    return Result(
-        model=model,
-        protocol={"name": PROTOCOL, "steps": DEFAULT_STEPS, "root_text": "",
-                  "bootstrap": {"resamples": DEFAULT_RESAMPLES, "seed": DEFAULT_SEED, "level": LEVEL}},
-        dataset={"split": "test", "rows": n, "checksum": content_checksum(records)},
-        metrics=score(bench), package={"name": "hierarcaps", "version": __version__},
+    return Result.scored(
+        model, score(bench), Dataset(split="test", rows=n, checksum=content_checksum(records)),
+        steps=DEFAULT_STEPS, root_text=DEFAULT_ROOT_TEXT, resamples=DEFAULT_RESAMPLES, seed=DEFAULT_SEED, level=LEVEL,
+        version=__version__,
         extra={"text_radii_declared": sub.text_radii is not None, "embeddings_sha256": sub.embeddings_sha256,
                **({"validation_notes": sub.notes} if sub.notes else {})},
     ).to_dict()
@@ -322,7 +319,7 @@ def changed_entries(board: Path, since: str) -> list[Path]:
 
 def summary(board: Path, outcome: Review) -> str:
     """Markdown for the reviewer: the re-scored entries with their place on the board, then the problems."""
-    from .render import markdown_table, rows
+    from .render import board_table, rows
 
     table = rows([result for _, result in load_entries(board)], reference_rows())
     for place, row in enumerate(table, start=1):
@@ -333,7 +330,7 @@ def summary(board: Path, outcome: Review) -> str:
              f"Entries re-scored from their embeddings: {len(outcome.rescored)}; board places count the "
              f"{sum(r['reference'] for r in table)} reference rows.", ""]
     if checked:
-        lines += [*markdown_table(checked, rank=True), ""]
+        lines += [*board_table(checked, rank=True), ""]
     lines += [f"**{len(outcome.problems)} problem(s)**", "", *(f"- {markdown_cell(p)}" for p in outcome.problems)] \
         if outcome.problems else ["All checks passed: results match their embeddings, pages are up to date."]
     return "\n".join(lines) + "\n"
@@ -375,18 +372,18 @@ def _entry_result(board: Path, folder: Path, problems: list[str]) -> dict[str, A
         return None
     report = Report()
     result = read_meta(folder / RESULT_FILE, report, limit=MAX_RESULT_BYTES)
-    missing = [k for k in ENTRY_KEYS if k not in result]
-    if report.problems or missing:
-        problems += [f"{folder}/{p}" for p in report.problems] or \
-            [f"{folder / RESULT_FILE}: missing {', '.join(missing)}"]
+    if report.problems:
+        problems += [f"{folder}/{p}" for p in report.problems]
         return None
-    if not isinstance(result["model"], dict) or not isinstance(result["protocol"], dict) \
-            or not all(isinstance(result["model"].get(k), str) for k in ("name", "revision")):
-        problems.append(f"{folder / RESULT_FILE}: model and protocol must be objects with a name and revision")
+    try:
+        Result.from_dict(result, str(folder / RESULT_FILE))          # the one validator of a result document
+    except HierarcapsError as exc:
+        problems.append(str(exc))
+        return None
+    if not isinstance(result.get("embeddings_sha256"), str) or not isinstance(result["model"].get("revision"), str):
+        problems.append(f"{folder / RESULT_FILE}: an entry's result names its revision and embeddings_sha256")
         return None
     check_model(result["model"], report)
-    if (problem := metrics_problem(result["metrics"])) is not None:
-        report.problem("metrics", problem)
     problems += [f"{folder / RESULT_FILE}: {p.removeprefix(SUBMISSION_FILE + ': ')}" for p in report.problems]
     if result["protocol"].get("name") != PROTOCOL:
         problems.append(f"{folder / RESULT_FILE}: protocol {result['protocol'].get('name')!r}, expected {PROTOCOL!r}")

@@ -5,8 +5,10 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from ..metrics.baselines import RANDOM_DIM
 from ..metrics.catalogue import headline, label, main_score
 from ..metrics.hierarchy import PROTOCOL
+from ..rendering import baseline_label, markdown_table, metric_cell
 from ..textsafe import markdown_cell
 from .names import MAX_PARAMETERS, link_problem
 
@@ -15,8 +17,6 @@ def columns() -> tuple[tuple[str, str], ...]:
     """(metric, label) of every board column, from the metric catalogue."""
     return tuple((name, label(name)) for name in headline())
 TIERS = ("recall_tier1", "recall_tier2", "recall_tier3", "recall_tier4")
-REFERENCE_LABELS = {"random": "random embeddings (d=512)", "length_chars": "caption length (characters)",
-                    "length_words": "caption length (words)"}
 
 
 def rows(entries: list[dict[str, Any]], references: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -24,20 +24,13 @@ def rows(entries: list[dict[str, Any]], references: dict[str, dict[str, Any]]) -
     marked), so a reader sees at once which models beat caption length."""
     out = [{"name": e["model"]["name"], "revision": e["model"]["revision"], "parameters": e["model"]["parameters"],
             "link": e["model"].get("link", ""), "metrics": e["metrics"], "reference": False} for e in entries]
-    out += [{"name": REFERENCE_LABELS[name], "revision": "", "parameters": None, "link": "", "metrics": metrics,
-             "reference": True} for name, metrics in references.items()]
+    out += [{"name": baseline_label(name, RANDOM_DIM), "revision": "", "parameters": None, "link": "",
+             "metrics": metrics, "reference": True} for name, metrics in references.items()]
     sort = main_score(PROTOCOL)
     direction = -1 if sort.higher_is_better else 1
     missing = float("inf")              # rows without the main score go last
     return sorted(out, key=lambda r: (direction * r["metrics"].get(sort.name, {}).get("value", direction * missing),
                                       r["name"]))
-
-
-def _cell(metric: dict[str, Any] | None) -> str:
-    if metric is None:
-        return "–"
-    low, high = metric["ci95"]
-    return f"{metric['value']:.4f} [{low:.3f}, {high:.3f}]"
 
 
 def _params(count: Any) -> str:
@@ -59,7 +52,7 @@ def markdown(table: list[dict[str, Any]]) -> str:
              "Scored by `hierarcaps` from submitted embeddings (protocol hierarcaps-v1, 1K test set). "
              "Values: mean [95% bootstrap CI]. Reference rows (marked) are computed by the same code and ranked "
              "with the entries: a model above caption length knows more than caption length.", "",
-             *markdown_table(table),
+             *board_table(table),
              "", "τ_d: Kendall's tau between distance to the root and tier; caption length alone reaches the "
              "reference values. A tie (two tiers of a row at one distance) counts half, never as the right "
              "order, for every row of the board: a model whose captions collapse onto one vector scores 0. "
@@ -67,17 +60,16 @@ def markdown(table: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def markdown_table(table: list[dict[str, Any]], *, rank: bool = False) -> list[str]:
+def board_table(table: list[dict[str, Any]], *, rank: bool = False) -> list[str]:
     """The board's rows as markdown table lines (with each row's place when ``rank``); every cell escaped."""
     header = [*(["#"] if rank else []), "model", "revision", "params", *(text for _, text in columns())]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    cells = []
     for row in table:
         name, link = markdown_cell(row["name"]), _safe_link(row)
         name = f"*{name} (reference)*" if row["reference"] else (f"[{name}](<{link}>)" if link else name)
-        cells = [*([str(row["place"])] if rank else []), name, markdown_cell(row["revision"]),
-                 _params(row["parameters"]), *(_cell(row["metrics"].get(m)) for m, _ in columns())]
-        lines.append("| " + " | ".join(cells) + " |")
-    return lines
+        cells.append([*([str(row["place"])] if rank else []), name, markdown_cell(row["revision"]),
+                      _params(row["parameters"]), *(metric_cell(row["metrics"].get(m)) for m, _ in columns())])
+    return markdown_table(header, cells)
 
 
 def _tier_chart(table: list[dict[str, Any]]) -> str:

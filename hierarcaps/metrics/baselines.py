@@ -15,6 +15,8 @@ from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, summarise_all
 from .hierarchy import kendall_tau_rows
 from .scoring import EmbeddedBenchmark, score
 
+RANDOM_DIM = 512
+"""The random baseline's dimension where no model gives one (the board's reference rows)."""
 
 def length_radii(texts: np.ndarray, unit: str) -> np.ndarray:
     """Caption length in characters or words, used in place of the distance to the root."""
@@ -33,7 +35,7 @@ def length_baselines(texts: np.ndarray, *, resamples: int = DEFAULT_RESAMPLES, s
             for unit in ("chars", "words")}
 
 
-def random_baseline(texts: np.ndarray, row_image: np.ndarray | None, n_images: int, *, dim: int = 512,
+def random_baseline(texts: np.ndarray, row_image: np.ndarray | None, n_images: int, *, dim: int = RANDOM_DIM,
                     seed: int = DEFAULT_SEED, resamples: int = DEFAULT_RESAMPLES) -> dict[str, dict[str, Any]]:
     """Every metric for random unit embeddings (one per distinct string, so duplicates stay identical)."""
     rng = np.random.default_rng(seed)
@@ -50,7 +52,7 @@ def random_baseline(texts: np.ndarray, row_image: np.ndarray | None, n_images: i
     return score(bench, resamples=resamples, seed=seed)
 
 
-def all_baselines(texts: np.ndarray, row_image: np.ndarray | None, n_images: int, *, dim: int = 512,
+def all_baselines(texts: np.ndarray, row_image: np.ndarray | None, n_images: int, *, dim: int = RANDOM_DIM,
                   resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED) -> dict[str, dict[str, Any]]:
     return {"random": random_baseline(texts, row_image, n_images, dim=dim, seed=seed, resamples=resamples),
             **length_baselines(texts, resamples=resamples, seed=seed)}
