@@ -232,7 +232,7 @@ def test_cli_evaluate_writes_result_and_plots(tiny_clip: Path, subset: Path, tes
                           str(subset), "--image-dir", str(test_image_dir), "--out", str(out), "--resamples", "20",
                           "--workers", "0", "--plots", "--quiet"], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    assert "d_corr" in run.stdout and "length (chars)" in run.stdout
+    assert "d_corr" in run.stdout and "caption length (characters)" in run.stdout
     assert {p.name for p in out.rglob("*") if p.is_file()} == {
         "subset.csv.hierarcaps-v1.json", "radius_by_tier.png", "predicted_chains.png"}
 

@@ -93,7 +93,7 @@ def test_data_commands_from_the_wheel(installed: Path, work: Path) -> None:
 def test_evaluate_and_the_submission_path_from_the_wheel(installed: Path, work: Path) -> None:
     """The embedded default model, its result, and a submission that goes from export to a checked board."""
     ok(run(installed, work, "hierarcaps", "evaluate", "--out", "results", "--export-submission", "sub"))
-    result = json.loads(next((work / "results").rglob("result.json")).read_text())
+    result = json.loads(next((work / "results").rglob("test.hierarcaps-v1.json")).read_text())
     assert result["main_score"]["name"] == "d_corr" and result["main_score"]["value"] > 0.5
     template = run(installed, work, "hierarcaps", "leaderboard", "template", "blank")
     assert template.returncode == 0 and (work / "blank" / "submission.json").is_file()
