@@ -388,16 +388,20 @@ def clustered_pairs(rng: np.random.Generator, classes: int, per_class: int, dim:
     return images, words[labels].copy(), labels
 
 
+def clustered_memory(folder: Path, seed: int, classes: int, per_class: int) -> Pairs:
+    """A flat memory of :func:`clustered_pairs` in ``folder``, and the same pairs to train on (class names as
+    keys, one group per pair)."""
+    images, texts, labels = clustered_pairs(np.random.default_rng(seed), classes, per_class)
+    items = [MemoryItem(f"m{i}", "", group=f"m{i}") for i in range(len(images))]
+    write_memory(folder, images, texts, items, BuildOptions(index="flat"))
+    return Pairs(images, texts, [f"g{i}" for i in range(len(images))], keys=[f"c{c}" for c in labels])
+
+
 def test_validation_counts_every_copy_of_a_text_as_the_answer(tmp_path: Path) -> None:
     """Identical texts are one answer: the old R@1 credited only the first copy, capping it at 1/copies."""
-    rng = np.random.default_rng(0)
-    images, texts, labels = clustered_pairs(rng, 10, 20)
-    items = [MemoryItem(f"m{i}", "", group=f"m{i}") for i in range(len(images))]
-    write_memory(tmp_path / "mem", images, texts, items, BuildOptions(index="flat"))
-    names = [f"c{c}" for c in labels]
+    pairs = clustered_memory(tmp_path / "mem", 0, 10, 20)
     trainer = RecoTrainer(RecoConfig(memory=str(tmp_path / "mem"), out=str(tmp_path / "run"), fusion="mean", k=4,
-                                     val_fraction=0.3, progress=False),
-                          Pairs(images, texts, [f"g{i}" for i in range(len(images))], keys=names))
+                                     val_fraction=0.3, progress=False), pairs)
     assert len(trainer.val_vocabulary.keys) <= 10 < len(trainer.val)               # copies are one answer
     assert trainer.evaluate(trainer.mean_modules)["val_accuracy"] > 0.9            # reachable: not capped
 
@@ -405,20 +409,16 @@ def test_validation_counts_every_copy_of_a_text_as_the_answer(tmp_path: Path) ->
 def test_the_vocabulary_loss_never_uses_a_copy_of_the_answer_as_a_negative(tmp_path: Path) -> None:
     import torch
 
-    rng = np.random.default_rng(1)
-    images, texts, labels = clustered_pairs(rng, 6, 10)
-    items = [MemoryItem(f"m{i}", "", group=f"m{i}") for i in range(len(images))]
-    write_memory(tmp_path / "mem", images, texts, items, BuildOptions(index="flat"))
-    names = [f"c{c}" for c in labels]
+    pairs = clustered_memory(tmp_path / "mem", 1, 6, 10)
     config = RecoConfig(memory=str(tmp_path / "mem"), out=str(tmp_path / "v"), k=4, sides="image", batch_size=8,
                         val_fraction=0.0, progress=False)
-    trainer = RecoTrainer(config, Pairs(images, texts, [f"g{i}" for i in range(len(images))], keys=names))
+    trainer = RecoTrainer(config, pairs)
     rows = np.array([0, 1, 2, 3])                                  # four copies of the same caption
     torch.manual_seed(0)
     loss = trainer.vocabulary_loss(rows, 0)["image_vocabulary"]
     assert len(trainer.vocabulary.keys) == 6                       # one entry per distinct text, not per pair
     in_batch = RecoTrainer(RecoConfig(**{**config.__dict__, "objective": "in-batch", "out": str(tmp_path / "b")}),
-                           Pairs(images, texts, [f"g{i}" for i in range(len(images))], keys=names))
+                           pairs)
     duplicated = in_batch.in_batch_loss(rows)["refined_image_text"]
     assert float(duplicated.detach()) > float(loss.detach()) + 0.5   # copies as negatives: an unlearnable loss
 
