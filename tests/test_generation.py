@@ -290,6 +290,9 @@ def test_pipeline_end_to_end_on_50_real_captions_and_resume_after_kill(tmp_path:
     expected = [r["reason"] is None and all(p >= 0.6 for p, _ in r["nli"]) for r in filtered]
     assert [r["reason"] is None for r in refiltered] == expected
     assert sum(r["reason"] is None for r in refiltered) <= accepted_before
+    cut = [r["truncated"] for r in refiltered]      # a tier cut at the limit: rejected whatever the NLI says
+    assert any(cut) and not all(cut)
+    assert all(r["reason"] == "truncated" for r in filtered + refiltered if r["truncated"])
     assert not (config_dir / "60-export").exists() and not (config_dir / "40-distill").exists()
 
 
@@ -394,7 +397,10 @@ def test_pipeline_through_the_real_vllm_engine(tmp_path: Path, tiny_models: Path
     assert stats["models"]["llm"].startswith("vllm:files-xxh3:")
     seeds = pq.read_table(tmp_path / "vllm-run" / "10-seed" / "shard-00000.parquet").to_pylist()
     assert all(json.loads(row["raw"], strict=False) for row in seeds)     # constrained: always the schema
-    assert stats["stages"]["seed"]["accepted"] == 12
+    limit = 4 * 6                                                          # max_chars of max_new_tokens 6
+    assert all(row["truncated"] == any(len(t) >= limit for t in row["chain"][:3]) for row in seeds)
+    assert [row["reason"] for row in seeds] == ["truncated" if row["truncated"] else None for row in seeds]
+    assert stats["stages"]["seed"]["rows"] == 12
 
 
 def test_dry_run_takes_a_handful_of_captions_into_its_own_folder(tmp_path: Path, tiny_models: Path,

@@ -42,7 +42,17 @@ from ..engines import Engine, LocalEngine
 from ..errors import DataError, HierarcapsError
 from .config import GenerationConfig
 from .prompts import load_prompts
-from .stages import Models, Row, augment_batch, build_batch, decide_built, filter_batch, final_check, seed_batch
+from .stages import (
+    Models,
+    Row,
+    augment_batch,
+    build_batch,
+    decide_built,
+    decide_llm_chain,
+    filter_batch,
+    final_check,
+    seed_batch,
+)
 
 
 def read_captions(path: str | Path) -> list[Row]:
@@ -338,8 +348,6 @@ def rethreshold(config: GenerationConfig) -> dict[str, dict[str, int]]:
     contradiction threshold changed, say), the student and the built rows are kept and the built rows'
     negatives re-decided from their stored candidate scores; otherwise distill and build are removed and the
     next run recomputes them. The export is always redone by the next run. Returns reason counts per stage."""
-    from ..nli import decide_chain
-
     runner = Runner(config, progress=False)             # models load lazily: none is touched here
     manifest = runner.out / STAGE["captions"].folder / "manifest.json"
     if not manifest.exists() or not (runner.out / "run.json").exists():
@@ -352,7 +360,7 @@ def rethreshold(config: GenerationConfig) -> dict[str, dict[str, int]]:
                               + ", ".join(changed))
     runner.n_shards = json.loads(manifest.read_text())["shards"]
     taught = runner.accepted_chains(*RETHRESHOLD_STAGES)
-    counts = {stage: redecide_stage(runner, stage, lambda row: {**row, "reason": decide_chain(row, config.nli)})
+    counts = {stage: redecide_stage(runner, stage, lambda row: {**row, "reason": decide_llm_chain(row, config.nli)})
               for stage in RETHRESHOLD_STAGES}
     stale = ("distill", "build", "export") if runner.accepted_chains(*RETHRESHOLD_STAGES) != taught else ("export",)
     if "build" not in stale:

@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 
 from ..nli import (
+    NLIConfig,
     NLIScorer,
     TransformersNLI,
     chain_reason,
+    decide_chain,
     link_probabilities,
     pick_negative,
     score_candidates,
@@ -79,7 +81,7 @@ def _chain_row(caption: str, completion: Completion) -> dict[str, Any]:
     fields = completion.fields
     chain = None if fields is None else [fields[f].strip() for f in FIELDS] + [caption]
     reason = "unparseable" if chain is None else ("truncated" if completion.truncated else None)
-    return {"chain": chain, "raw": completion.text, "reason": reason}
+    return {"chain": chain, "raw": completion.text, "truncated": completion.truncated, "reason": reason}
 
 
 def seed_batch(rows: list[Row], models: Models, prompts: Prompts, seed: int) -> list[Row]:
@@ -95,8 +97,14 @@ def filter_batch(rows: list[Row], models: Models) -> list[Row]:
     """Attach each chain's NLI probabilities per link and its rejection reason (None: accepted)."""
     chains = [tuple(r["chain"]) if r["chain"] is not None else None for r in rows]
     links = link_probabilities(chains, models.nli) if rows else []
-    return [{**r, "nli": probs, "reason": chain_reason(chain, probs, models.config.nli)}
-            for r, chain, probs in zip(rows, chains, links)]
+    judged = [{**r, "nli": probs} for r, probs in zip(rows, links)]
+    return [{**r, "reason": decide_llm_chain(r, models.config.nli)} for r in judged]
+
+
+def decide_llm_chain(row: Row, config: NLIConfig) -> str | None:
+    """An LLM chain's decision from its stored NLI probabilities; a tier cut at the length limit stays rejected
+    whatever the NLI says (a mid-word cut is not a caption), so no threshold can let it in."""
+    return "truncated" if row.get("truncated") else decide_chain(row, config)
 
 
 def demonstrations(pool: Sequence[Sequence[str]], caption: str, count: int, rng: np.random.Generator
