@@ -227,6 +227,26 @@ def test_on_disk_index_resumes_moves_and_finds_the_exact_neighbours(tmp_path: Pa
                                                                           recall_at(in_ram, exact))
 
 
+def test_a_fast_scan_memory_scores_exactly_and_finds_what_ivf_finds(tmp_path: Path) -> None:
+    from hierarcaps.errors import HierarcapsError
+    from hierarcaps.reco.index import FAST_SCAN_FROM, build_index, default_index_type, fast_scan_subquantizers
+
+    image, text, items = random_pairs(4000)
+    write_memory(tmp_path / "fs", image, text, items, BuildOptions(index="ivffs"))
+    memory = Memory(tmp_path / "fs")
+    assert memory.rerank > 0 and default_index_type(FAST_SCAN_FROM) == "ivffs"
+    queries = unit(np.random.default_rng(1).standard_normal((50, image.shape[1])))
+    exact = np.argsort(-(queries @ image.T), axis=1, kind="stable")[:, :10]
+    scores, rows = memory.search(queries, "image", 10, duplicate_threshold=1.01)
+    # 4-bit codes only choose the candidates: the scores are the exact cosines of the stored vectors
+    np.testing.assert_allclose(scores, np.take_along_axis(queries @ image.T, rows, axis=1), rtol=1e-5, atol=1e-6)
+    _, by_ivf = build_index(image, "ivf").search(queries, 10)
+    assert recall_at(rows, exact) >= recall_at(by_ivf, exact) - 0.05 and recall_at(rows, exact) >= 0.8
+    assert (fast_scan_subquantizers(512), fast_scan_subquantizers(100), fast_scan_subquantizers(8)) == (64, 10, 2)
+    with pytest.raises(HierarcapsError, match="even dimension"):
+        fast_scan_subquantizers(33)
+
+
 def test_a_graph_quantizer_trains_the_same_bytes_and_finds_what_a_flat_one_finds(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from hierarcaps.reco import index as index_module

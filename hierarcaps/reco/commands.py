@@ -8,6 +8,7 @@ import json
 from ..commandline import Command, echo, engine, engine_options, image_options
 from ..configs import add_options, from_options
 from ..models.registry import spec_help
+from .index import INDEX_TYPES
 
 TRAIN_OPTIONS = ["fusion", "objective", "sides", "holdout", "k", "heads", "start", "residual", "fuse",
                  "cross_modal_search", "duplicate_threshold", "temperature", "steps", "batch_size", "lr",
@@ -35,7 +36,7 @@ def _reco_args(p: argparse.ArgumentParser) -> None:
                                        "of precomputed embeddings (image, text[, ids, captions])")
     memory.add_argument("--model", default=None, help="the frozen encoder (not needed for .npz): " + spec_help())
     memory.add_argument("--out", required=True)
-    memory.add_argument("--index", choices=["flat", "ivf", "hnsw", "ivfpq"], help="default: by size")
+    memory.add_argument("--index", choices=INDEX_TYPES, help="default: by size")
     memory.add_argument("--shard-size", type=int, default=10_000, help="items per embedding shard and index block")
     memory.add_argument("--on-disk", action="store_true",
                         help="IVF / IVF-PQ with on-disk inverted lists, filled block by block and memory-mapped "

@@ -6,6 +6,7 @@
 | ivf | inverted lists of full vectors | nprobe |
 | hnsw | graph | efSearch |
 | ivfpq | inverted lists of 8-bit product codes, re-ranked exactly (IndexRefineFlat) | nprobe, k_factor |
+| ivffs | inverted lists of 4-bit fast-scan codes (dim/16 bytes an item), re-ranked from the vectors | nprobe |
 
 On disk (``ivf`` and ``ivfpq`` only, for memories larger than RAM): an index is trained on a sample, filled
 block by block (each block an index file of its own, so blocks can be added on many machines), and the
@@ -21,7 +22,10 @@ from typing import Any
 
 import numpy as np
 
-INDEX_TYPES = ("flat", "ivf", "hnsw", "ivfpq")
+from ..errors import HierarcapsError
+
+INDEX_TYPES = ("flat", "ivf", "hnsw", "ivfpq", "ivffs")
+IVF_TYPES = ("ivf", "ivfpq", "ivffs")
 RERANK_FACTOR = 64
 """PQ candidates re-scored exactly per result. Measured on power-law vectors with 64-byte codes
 (benchmarks/scale_memory.py, fresh queries): at 10M items and the default nprobe 421, recall@10 0.632 with 4,
@@ -29,11 +33,24 @@ RERANK_FACTOR = 64
 with 16. More lists do not make up for fewer candidates (10M, factor 16: 0.850 at nprobe 128, 0.868 at 842)."""
 
 
+FAST_SCAN_FROM = 1_000_000
+FAST_SCAN_RERANK = 32
+"""Fast-scan candidates re-scored exactly per result (benchmarks/fast_index.py, power-law vectors, fresh queries):
+FAST_SCAN_FIGURES"""
+
+
 def default_index_type(count: int) -> str:
-    """Exact search while it is cheap; IVF up to a few million items; compressed codes beyond."""
+    """Exact search while it is cheap; IVF to FAST_SCAN_FROM items; fast-scan codes, re-ranked exactly, beyond."""
     if count <= 100_000:
         return "flat"
-    return "ivf" if count <= 4_000_000 else "ivfpq"
+    return "ivf" if count < FAST_SCAN_FROM else "ivffs"
+
+
+def rerank_factor(kind: str, on_disk: bool) -> int:
+    """Candidates per result a memory re-scores exactly from its own vectors (0: the index's scores stand)."""
+    if kind == "ivffs":
+        return FAST_SCAN_RERANK
+    return RERANK_FACTOR if on_disk and kind == "ivfpq" else 0
 
 
 def nlist_for(count: int) -> int:
@@ -48,6 +65,9 @@ def default_nprobe(nlist: int) -> int:
     return min(nlist, max(64, nlist // 30))
 
 
+ADD_CHUNK = 1 << 20                       # rows added to an index at once
+
+
 def build_index(vectors: np.ndarray, kind: str, *, seed: int = 0, nprobe: int | None = None, ef_search: int = 128,
                 hnsw_m: int = 32, pq_bytes: int | None = None, train_size: int = 200_000) -> Any:
     """An inner-product faiss index of ``kind`` holding ``vectors`` (float32, unit rows)."""
@@ -55,7 +75,6 @@ def build_index(vectors: np.ndarray, kind: str, *, seed: int = 0, nprobe: int | 
 
     if kind not in INDEX_TYPES:
         raise ValueError(f"index type {kind!r}; choose from {', '.join(INDEX_TYPES)}")
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     dim = vectors.shape[1]
     ip = faiss.METRIC_INNER_PRODUCT
     if kind == "flat":
@@ -69,8 +88,9 @@ def build_index(vectors: np.ndarray, kind: str, *, seed: int = 0, nprobe: int | 
         if kind == "ivfpq":
             index = faiss.IndexRefineFlat(index)
             index.k_factor = RERANK_FACTOR
-    index.add(vectors)
-    if kind in ("ivf", "ivfpq"):
+    for start in range(0, len(vectors), ADD_CHUNK):          # a memory-mapped memory is read a chunk at a time
+        index.add(np.ascontiguousarray(vectors[start:start + ADD_CHUNK], dtype=np.float32))
+    if kind in IVF_TYPES:
         set_quantizer_effort(index)
     return index
 
@@ -97,6 +117,8 @@ def trained_ivf(vectors: np.ndarray, kind: str, *, seed: int = 0, nprobe: int | 
     quantizer = faiss.IndexFlatIP(dim) if nlist < HNSW_QUANTIZER_LISTS else graph_quantizer(sample, nlist, seed)
     if kind == "ivf":
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, ip)
+    elif kind == "ivffs":
+        index = faiss.IndexIVFPQFastScan(quantizer, dim, nlist, fast_scan_subquantizers(dim), 4, ip)
     else:
         index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_bytes or max(1, dim // 8), 8, ip)
     index.own_fields = True
@@ -104,6 +126,15 @@ def trained_ivf(vectors: np.ndarray, kind: str, *, seed: int = 0, nprobe: int | 
     index.train(sample)                     # a graph quantizer already holds its centroids: only PQ trains
     index.nprobe = nprobe or default_nprobe(nlist)
     return index
+
+
+def fast_scan_subquantizers(dim: int) -> int:
+    """About one 4-bit code per 8 dimensions: the largest even divisor of ``dim`` up to dim/8 (fast-scan packs
+    codes in pairs, and each sub-quantizer takes an equal slice of the vector)."""
+    found = [m for m in range(2, max(2, dim // 8) + 1, 2) if dim % m == 0]
+    if not found:
+        raise HierarcapsError(f"a fast-scan index needs an even dimension, not {dim}; choose --index ivf or ivfpq")
+    return found[-1]
 
 
 def graph_quantizer(sample: np.ndarray, nlist: int, seed: int) -> Any:

@@ -35,7 +35,7 @@ from .._io import atomic_open, atomic_path
 from ..engines import LocalEngine
 from ..errors import HierarcapsError
 from ..models.folders import read_json_object
-from .index import RERANK_FACTOR, add_block, build_index, default_index_type, merge_on_disk, trained_ivf
+from .index import add_block, build_index, default_index_type, merge_on_disk, rerank_factor, trained_ivf
 
 MODALITIES = ("image", "text")
 
@@ -69,7 +69,7 @@ class Memory:
         self.vectors = {m: open_vectors(self.folder / f"{m}.npy", mode) for m in MODALITIES}
         check_shapes(self.folder, self.manifest, self.vectors)
         self.on_disk = bool(self.manifest.get("on_disk"))
-        self.rerank = RERANK_FACTOR if self.on_disk and self.manifest["index"] == "ivfpq" else 0
+        self.rerank = rerank_factor(self.manifest["index"], self.on_disk)
         flags = faiss.IO_FLAG_MMAP if mmap and self.manifest["index"] != "flat" else 0
         if self.on_disk:            # the lists are memory-mapped by the index itself (with IO_FLAG_MMAP it crashes)
             flags = faiss.IO_FLAG_ONDISK_SAME_DIR
@@ -129,7 +129,7 @@ class Memory:
         return keep_scores, keep_rows
 
     def nearest(self, modality: str, queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
-        """The index's ``count`` best rows per query (an on-disk IVF-PQ's re-scored exactly)."""
+        """The index's ``count`` best rows per query (a fast-scan or on-disk IVF-PQ index's re-scored exactly)."""
         if not self.rerank:
             return self.indexes[modality].search(queries, count)
         return reranked_search(self.indexes[modality], self.vectors[modality], queries, count, self.rerank)
@@ -181,16 +181,23 @@ def read_faiss(path: Path, flags: int) -> Any:
         raise HierarcapsError(f"{path}: not a readable faiss index ({str(exc).splitlines()[0][:120]})") from None
 
 
+RERANK_CHUNK_ROWS = 1 << 16             # candidate vectors gathered at once (128 MiB at 512 dimensions)
+
+
 def reranked_search(index: Any, vectors: np.ndarray, queries: np.ndarray, count: int, factor: int
                     ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows): ``factor * count`` candidates per query from a compressed index, re-scored exactly
     from ``vectors`` (memory-mapped: only the candidates' rows are read), best ``count`` kept."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     _, candidates = index.search(queries, min(len(vectors), count * factor))
-    exact = np.full(candidates.shape, -np.inf, dtype=np.float32)
-    for q, rows in enumerate(candidates):
-        found = rows >= 0
-        exact[q, found] = np.asarray(vectors[rows[found]], dtype=np.float32) @ queries[q]
+    exact = np.empty(candidates.shape, dtype=np.float32)
+    per_chunk = max(1, RERANK_CHUNK_ROWS // candidates.shape[1])
+    for start in range(0, len(queries), per_chunk):
+        rows = candidates[start:start + per_chunk]
+        wanted, place = np.unique(np.maximum(rows, 0), return_inverse=True)     # read in file order, once each
+        block = np.asarray(vectors[wanted], dtype=np.float32)[place.reshape(rows.shape)]
+        similarity = np.matmul(block, queries[start:start + per_chunk, :, None])[..., 0]
+        exact[start:start + per_chunk] = np.where(rows >= 0, similarity, -np.inf)
     order = np.argsort(-exact, axis=1, kind="stable")[:, :count]
     scores = np.take_along_axis(exact, order, axis=1)
     return scores, np.where(np.isfinite(scores), np.take_along_axis(candidates, order, axis=1), -1)
