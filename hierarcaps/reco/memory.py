@@ -269,7 +269,7 @@ def assemble_memory(folder: str | Path, parts: dict[str, Sequence[Any]], meta: A
         raise HierarcapsError("memory item ids must be unique")
     keep = kept_rows(parts, meta.num_rows, options)
     meta, count = meta.filter(pa.array(keep)), int(keep.sum())
-    kind = options.index or default_index_type(count)
+    kind = options.index or default_index_type(count, options.on_disk)
     if options.on_disk and kind not in ("ivf", "ivfpq"):
         raise HierarcapsError(f"on-disk indexes are IVF or IVF-PQ, not {kind!r}")
     folder.mkdir(parents=True, exist_ok=True)
