@@ -36,7 +36,8 @@ def _reco_args(p: argparse.ArgumentParser) -> None:
                                        "of precomputed embeddings (image, text[, ids, captions])")
     memory.add_argument("--model", default=None, help="the frozen encoder (not needed for .npz): " + spec_help())
     memory.add_argument("--out", required=True)
-    memory.add_argument("--index", choices=INDEX_TYPES, help="default: by size")
+    memory.add_argument("--index", choices=INDEX_TYPES, help="default: flat to 100k items, ivf below 1M, "
+                        "ivffs from 1M (on disk: ivf to 4M, ivfpq beyond)")
     memory.add_argument("--shard-size", type=int, default=10_000, help="items per embedding shard and index block")
     memory.add_argument("--on-disk", action="store_true",
                         help="IVF / IVF-PQ with on-disk inverted lists, filled block by block and memory-mapped "
