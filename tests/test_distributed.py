@@ -52,12 +52,12 @@ def test_generation_under_ray_writes_the_local_bytes_and_resumes_after_a_kill(
     local = tmp_path / "local"
     Runner(dataclasses.replace(config, out=str(local)), progress=False).run()
 
-    # a second driver on the same cluster, killed with its actors once the filter stage is under way
+    # a second driver on the same cluster, killed with its actors once the seed stage is under way
     out = tmp_path / "ray"
     kill_when(run_generate_cli(config_path, out, extra=["--engine", "ray", "--address", ray_address]),
-              (out / "20-filter", "shard-*.done"))
-    filtered = len(list((out / "20-filter").glob("*.done")))
-    assert 1 <= filtered < 5 and not (out / "60-export").exists()
+              (out / "10-seed", "shard-*.done"))
+    finished = len(list(out.glob("[0-5]0-*/shard-*.done")))
+    assert 1 <= finished < 5 * 5 and not (out / "60-export").exists()
     Runner(dataclasses.replace(config, out=str(out)), progress=False, engine=RayEngine(address=ray_address)).run()
 
     shards = same_files(local, out, "[0-5]0-*/shard-*.parquet")
