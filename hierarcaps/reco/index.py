@@ -26,6 +26,7 @@ from ..errors import HierarcapsError
 
 INDEX_TYPES = ("flat", "ivf", "hnsw", "ivfpq", "ivffs")
 IVF_TYPES = ("ivf", "ivfpq", "ivffs")
+ON_DISK_TYPES = ("ivf", "ivfpq")          # inverted lists faiss can memory-map from one file
 RERANK_FACTOR = 64
 """PQ candidates re-scored exactly per result. Measured on power-law vectors with 64-byte codes
 (benchmarks/scale_memory.py, fresh queries): at 10M items and the default nprobe 421, recall@10 0.632 with 4,
@@ -136,7 +137,7 @@ def fast_scan_subquantizers(dim: int) -> int:
     """One 4-bit code per two dimensions: the largest even divisor of ``dim`` up to dim/2 (fast-scan packs codes
     in pairs, and each sub-quantizer takes an equal slice of the vector). Coarser codes lose the neighbours
     re-ranking is meant to find: at 1M power-law vectors, nprobe 133, 16 candidates per result, recall@10 is
-    0.966 with dim/2 codes, 0.880 with dim/4 and 0.645 with dim/8 (benchmarks/fast_index.py)."""
+    0.970 with dim/2 codes and 0.645 with dim/8 (benchmarks/results/fast_index_1000000*.json)."""
     found = [m for m in range(2, max(2, dim // 2) + 1, 2) if dim % m == 0]
     if not found:
         raise HierarcapsError(f"a fast-scan index needs an even dimension, not {dim}; choose --index ivf or ivfpq")

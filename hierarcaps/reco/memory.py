@@ -35,7 +35,15 @@ from .._io import atomic_open, atomic_path
 from ..engines import LocalEngine
 from ..errors import HierarcapsError
 from ..models.folders import read_json_object
-from .index import add_block, build_index, default_index_type, merge_on_disk, rerank_factor, trained_ivf
+from .index import (
+    ON_DISK_TYPES,
+    add_block,
+    build_index,
+    default_index_type,
+    merge_on_disk,
+    rerank_factor,
+    trained_ivf,
+)
 
 MODALITIES = ("image", "text")
 
@@ -270,7 +278,7 @@ def assemble_memory(folder: str | Path, parts: dict[str, Sequence[Any]], meta: A
     keep = kept_rows(parts, meta.num_rows, options)
     meta, count = meta.filter(pa.array(keep)), int(keep.sum())
     kind = options.index or default_index_type(count, options.on_disk)
-    if options.on_disk and kind not in ("ivf", "ivfpq"):
+    if options.on_disk and kind not in ON_DISK_TYPES:
         raise HierarcapsError(f"on-disk indexes are IVF or IVF-PQ, not {kind!r}")
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "manifest.json").unlink(missing_ok=True)     # the memory is incomplete until it is rewritten
