@@ -446,10 +446,41 @@ def test_selection_keeps_the_best_step_and_auto_falls_back_to_mean(tmp_path: Pat
     evaluated = [e["val_accuracy"] for e in trainer.loop.log if "val_accuracy" in e]
     assert selection["learned"] == max(evaluated) >= selection["mean"] == evaluated[0]   # step 0 is mean fusion
     assert info["steps"] < 200                                     # stopped early
-    assert selection["used"] == ("transformer" if selection["learned"] > selection["mean"] else "mean")
+    training_free = max(selection["mean"], selection["mean_query_side"])
+    assert selection["used"] == ("transformer" if selection["learned"] > training_free else "mean")
     assert "mean fusion" in selection["why"]
     model = load_encoder(f"reco:{tmp_path / 'reco'}")
     assert model.metadata()["fusion"] == selection["used"] and model.metadata()["fusion_choice"] == selection["why"]
+
+
+def test_auto_takes_mean_fusion_on_the_query_side_where_it_beats_both_sides(tmp_path: Path) -> None:
+    """Image and text centroids unrelated: mean fusion moves an image onto its class's text, but it also moves
+    a text onto its class's image, so refining both sides undoes the gain. ``auto`` must weigh the query-side
+    mean too, keep it where it wins, and save a model that refines that side alone."""
+    from hierarcaps.reco.train import load_fusion
+
+    rng = np.random.default_rng(3)
+    classes, per_class = 10, 30
+    u, v = unit(rng.standard_normal((classes, DIM))), unit(rng.standard_normal((classes, DIM)))
+    labels = np.repeat(np.arange(classes), per_class)
+    images = unit(u[labels] + 0.3 * unit(rng.standard_normal((len(labels), DIM))))
+    texts = v[labels].copy()
+    items = [MemoryItem(f"m{i}", "", group=f"m{i}") for i in range(len(images))]
+    write_memory(tmp_path / "mem", images, texts, items, BuildOptions(index="flat"))
+    pairs = Pairs(images, texts, [f"g{i}" for i in range(len(images))], keys=[f"c{c}" for c in labels])
+    config = RecoConfig(memory=str(tmp_path / "mem"), out=str(tmp_path / "reco"), k=8, steps=0, val_fraction=0.3,
+                        progress=False)
+    RecoTrainer(config, pairs).train()
+    info, modules = load_fusion(tmp_path / "reco")
+    selection = info["selection"]
+    assert selection["base"] < selection["mean"] < selection["mean_query_side"] == 1.0
+    assert (selection["used"], selection["used_sides"], info["sides"]) == ("mean", ["image"], ["image"])
+    assert list(modules) == ["image"] and not (tmp_path / "reco" / "fusion.safetensors").exists()
+    assert selection["why"].endswith("using mean fusion on the query side")
+    asked = RecoConfig(**{**config.__dict__, "fusion": "mean", "out": str(tmp_path / "asked")})
+    RecoTrainer(asked, pairs).train()
+    info, _ = load_fusion(tmp_path / "asked")
+    assert info["sides"] == ["image", "text"]                      # what was asked for, not what auto would pick
 
 
 def test_neighbours_are_precomputed_in_blocks_and_resume(tmp_path: Path, world: World) -> None:

@@ -15,7 +15,8 @@ TRAIN_OPTIONS = ["fusion", "objective", "sides", "holdout", "k", "heads", "start
                  "weight_decay", "warmup_steps", "eval_every", "checkpoint_every", "val_fraction", "keep", "patience",
                  "vocabulary_limit", "seed"]
 TRAIN_HELP = {
-    "fusion": "auto: train the transformer and keep it only if it beats mean fusion on held-out data",
+    "fusion": "auto: train the transformer and keep it only if it beats mean fusion (on the refined sides and on "
+              "the query side alone) on held-out data; otherwise the better mean fusion",
     "objective": "vocabulary: every distinct training text (or class) as an answer; in-batch: RECO's loss; "
                  "supervised: class names from a label column of --train-pairs",
     "holdout": "hold out whole groups (images) or whole classes (zero-shot selection) for validation",

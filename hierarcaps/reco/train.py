@@ -19,8 +19,9 @@ Selection: whole groups are held out (``holdout="class"``: whole classes, for th
 ``eval_every`` steps the refined held-out queries are scored by top-1 accuracy among the distinct held-out texts
 (or classes), counting every copy of a text as the same answer. The best evaluation's weights are kept, a run
 stops after ``patience`` evaluations without improvement, and parameter-free mean fusion is scored on the same
-split. A learned fusion starts as mean fusion exactly, so it can only move away from it on evidence; with
-``fusion="auto"`` the saved model uses the learned fusion only if it beat mean fusion on validation.
+split, on the refined sides and (when both are refined) on the query side alone. A learned fusion starts as
+mean fusion exactly, so it can only move away from it on evidence; with ``fusion="auto"`` the saved model uses
+the learned fusion only if it beat every training-free fusion on validation, and otherwise the best of those.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ class RecoConfig(TrainingConfig):
     out: str = ""
     base: str = ""                 # the frozen encoder's spec, recorded for `reco:` loading
     k: int = setting(16, low=1, high=4096)
-    fusion: str = setting("auto", choices=("auto", *KINDS))   # auto: the transformer, kept if it beats mean
+    fusion: str = setting("auto", choices=("auto", *KINDS))   # auto: the best on validation
     heads: int = setting(8, low=1, high=256)
     start: str = setting("mean", choices=STARTS)
     residual: bool = True
@@ -310,37 +311,57 @@ class RecoTrainer:
     # -- the run --------------------------------------------------------------------------------------------------
     def train(self) -> Path:
         """Train (or resume), select the fusion, write the model folder; returns it."""
-        mean = self.evaluate(self.mean_modules).get(SELECTION)
+        free = self.training_free_scores()
         if self.config.learned_kind() == "mean" or self.config.steps == 0:
-            summary = {"steps": 0, "kept_step": 0, "best_value": mean, "train_seconds": 0.0}
-            self.loop.log = [{"step": 0, **({SELECTION: mean} if mean is not None else {})}]
+            summary = {"steps": 0, "kept_step": 0, "best_value": free["mean"], "train_seconds": 0.0}
+            self.loop.log = [{"step": 0, **({SELECTION: free["mean"]} if free["mean"] is not None else {})}]
         else:
             summary = self.loop.run()
-        return self.finish(summary, mean)
+        return self.finish(summary, free)
 
-    def choice(self, summary: dict[str, Any], mean: float | None) -> dict[str, Any]:
-        """Which fusion the model uses, and why."""
-        kind, learned = self.config.learned_kind(), summary.get("best_value")
-        used = kind
-        if self.config.fusion == "auto" or kind == "mean":
-            used = kind if kind != "mean" and learned is not None and mean is not None and learned > mean else "mean"
-        if kind == "mean":
+    def training_free_scores(self) -> dict[str, float | None]:
+        """Validation scores of what needs no training: the frozen base, mean fusion on the refined sides and,
+        when both sides are refined, mean fusion on the query (image) side alone, which was the best
+        training-free fusion wherever training data were scarce (README, "Which fusion to use")."""
+        scores = {"base": self.evaluate({}).get(SELECTION), "mean": self.evaluate(self.mean_modules).get(SELECTION)}
+        if len(self.mean_modules) > 1:
+            scores["mean_query_side"] = self.evaluate({"image": self.mean_modules["image"]}).get(SELECTION)
+        return scores
+
+    def choice(self, summary: dict[str, Any], free: dict[str, float | None]) -> dict[str, Any]:
+        """Which fusion the model uses, on which sides, and why. ``auto`` takes the best on validation, ties
+        going to the option with fewer parameters: mean fusion on the refined sides, then on the query side
+        alone, then the learned fusion."""
+        kind, sides = self.config.learned_kind(), self.refined_sides()
+        learned = summary.get("best_value") if kind != "mean" else None
+        options = [("mean", sides, free["mean"]), ("mean", ["image"], free.get("mean_query_side")),
+                   (kind, sides, learned)]
+        options = [option for option in options if option[2] is not None]
+        if self.config.fusion == "auto" and options:
+            used, used_sides, _ = max(options, key=lambda option: option[2])    # the first of equal scores
+        else:
+            used, used_sides = ("mean" if self.config.fusion == "auto" else kind), sides
+        held = "classes" if self.config.holdout == "class" else "groups"
+        if self.config.fusion == "mean":
             why = "mean fusion was asked for (no parameters)"
-        elif learned is None or mean is None:
+        elif not options:
             why = f"{used}: nothing was held out to compare on"
         else:
-            verdict = "beat" if learned > mean else "did not beat"
-            held = "classes" if self.config.holdout == "class" else "groups"
-            why = (f"learned {kind} (step {summary.get('kept_step')}) {verdict} mean fusion on held-out {held}: "
-                   f"{SELECTION} {learned:.4f} vs {mean:.4f}; using {used}")
-        return {"metric": SELECTION, "mean": mean, "learned": learned if kind != "mean" else None,
-                "learned_kind": kind, "kept_step": summary.get("kept_step"), "used": used, "why": why}
+            scores = [f"learned {kind} (step {summary.get('kept_step')}) {learned:.4f}"] if learned is not None else []
+            scores += [f"{fusion_label('mean', s)} {v:.4f}" for k, s, v in options if k == "mean"]
+            scores.append(f"frozen base {free['base']:.4f}")
+            why = (f"on held-out {held} ({SELECTION}): {', '.join(scores)}; using {fusion_label(used, used_sides)}")
+            if free["base"] > max(value for *_, value in options):
+                why += " (the frozen base beat every fusion: the memory may not cover this task)"
+        return {"metric": SELECTION, "mean": free["mean"], "mean_query_side": free.get("mean_query_side"),
+                "base": free["base"], "learned": learned, "learned_kind": kind, "kept_step": summary.get("kept_step"),
+                "used": used, "used_sides": used_sides, "why": why}
 
-    def finish(self, summary: dict[str, Any], mean: float | None) -> Path:
+    def finish(self, summary: dict[str, Any], free: dict[str, float | None]) -> Path:
         from safetensors.torch import save_file
 
         self.out.mkdir(parents=True, exist_ok=True)
-        selection = self.choice(summary, mean)
+        selection = self.choice(summary, free)
         used = dataclasses.replace(self.fusion_config, kind=selection["used"])
         weights = self.out / "fusion.safetensors"
         weights.unlink(missing_ok=True)
@@ -349,7 +370,7 @@ class RecoTrainer:
                        for name, tensor in module.state_dict().items()}, weights)
         memory = os.path.relpath(Path(self.config.memory).resolve(), self.out.resolve())
         info = {"base": self.config.base, "memory": memory, "memory_content_hash": self.memory.content_hash(),
-                "fusion": dataclasses.asdict(used), "sides": self.refined_sides(), "selection": selection,
+                "fusion": dataclasses.asdict(used), "sides": selection["used_sides"], "selection": selection,
                 "config": dataclasses.asdict(self.config), "steps": summary["steps"],
                 "train_seconds": summary.get("train_seconds"), "run_hash": self.config.run_hash()}
         with atomic_open(self.out / "reco.json") as handle:
@@ -357,6 +378,12 @@ class RecoTrainer:
         write_log(self.out, self.loop.log, summary=summary, selection=selection)
         self.loop.finish_checkpoints()
         return self.out
+
+
+def fusion_label(kind: str, sides: list[str]) -> str:
+    """'mean fusion on both sides', 'learned transformer on the query side', ... for the selection's reasons."""
+    where = "both sides" if len(sides) == 2 else ("the query side" if sides == ["image"] else f"the {sides[0]} side")
+    return f"{'mean fusion' if kind == 'mean' else 'learned ' + kind} on {where}"
 
 
 def load_fusion(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
