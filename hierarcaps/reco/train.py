@@ -341,21 +341,25 @@ class RecoTrainer:
             used, used_sides, _ = max(options, key=lambda option: option[2])    # the first of equal scores
         else:
             used, used_sides = ("mean" if self.config.fusion == "auto" else kind), sides
-        held = "classes" if self.config.holdout == "class" else "groups"
-        if self.config.fusion == "mean":
-            why = "mean fusion was asked for (no parameters)"
-        elif not options:
-            why = f"{used}: nothing was held out to compare on"
-        else:
-            scores = [f"learned {kind} (step {summary.get('kept_step')}) {learned:.4f}"] if learned is not None else []
-            scores += [f"{fusion_label('mean', s)} {v:.4f}" for k, s, v in options if k == "mean"]
-            scores.append(f"frozen base {free['base']:.4f}")
-            why = (f"on held-out {held} ({SELECTION}): {', '.join(scores)}; using {fusion_label(used, used_sides)}")
-            if free["base"] > max(value for *_, value in options):
-                why += " (the frozen base beat every fusion: the memory may not cover this task)"
+        why = self.reason(options, free["base"], summary.get("kept_step"), fusion_label(used, used_sides))
         return {"metric": SELECTION, "mean": free["mean"], "mean_query_side": free.get("mean_query_side"),
                 "base": free["base"], "learned": learned, "learned_kind": kind, "kept_step": summary.get("kept_step"),
                 "used": used, "used_sides": used_sides, "why": why}
+
+    def reason(self, options: list[tuple[str, list[str], float]], base: float | None, kept_step: int | None,
+               used: str) -> str:
+        """The selection's ``why``: every score compared on validation, and what the model uses."""
+        if self.config.fusion == "mean":
+            return "mean fusion was asked for (no parameters)"
+        if not options:
+            return f"{used}: nothing was held out to compare on"
+        held = "classes" if self.config.holdout == "class" else "groups"
+        scores = [f"learned {kind} (step {kept_step}) {value:.4f}" if kind != "mean" else
+                  f"{fusion_label(kind, sides)} {value:.4f}" for kind, sides, value in options]
+        why = f"on held-out {held} ({SELECTION}): {', '.join(scores)}, frozen base {base:.4f}; using {used}"
+        if base is not None and base > max(value for *_, value in options):
+            why += " (the frozen base beat every fusion: the memory may not cover this task)"
+        return why
 
     def finish(self, summary: dict[str, Any], free: dict[str, float | None]) -> Path:
         from safetensors.torch import save_file
