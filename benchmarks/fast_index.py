@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from speed_reco import power_law, recall_at_10
+from speed_reco import exact_top10, power_law, recall_at_10
 
 
 def timed(search, queries: np.ndarray) -> tuple[np.ndarray, float]:
@@ -41,20 +41,6 @@ def write_memory_file(path: Path, items: int, dim: int, rng: np.random.Generator
     out.flush()
     del out
     return np.load(path, mmap_mode="r")
-
-
-def exact_top10(memory: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """Rows of the 10 best inner products per query, a chunk of the memory at a time."""
-    import faiss
-
-    scores, rows = [], []
-    for start in range(0, len(memory), CHUNK):
-        found_scores, found_rows = faiss.knn(queries, np.ascontiguousarray(memory[start:start + CHUNK]), 10,
-                                             metric=faiss.METRIC_INNER_PRODUCT)
-        scores.append(found_scores)
-        rows.append(found_rows + start)
-    scores, rows = np.hstack(scores), np.hstack(rows)
-    return np.take_along_axis(rows, np.argsort(-scores, axis=1, kind="stable")[:, :10], axis=1)
 
 
 CHUNK = 1_000_000
@@ -112,6 +98,7 @@ def main() -> None:
     result = {"items": args.items, "dim": args.dim, "queries": args.queries, "builds": builds, "rows": rows,
               "machine": f"CPU, {faiss.omp_get_max_threads()} threads"}
     out = Path(args.results) / f"fast_index_{args.items}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from speed_reco import power_law, recall_at_10
+from speed_reco import exact_top10, power_law, recall_at_10
 
 
 def used_bytes() -> int:
@@ -57,27 +57,13 @@ def blocks(items: int, dim: int, block: int, alpha: float, seed: int) -> Iterato
         yield power_law(min(block, items - start), dim, np.random.default_rng([seed, number]), alpha, rotation)
 
 
-def exact_top10(vectors: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    """Brute-force top 10 over the memory-mapped vectors, read a chunk at a time."""
-    best_scores = np.full((len(queries), 10), -np.inf, dtype=np.float32)
-    best_rows = np.zeros((len(queries), 10), dtype=np.int64)
-    for start in range(0, len(vectors), 500_000):
-        scores = queries @ np.asarray(vectors[start:start + 500_000]).T
-        top = np.argpartition(-scores, 10, axis=1)[:, :10]
-        all_scores = np.concatenate([best_scores, np.take_along_axis(scores, top, axis=1)], axis=1)
-        all_rows = np.concatenate([best_rows, top + start], axis=1)
-        keep = np.argsort(-all_scores, axis=1)[:, :10]
-        best_scores, best_rows = np.take_along_axis(all_scores, keep, 1), np.take_along_axis(all_rows, keep, 1)
-    return best_rows
-
-
 def main() -> None:
     import faiss
     from tqdm.auto import tqdm
 
     from hierarcaps.engines import make_engine
     from hierarcaps.reco.index import RERANK_FACTOR, default_nprobe, faiss_quantizer, nlist_for, set_search_effort
-    from hierarcaps.reco.memory import reranked_search, write_on_disk_index, write_unit_vectors
+    from hierarcaps.reco.memory import BuildOptions, reranked_search, write_on_disk_index, write_unit_vectors
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=10_000_000)
@@ -105,14 +91,14 @@ def main() -> None:
     else:
         parts = tqdm(blocks(args.items, args.dim, args.block, args.alpha, args.seed),
                      total=-(-args.items // args.block), desc="Vectors", unit="block")
-        write_unit_vectors(existing, parts, args.items)
+        write_unit_vectors(existing, parts, args.items, np.ones(args.items, dtype=bool))      # every row kept
         timings["vectors_s"] = time.perf_counter() - begun
     shutil.rmtree(folder / "blocks", ignore_errors=True)                     # a fresh index every run
     vectors = np.load(existing, mmap_mode="r")
     spans = [(s, min(args.items, s + args.block)) for s in range(0, args.items, args.block)]
     engine = make_engine(args.engine)
     begun = time.perf_counter()
-    write_on_disk_index(folder, "image", vectors, "ivfpq", spans, engine, progress=True)
+    write_on_disk_index(folder, "image", vectors, "ivfpq", spans, BuildOptions(engine=engine, progress=True))
     finished = time.time()
     trained = (folder / "blocks" / "image-trained.faiss").stat().st_mtime
     filled = max(p.stat().st_mtime for p in (folder / "blocks").glob("image-0*.faiss"))

@@ -45,6 +45,24 @@ def recall_at_10(found: np.ndarray, truth: np.ndarray) -> float:
     return float(np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)]))
 
 
+EXACT_CHUNK = 1_000_000
+
+
+def exact_top10(memory: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    """Rows of the 10 best inner products per query, exactly; the memory (which may be memory-mapped) is
+    read a chunk at a time."""
+    import faiss
+
+    scores, rows = [], []
+    for start in range(0, len(memory), EXACT_CHUNK):
+        found_scores, found_rows = faiss.knn(queries, np.ascontiguousarray(memory[start:start + EXACT_CHUNK]), 10,
+                                             metric=faiss.METRIC_INNER_PRODUCT)
+        scores.append(found_scores)
+        rows.append(found_rows + start)
+    scores, rows = np.hstack(scores), np.hstack(rows)
+    return np.take_along_axis(rows, np.argsort(-scores, axis=1, kind="stable")[:, :10], axis=1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=1_000_000)
