@@ -196,9 +196,11 @@ def test_reco_model_scores_through_the_harness_and_zero_shot(tiny_clip_spec: str
                                        text=True)
     built = run("reco", "memory", str(source), "--model", tiny_clip_spec, "--out", str(tmp_path / "mem"))
     assert built.returncode == 0, built.stderr
+    # A random tiny CLIP embeds all images very alike (hence the threshold), so what auto would keep turns on
+    # rounding; this test is about a learned fusion on both sides scoring through the harness, so it asks for one.
     trained = run("reco", "train", "--memory", str(tmp_path / "mem"), "--base", tiny_clip_spec, "--out",
-                  str(tmp_path / "reco"), "--k", "4", "--heads", "2", "--steps", "10", "--batch-size", "16",
-                  "--duplicate-threshold", "0.99999")   # a random tiny CLIP embeds all images very alike
+                  str(tmp_path / "reco"), "--fusion", "transformer", "--k", "4", "--heads", "2", "--steps", "10",
+                  "--batch-size", "16", "--duplicate-threshold", "0.99999")
     assert trained.returncode == 0, trained.stderr
     reco, base = load_encoder(f"reco:{tmp_path / 'reco'}"), load_encoder(tiny_clip_spec)
     texts = ["a dog", "a plate of food"]
