@@ -21,6 +21,8 @@ from .errors import HierarcapsError
 from .metrics.catalogue import main_score_of
 
 SCHEMA_VERSION = 2
+MAX_RESULT_BYTES = 4 * 2**20
+"""A result file (a board reads every entry's at each build); larger ones are refused before reading."""
 SCHEMA_ID = "https://hierarcaps.dev/schemas/result.schema.json"
 
 
@@ -173,6 +175,19 @@ class Result:
                    package=_typed(Package, upgraded["package"]), main_score=_typed(MainScore, upgraded["main_score"]),
                    baselines=upgraded.get("baselines"),
                    extra={k: v for k, v in upgraded.items() if k not in known and k != "schema_version"})
+
+
+def read_result(path: str | Path) -> Result:
+    """A result file, read by the one standard for JSON documents (``jsonfile``: bounded, UTF-8 without BOM,
+    strict JSON) and checked against the schema; one line saying what is wrong otherwise."""
+    from . import jsonfile
+    from .errors import DataError
+
+    try:
+        document = jsonfile.read(path, limit=MAX_RESULT_BYTES, what="result file")
+    except DataError as exc:
+        raise HierarcapsError(str(exc)) from None
+    return Result.from_dict(document, str(path))
 
 
 def _plain(section: Any) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 - Compared: :func:`comparison_key` (NFKC, case folded, zero-width and other format characters removed,
   whitespace collapsed), so a doubled space or an invisible character does not make a new string; names also
-  by :func:`skeleton`, so a Cyrillic "а" does not make a new name.
+  by :func:`skeletons` (Unicode's confusables, UTS #39, through ICU), so a Cyrillic "а" does not make a new name.
 - Shown in a terminal: :func:`escape_controls`, so an id cannot move the cursor, recolour the screen or
   reorder the line (bidi controls).
 - Written to a spreadsheet: :func:`spreadsheet_cell`, so a cell cannot become a formula.
@@ -11,7 +11,9 @@
 
 from __future__ import annotations
 
+import functools
 import re
+import sys
 import unicodedata
 
 UNSEEN_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
@@ -43,28 +45,69 @@ def comparison_key(text: str) -> str:
     return " ".join(text.casefold().split())
 
 
-# letters of other scripts drawn like Latin ones (from Unicode's confusables list, the common ones), and the
-# digits and letters that registries treat as one (l / i / 1, o / 0)
-_LOOKALIKES = str.maketrans({
-    **dict.fromkeys("аɑα", "a"), **dict.fromkeys("вβʙ", "b"), **dict.fromkeys("сϲⅽ", "c"), "ԁ": "d", "ⅾ": "d",
-    **dict.fromkeys("еєɛε", "e"), "ɡ": "g", **dict.fromkeys("һн", "h"),
-    **dict.fromkeys("іıιїɩ", "1"), **dict.fromkeys("ӏⅼ|", "1"), "ј": "j", **dict.fromkeys("кκ", "k"),
-    **dict.fromkeys("мϻ", "m"), **dict.fromkeys("пηп", "n"), **dict.fromkeys("оοσօ", "0"),
-    **dict.fromkeys("рρ", "p"), "ԛ": "q", **dict.fromkeys("ѕ", "s"), **dict.fromkeys("тτ", "t"),
-    **dict.fromkeys("υս", "u"), **dict.fromkeys("νѵ", "v"), **dict.fromkeys("ԝѡω", "w"),
-    **dict.fromkeys("хχ", "x"), **dict.fromkeys("уγү", "y"), "ᴢ": "z",
-    "l": "1", "i": "1", "o": "0",
-})
+SEPARATOR_CATEGORIES = frozenset({"Pd", "Pc", "Zs"})
+"""Every Unicode dash (Pd), connector (Pc: the underscore and its kin) and space (Zs): all one separator to a
+reader, as the full stop is."""
 
 
-def skeleton(name: str) -> str:
-    """What a name looks like: NFKC, case folded, accents dropped, look-alike letters of other scripts mapped to
-    Latin, l / i / 1 and o / 0 merged, separators (space . _ -) removed. Two names with one skeleton are
-    one name to a reader, whatever their code points."""
-    text = unicodedata.normalize("NFKD", unicodedata.normalize("NFKC", str(name)).casefold())
-    text = "".join(c for c in text if not unicodedata.combining(c) and unicodedata.category(c) not in
+def caption_key(text: str) -> str:
+    """The form a caption is compared in for leakage: :func:`comparison_key`, punctuation and symbols at either
+    end dropped ("a goat." is "a goat"), then Unicode's confusable skeleton (a Cyrillic "о" is an "o")."""
+    key = comparison_key(text)
+    start, end = 0, len(key)
+    while start < end and unicodedata.category(key[start])[0] in "PSZ":
+        start += 1
+    while end > start and unicodedata.category(key[end - 1])[0] in "PSZ":
+        end -= 1
+    return " ".join(confusable_skeleton(key[start:end]).casefold().split())
+
+
+@functools.lru_cache(maxsize=1)
+def _spoof_checker():
+    import icu
+
+    return icu.SpoofChecker()
+
+
+def confusable_skeleton(text: str) -> str:
+    """Unicode's confusable skeleton of ``text`` (UTS #39, from Unicode's published confusables data as ICU
+    implements it): two strings with one skeleton are drawn alike (Greek capital Mu and M, Cherokee letters and
+    Latin ones, rn and m, l and 1)."""
+    return _spoof_checker().getSkeleton(0, text)
+
+
+@functools.lru_cache(maxsize=1)
+def _separator_shapes() -> frozenset[str]:
+    """The full stop, every dash, connector and space, and every single character Unicode's confusables map one
+    of them to (an em dash is drawn as the katakana prolonged sound mark)."""
+    separators = {chr(c) for c in range(sys.maxunicode + 1) if unicodedata.category(chr(c)) in SEPARATOR_CATEGORIES}
+    separators.add(".")
+    return frozenset(separators | {shape for c in separators if len(shape := confusable_skeleton(c)) == 1})
+
+
+def _without_separators(text: str) -> str:
+    return "".join(c for c in text if c not in _separator_shapes() and unicodedata.category(c) not in
                    UNSEEN_CATEGORIES)
-    return re.sub(r"[\s._\-]+", "", text.translate(_LOOKALIKES))
+
+
+def _shape(text: str) -> str:
+    """Accents dropped and separators removed from a skeleton (some confusables map to a dash-like mark)."""
+    return _without_separators("".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c)))
+
+
+def skeletons(name: str) -> frozenset[str]:
+    """What a name looks like, case aside: with every dash, connector, space and full stop removed, Unicode's
+    confusable skeleton (UTS #39) of its case folding, and of the case folding of its skeleton (so a Greek
+    capital Mu, drawn as M, folds with m), accents dropped. Names that share a skeleton are one name to a
+    reader (:func:`look_alike`), whatever their code points; case twins always share the first."""
+    text = _without_separators(unicodedata.normalize("NFKC", str(name)))
+    return frozenset({_shape(confusable_skeleton(text.casefold())),
+                      _shape(confusable_skeleton(confusable_skeleton(text).casefold()))})
+
+
+def look_alike(a: str, b: str) -> bool:
+    """Whether two names read as one (see :func:`skeletons`)."""
+    return bool(skeletons(a) & skeletons(b))
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")

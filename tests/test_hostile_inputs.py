@@ -200,7 +200,7 @@ def test_bad_model_metadata_is_one_problem_line(valid: Path, tmp_path: Path, fie
 
 def test_deep_json_and_huge_integers_are_one_line_not_a_traceback(valid: Path, tmp_path: Path,
                                                                    capsys: pytest.CaptureFixture) -> None:
-    for name, text, expect in (("deep", "[" * 30_000 + "]" * 30_000, "nested too deeply"),
+    for name, text, expect in (("deep", "[" * 30_000 + "]" * 30_000, "nested more than"),
                                ("digits", '{"model": ' + "9" * 5000 + "}", "not valid JSON")):
         folder = edited(valid, tmp_path / name)
         (folder / "submission.json").write_text(text)
@@ -220,16 +220,21 @@ def test_an_unedited_template_is_refused_and_never_attests(tmp_path: Path) -> No
         assert any(key in p for p in found), (key, found)
 
 
-def test_same_embeddings_under_another_name_need_replace_naming_the_old_entry(valid: Path, tmp_path: Path) -> None:
+def test_same_embeddings_under_another_name_are_refused_and_replace_names_only_its_own_entry(valid: Path,
+                                                                                          tmp_path: Path) -> None:
     lb = tmp_path / "lb"
     first, _ = board.add(valid, lb)
     renamed = edited(valid, tmp_path / "renamed", model__name="fuzz-model-renamed")
-    with pytest.raises(HierarcapsError, match=r"same embeddings.*--replace fuzz-model/r1"):
+    with pytest.raises(HierarcapsError, match=r"fuzz-model/r1 already holds the same embeddings"):
         board.add(renamed, lb)
-    with pytest.raises(HierarcapsError, match="no entry"):
-        board.add(renamed, lb, replace="other/r1")
-    folder, status = board.add(renamed, lb, replace="fuzz-model/r1")
-    assert status == "replaced" and not first.exists() and (folder / "submission.json").is_file()
+    with pytest.raises(HierarcapsError, match="replaces only this submission's own entry"):
+        board.add(renamed, lb, replace="fuzz-model/r1")          # never another model's entry
+    assert first.is_dir() and (first / "result.json").is_file()
+    other = make_submission(tmp_path / "other", seed=5)          # the same name, other embeddings
+    with pytest.raises(HierarcapsError, match="--replace fuzz-model/r1"):
+        board.add(other, lb)
+    folder, status = board.add(other, lb, replace="fuzz-model/r1")
+    assert status == "replaced" and folder == first and (folder / "submission.json").is_file()
     assert not (lb / ".staging").exists()
 
 
@@ -348,7 +353,9 @@ def test_fuzzed_submission_json_never_raises_or_writes_outside_the_board(valid: 
             assert board.check(root / "lb") == []
             written = {p.relative_to(root).parts[:2] for p in root.rglob("*") if p.is_file()}
             assert written <= {("sub", p.name) for p in folder.iterdir()} | {("lb", "entries"), ("lb", "README.md"),
-                                                                               ("lb", "index.html"), ("lb", ".lock")}
+                                                                               ("lb", "index.html"),
+                                                                               ("lb", ".hierarcaps.lock"),
+                                                                               ("lb", ".hierarcaps-owner.json")}
             assert all(len(p.relative_to(root / "lb" / "entries").parts) == 3
                        for p in (root / "lb" / "entries").rglob("*") if p.is_file())
     assert no_stray_temp_folders() <= before

@@ -1,5 +1,7 @@
-"""Leakage keys that survive spelling: captions after NFKC, case, invisible characters and whitespace; images by
-COCO id in any file-name scheme, and by content where the bytes are at hand."""
+"""Leakage keys that survive spelling and placement: a test caption at any tier of a training row, positive or
+negative, compared after NFKC, case, invisible characters, whitespace, edge punctuation and Unicode's confusable
+skeleton; images by COCO id in any file-name scheme, and by content where the bytes are at hand. One function
+(``check_leakage``) serves ``leakage``, ``finetune --train`` and ``export --train``."""
 
 from __future__ import annotations
 
@@ -27,6 +29,9 @@ def disguised(caption: str) -> list[str]:
         "\uff41" + caption[1:] if caption[0] == "a" else "\ufeff" + caption,   # full-width letter / BOM
         caption + "\u00ad",                                  # a soft hyphen
         f" {caption}\t",                                     # surrounding whitespace
+        caption.rstrip(".") if caption.endswith(".") else caption + ".",   # the final full stop
+        f"“{caption}!”",                                     # quotes and other punctuation at the edges
+        caption.replace("o", "\u043e", 1) if "o" in caption else caption.replace("a", "\u0430", 1),  # one Cyrillic
     ]
 
 
@@ -39,6 +44,31 @@ def test_a_repeated_test_caption_is_found_however_it_is_spelled() -> None:
     kept, report = check_leakage([*rows, clean], test)
     assert report.overlapping_rows == [r.id for r in rows]
     assert [r.id for r in kept] == ["clean"]                  # the control: an unrelated caption is kept
+
+
+@pytest.mark.parametrize("place", ["positive tier 1", "positive tier 2", "negative tier 3", "negative tier 4"])
+def test_a_test_caption_is_found_at_any_tier_of_either_chain(place: str) -> None:
+    caption = load_official("test")[5].positive[2]
+    chain, tier = place.split(" tier ")
+    positive, negative = ["thing", "object", "object here", "an object over here"], list(NEGATIVE)
+    (positive if chain == "positive" else negative)[int(tier) - 1] = caption
+    row = Hierarchy("0", tuple(positive), tuple(negative))
+    _, report = check_leakage([row], load_official("test"))
+    assert report.overlapping_rows == ["0"]
+
+
+def test_leakage_is_one_check_for_the_leakage_command_finetune_and_export(tmp_path: Path) -> None:
+    from hierarcaps.data.hf import config_records
+    from hierarcaps.finetune.data import training_records
+
+    caption = load_official("test")[2].positive[3]
+    rows = [Hierarchy("0", ("thing", "object", "object here", "an object over here"), ("a", "b", caption + " ", "d")),
+            Hierarchy("1", ("thing", "object", "object here", "another object here"), NEGATIVE)]
+    path = write_csv(rows, tmp_path / "train.csv")
+    _, report = check_leakage(rows, load_official("test"))
+    assert report.overlapping_rows == ["0"]
+    assert [r.positive[3] for r in training_records(str(path))] == ["another object here"]
+    assert [r.positive[3] for r in config_records("train", str(path))] == ["another object here"]
 
 
 @pytest.mark.parametrize("name", [
@@ -79,6 +109,6 @@ def test_a_renamed_copy_of_a_test_image_is_found_by_its_bytes(tmp_path: Path, te
     assert json.loads(out.out)["shared_images"] == 1 and "1 image(s) shared" in out.err
 
 
-def test_the_offline_split_is_unchanged_by_the_stricter_keys() -> None:
+def test_the_offline_split_drops_rows_holding_a_test_caption_anywhere() -> None:
     train = offline_train_split()
-    assert len(train) == 18736 and len({r.image_file for r in train}) == 4000
+    assert len(train) == 18694 and len({r.image_file for r in train}) == 4000

@@ -1,12 +1,15 @@
 """Training splits that cannot leak the test set, and the leakage check behind them.
 
-Leakage means a test image, or a test tier-3/4 caption (the specific, image-bound ones), reaching training.
-Generic strings such as "animal" recur naturally across images and are not leakage.
+Leakage means a test image, or a test tier-3/4 caption (the specific, image-bound ones), reaching training
+anywhere: at any tier of a training row, positive or negative. Generic strings such as "animal" recur naturally
+across images and are not leakage.
 
-Both are compared in forms a copy cannot escape by spelling: captions by ``textsafe.comparison_key`` (NFKC,
-case, zero-width and format characters, whitespace runs), images by their COCO image id whatever the file-name
-scheme (``COCO_val2014_000000301718.jpg``, ``val2017/000000301718.jpg``, a URL of either), and by content
-(SHA-256 against the shipped test-image digests) where the training images are on disk.
+Both are compared in forms a copy cannot escape by spelling: captions by ``textsafe.caption_key`` (NFKC, case,
+zero-width and format characters, whitespace runs, punctuation at either end, Unicode's confusable skeleton),
+images by their COCO image id whatever the file-name scheme (``COCO_val2014_000000301718.jpg``,
+``val2017/000000301718.jpg``, a URL of either), and by content (SHA-256 against the shipped test-image digests)
+where the training images are on disk. ``leakage``, ``finetune --train`` and ``export --train`` all call
+:func:`check_leakage`.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from ..errors import DataError
-from ..textsafe import comparison_key
+from ..textsafe import caption_key, comparison_key
 from .official import load_official
 from .records import Hierarchy
 
@@ -27,8 +30,13 @@ COCO_FILE = re.compile(r"^(?:coco_[a-z]+\d{4}_(\d{1,12})|(\d{12}))\.(?:jpe?g|png
 
 
 def specific_captions(records: Sequence[Hierarchy], tiers: Sequence[int] = SPECIFIC_TIERS) -> set[str]:
-    """Comparison keys of the positive captions at the given 1-based tiers."""
-    return {comparison_key(r.positive[k - 1]) for r in records for k in tiers if k <= len(r.positive)}
+    """Caption keys of the positive captions at the given 1-based tiers."""
+    return {caption_key(r.positive[k - 1]) for r in records for k in tiers if k <= len(r.positive)}
+
+
+def every_caption(record: Hierarchy) -> set[str]:
+    """Caption keys of every text a row holds: each tier of its positive and its negative chain."""
+    return {caption_key(text) for text in (*record.positive, *(record.negative or ()))}
 
 
 def image_key(image_file: str) -> str:
@@ -78,7 +86,7 @@ def check_leakage(train: Sequence[Hierarchy], test: Sequence[Hierarchy] | None =
     test_digests = test_image_sha256() if test_digests is None else test_digests
     test_specific = specific_captions(test)
     shared = shared_images(train, test, train_digests, test_digests)
-    overlapping = [r.id for r in train if specific_captions([r]) & test_specific]
+    overlapping = [r.id for r in train if every_caption(r) & test_specific]
     drop = set(overlapping)
     kept = [r for r in train if r.id not in drop]
     return kept, LeakageReport(shared, overlapping, len(kept))
@@ -99,7 +107,7 @@ def offline_train_split(expanded: Sequence[Hierarchy] | None = None, test: Seque
                         ) -> list[Hierarchy]:
     """The expanded rows usable for training offline: non-test images, no repeated test captions.
 
-    From the shipped files: 23,479 rows -> 18,770 on the 4,000 non-test images -> 18,736 without
+    From the shipped files: 23,479 rows -> 18,770 on the 4,000 non-test images -> 18,694 without
     rows that repeat a test tier-3/4 caption.
     """
     expanded = load_official("test_expanded") if expanded is None else expanded

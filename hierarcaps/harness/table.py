@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .._io import read_bounded, regular_files
+from .._io import regular_files
 from ..errors import HierarcapsError
 from ..metrics.catalogue import headline, label, main_score
 from ..rendering import baseline_label, markdown_table, metric_cell, text_table
-from ..results import Result
+from ..results import read_result
 from ..textsafe import markdown_cell, spreadsheet_cell
 
 REPORT_FORMATS = ("text", "markdown", "csv", "json")
@@ -42,10 +42,6 @@ def display_name(result: dict[str, Any]) -> str:
     return f"{name} ({fingerprint})" if fingerprint else name
 
 
-MAX_RESULT_BYTES = 4 * 2**20
-"""One result JSON (a full result with every baseline is about 60 KB)."""
-
-
 def read_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Result documents from files (each must be one: else a one-line reason) and folders (every regular JSON
     file below them that is a result; others, such as submission.json, are passed over; links to folders are
@@ -55,22 +51,14 @@ def read_results(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
         if entry.is_dir():
             for file in regular_files(entry, "*.json"):
                 try:
-                    results.append(Result.from_dict(_load_json(file), str(file)).to_dict())
+                    results.append(read_result(file).to_dict())
                 except HierarcapsError:
                     continue
             continue
-        results.append(Result.from_dict(_load_json(entry), str(entry)).to_dict())
+        results.append(read_result(entry).to_dict())
     if not results:
         raise HierarcapsError("no result JSON files found")
     return results
-
-
-def _load_json(path: Path) -> Any:
-    try:
-        raw = read_bounded(path, MAX_RESULT_BYTES, what="result file")
-        return json.loads(raw.decode("utf-8-sig"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise HierarcapsError(f"{path}: not a readable result JSON ({' '.join(str(exc).split())[:120]})") from None
 
 
 def report_rows(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -7,52 +7,58 @@ entries, so a submissions pull request shows exactly what changed.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import json
 import math
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .. import __version__
-from .._io import atomic_open, current_umask, exclusive_lock
+from .. import __version__, jsonfile
+from .._io import atomic_open, current_umask
 from ..data.official import load_official
 from ..data.records import content_checksum
 from ..errors import HierarcapsError
 from ..metrics.baselines import all_baselines
 from ..metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, LEVEL
 from ..metrics.hierarchy import DEFAULT_ROOT_TEXT, DEFAULT_STEPS, PROTOCOL
-from ..metrics.scoring import EmbeddedBenchmark, score
-from ..results import Dataset, Result
+from ..metrics.scoring import EmbeddedBenchmark, per_unit_metrics, score
+from ..outputs import Journal, claim_folder, folder_lock, pending, recover
+from ..results import MAX_RESULT_BYTES, Dataset, Result
 from ..textsafe import markdown_cell
-from . import names
+from . import fingerprint, names
 from .archive import ArchiveRefused, opened
 from .submission import EMBEDDING_FILES, ID_FILES, SUBMISSION_FILE
 from .validate import Report, Submission, check_model, read_meta, short, validate
 
 RESULT_FILE = "result.json"
 STAGING = ".staging"
-MAX_RESULT_BYTES = 4 * 2**20
-"""A stored result.json (the board reads every one at each build)."""
+BOARD_KIND = "leaderboard"
 
 
-def score_submission(sub: Submission) -> dict[str, Any]:
-    """The entry's result document: the harness's metric functions applied to the submitted embeddings."""
+def benchmark_of(sub: Submission) -> EmbeddedBenchmark:
+    """The submitted embeddings as the harness's benchmark of the official test set."""
     records = load_official("test")
     texts = np.array([r.positive for r in records], dtype=object)
     n, k = texts.shape
-    text_emb = sub.text.reshape(n, k, -1)
     row_image = None
     if sub.image is not None:
         index = {name: i for i, name in enumerate(dict.fromkeys(r.image_file for r in records))}
         row_image = np.array([index[r.image_file] for r in records])
     radii = sub.text_radii.reshape(n, k) if sub.text_radii is not None else None
-    bench = EmbeddedBenchmark(texts, text_emb, sub.root, sub.image, row_image, text_radii=radii)
+    return EmbeddedBenchmark(texts, sub.text.reshape(n, k, -1), sub.root, sub.image, row_image, text_radii=radii)
+
+
+def score_submission(sub: Submission) -> dict[str, Any]:
+    """The entry's result document: the harness's metric functions applied to the submitted embeddings."""
+    bench = benchmark_of(sub)
+    n = len(bench.texts)
+    records = load_official("test")
     model = dict(sub.meta["model"])
     model["modalities"] = sub.meta.get("modalities", ["text", "image"])
     model["dim"] = int(sub.root.shape[0])
@@ -70,27 +76,32 @@ def entry_folder(board: Path, meta: dict[str, Any]) -> Path:
 
 
 def dumps(document: Any) -> str:
-    return json.dumps(document, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    return jsonfile.dumps(document, sort_keys=True)
 
 
-LOCK_FILE = ".lock"
+@contextlib.contextmanager
+def writing(board: Path, notes: list[str] | None = None) -> Iterator[None]:
+    """Hold the board for writing: a folder that is a board (marked, or holding ``entries/`` from before
+    markers) or a new or empty one, its writer lock, and any write a kill interrupted finished first (said in
+    ``notes``). ``add`` and ``build`` hold it, so two at once take turns."""
+    claim_folder(board, BOARD_KIND, option="--board", adopt_if="entries")
+    with folder_lock(board, what=f"the board {board}"):
+        if (line := recover(board)) is not None and notes is not None:
+            notes.append(line)
+        yield
 
 
-def board_lock(board: Path):
-    """The board's writer lock: ``add``, ``--replace`` and ``build`` hold it, so two at once take turns."""
-    return exclusive_lock(board / LOCK_FILE, what=f"the board {board}")
-
-
-def add(path: str | Path, board: str | Path = "leaderboard", *, replace: str | None = None) -> tuple[Path, str]:
+def add(path: str | Path, board: str | Path = "leaderboard", *, replace: str | None = None,
+        notes: list[str] | None = None) -> tuple[Path, str]:
     """Validate, score and store a submission. Returns (entry folder, 'added' | 'unchanged' | 'replaced').
 
     The entry keeps the submitted embedding file and id lists byte for byte beside its result, so anyone (and
     the pull-request check) can re-score it. Scoring runs first, unlocked; the decision and the store hold the
-    board's lock, so two ``add`` at once take turns and the second decides against what the first wrote. The
-    entry is staged in a folder of its own and renamed into place, so a killed ``add`` leaves no half entry.
-    Another result under the same model and revision, the same embeddings under another entry, or a name a
-    reader cannot tell from an existing entry's, is refused unless ``replace`` names that entry
-    (``<model>/<revision>`` as its folder is named).
+    board (:func:`writing`), so two ``add`` at once take turns and the second decides against what the first
+    wrote. Refused: a copy of an entry's embeddings under any name (recognised by content, see
+    ``fingerprint``), a name a reader cannot tell from an existing entry's, and another result under the same
+    model and revision unless ``replace`` names that very entry (``<model>/<revision>``): a replacement never
+    removes another model's entry.
     """
     board = Path(board)
     try:
@@ -100,28 +111,31 @@ def add(path: str | Path, board: str | Path = "leaderboard", *, replace: str | N
                 raise HierarcapsError(f"{path}: invalid submission ({len(report.problems)} problem(s)): "
                                       + "; ".join(report.problems[:5]))
             folder = entry_folder(board, sub.meta)
+            if replace is not None:
+                _check_replace(board, replace, folder)
             result = dumps(score_submission(sub))
-            with board_lock(board):
-                old = _replaced_entry(board, replace) if replace else None
+            with writing(board, notes):
                 complete = (folder / RESULT_FILE).is_file() and (folder / SUBMISSION_FILE).is_file()
                 if complete and same_entry(folder, result, kept_files(submitted)):
                     return folder, "unchanged"
-                for clash, what in _clashes(board, folder, sub, complete):
-                    if clash != old:
-                        raise HierarcapsError(f"{clash} already holds {what}; bump the revision, or pass "
-                                              f"--replace {clash.parent.name}/{clash.name} to replace that entry")
+                if complete and replace is None:
+                    raise HierarcapsError(f"{folder} already holds another result for this model and revision; "
+                                          f"bump the revision, or pass --replace {folder.parent.name}/{folder.name}")
+                for clash, what in _clashes(board, folder, sub):
+                    raise HierarcapsError(f"{clash} already holds {what}; a new entry needs embeddings of its own "
+                                          "and a name of its own")
                 texts = {RESULT_FILE: result, SUBMISSION_FILE: dumps(sub.meta)}
-                _store(board, folder, texts, {name: submitted / name for name in kept_files(submitted)}, old)
+                _store(board, folder, texts, {name: submitted / name for name in kept_files(submitted)})
     except ArchiveRefused as exc:
         raise HierarcapsError(f"{path}: invalid submission: {exc}") from None
-    return folder, "replaced" if old else "added"
+    return folder, "replaced" if complete else "added"
 
 
 def same_entry(folder: Path, result: str, files: list[str]) -> bool:
     """Whether ``folder`` already holds this result (to the last digits another machine may differ in) and
     keeps the submitted files."""
     stored = read_meta(folder / RESULT_FILE, Report(), limit=MAX_RESULT_BYTES)
-    return first_difference(stored, json.loads(result), ignore={"package"}) is None \
+    return first_difference(stored, jsonfile.parse(result.encode(), file="result"), ignore={"package"}) is None \
         and all((folder / name).is_file() for name in files)
 
 
@@ -130,66 +144,101 @@ def kept_files(submitted: Path) -> list[str]:
     return [name for name in (*EMBEDDING_FILES, *ID_FILES) if (submitted / name).is_file()]
 
 
-def _clashes(board: Path, folder: Path, sub: Submission, complete: bool) -> list[tuple[Path, str]]:
-    """Entries this submission may not sit beside: its own folder holding another result (an incomplete folder
-    from an add killed half-way is simply rewritten), the same embeddings elsewhere, and look-alike names."""
-    found = [(folder, "another result for this model and revision")] if complete else []
-    model = sub.meta["model"]
-    for other, result in load_entries(board):
-        if other == folder:
-            continue
-        if result.get("embeddings_sha256") == sub.embeddings_sha256:
-            found.append((other, "the same embeddings"))
-        elif (why := names.lookalike(model, result.get("model"))) is not None:
-            found.append((other, why))
-    return found
-
-
-def _replaced_entry(board: Path, name: str) -> Path:
+def _check_replace(board: Path, name: str, folder: Path) -> None:
+    """``--replace`` names the submission's own entry (same model and revision), or it is refused."""
     model, _, revision = name.strip("/").partition("/")
-    folder = board / "entries" / names.slug(model) / names.slug(revision)
-    if not revision or not (folder / RESULT_FILE).is_file():
-        raise HierarcapsError(f"--replace {name}: no entry {folder} (name it as <model>/<revision> folders)")
-    return folder
+    named = board / "entries" / names.slug(model) / names.slug(revision)
+    if not revision or named != folder:
+        raise HierarcapsError(f"--replace {name}: replaces only this submission's own entry "
+                              f"{folder.parent.name}/{folder.name} (same model and revision); an entry of another "
+                              "model or revision is removed in a commit of its own, never by add")
 
 
-def _store(board: Path, folder: Path, texts: dict[str, str], copies: dict[str, Path], old: Path | None) -> None:
+def _clashes(board: Path, folder: Path, sub: Submission) -> Iterator[tuple[Path, str]]:
+    """Entries this submission may not sit beside: a look-alike name, or a copy of its embeddings under another
+    name (by content)."""
+    new = Signed(sub)
+    for other, result in load_entries(board):
+        if other != folder and (found := clash(sub.meta["model"], new, result["model"], signed_entry(other))):
+            yield other, found[1]
+
+
+def clash(model: dict[str, Any], signed: Signed | None, other_model: Any,
+          other_signed: Signed | None) -> tuple[str, str] | None:
+    """Why an entry of ``model`` with embeddings ``signed`` cannot sit beside another: ("looks like", why) for a
+    name a reader cannot tell from the other's, ("a copy of", why) for a copy of its embeddings; else None."""
+    if (why := names.lookalike(model, other_model)) is not None:
+        return "looks like", why
+    if signed is not None and other_signed is not None and (why := signed.copy_of(other_signed)) is not None:
+        return "a copy of", why
+    return None
+
+
+class Signed:
+    """A validated submission with its content signature, and its per-unit metric values computed on demand."""
+
+    def __init__(self, sub: Submission) -> None:
+        self.sub, self.signature = sub, fingerprint.signature(sub)
+        self._units: dict[str, np.ndarray] | None = None
+
+    def units(self) -> dict[str, np.ndarray]:
+        if self._units is None:
+            self._units = per_unit_metrics(benchmark_of(self.sub))[0]
+        return self._units
+
+    def copy_of(self, other: Signed) -> str | None:
+        """Why this is a copy of ``other`` (see ``fingerprint.copy_reason``), or None."""
+        if fingerprint.distance(self.signature, other.signature) > fingerprint.NEAR_DISTANCE:
+            return None
+        return fingerprint.copy_reason(self.signature, other.signature, self.units(), other.units())
+
+
+def signed_entry(folder: Path) -> Signed | None:
+    """An entry's kept embeddings, validated and signed (None when it keeps none that validate)."""
+    if not kept_files(folder):
+        return None
+    sub, _ = validate(folder)
+    return Signed(sub) if sub is not None else None
+
+
+def _store(board: Path, folder: Path, texts: dict[str, str], copies: dict[str, Path]) -> None:
     """Write the entry's files (``texts``, and ``copies`` of submitted files) into a staging folder of its own,
-    then move it into place (removing ``old`` if given). Called under the board's lock, so staging folders left
-    by killed adds are cleared first."""
+    then move it into place through a journal (an entry it replaces is moved aside first and removed last), so
+    a kill at any point leaves the old entry or the new one, and the next writer finishes the move. Called while
+    :func:`writing`, so staging folders of killed adds (written before their journal) are cleared first."""
     staging = board / STAGING
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     unit = Path(tempfile.mkdtemp(prefix="entry-", dir=staging))
-    try:
-        for name, text in texts.items():
-            (unit / name).write_text(text, encoding="utf-8")
-        for name, source in copies.items():
-            shutil.copyfile(source, unit / name)
-        for name in (*texts, *copies):
-            os.chmod(unit / name, 0o666 & ~current_umask())
-        os.chmod(unit, 0o777 & ~current_umask())
-        for retired in (old, folder):
-            if retired is not None and retired.exists():
-                shutil.rmtree(retired)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(unit, folder)
-        if old is not None and old.parent.exists() and not any(old.parent.iterdir()):
-            old.parent.rmdir()
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    for name, text in texts.items():
+        (unit / name).write_text(text, encoding="utf-8")
+    for name, source in copies.items():
+        shutil.copyfile(source, unit / name)
+    for name in (*texts, *copies):
+        os.chmod(unit / name, 0o666 & ~current_umask())
+    os.chmod(unit, 0o777 & ~current_umask())
+    entry, staged = folder.relative_to(board).as_posix(), unit.relative_to(board).as_posix()
+    retired = f"{STAGING}/retired"
+    steps = [("rename", entry, retired)] if folder.exists() else []
+    steps += [("rename", staged, entry), ("remove", STAGING)]
+    Journal(board, f"add of {entry}", steps).run()
 
 
 def load_entries(board: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """Every readable entry (folders with both files and a JSON object result); ``check`` reports the rest."""
+    """Every entry whose result is a valid document (read by the one standard of ``validate.read_meta`` and
+    checked by ``Result.from_dict``) beside its submission.json; ``check`` reports the rest, and ``build``
+    refuses to render while there are any, so what ``check`` accepts is what ``build`` renders."""
     entries = []
     for path in sorted((board / "entries").glob(f"*/*/{RESULT_FILE}")):
-        try:
-            result = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError, RecursionError):
+        report = Report()
+        result = read_meta(path, report, limit=MAX_RESULT_BYTES)
+        if report.problems or not (path.parent / SUBMISSION_FILE).is_file():
             continue
-        if isinstance(result, dict) and (path.parent / SUBMISSION_FILE).is_file():
-            entries.append((path.parent, result))
+        try:
+            Result.from_dict(result, str(path))
+        except HierarcapsError:
+            continue
+        entries.append((path.parent, result))
     return entries
 
 
@@ -209,20 +258,22 @@ def rendered(board: Path) -> dict[str, str]:
     return {"README.md": markdown(table), "index.html": page(table)}
 
 
-def build(board: str | Path = "leaderboard") -> list[Path]:
-    """Render README.md and index.html; refused, one line per problem, while any entry is malformed."""
+def build(board: str | Path = "leaderboard", notes: list[str] | None = None) -> list[Path]:
+    """Render README.md and index.html; refused, one line per problem, while any entry is malformed. Both pages
+    are written in full, then moved into place through a journal, so they always belong to one build."""
     board = Path(board)
-    written = []
-    with board_lock(board):
+    with writing(board, notes):
         problems = entry_problems(board)
         if problems:
             raise HierarcapsError(f"{board}: {len(problems)} problem(s) with the entries, nothing rendered: "
                                   + "; ".join(problems[:5]))
-        for name, text in rendered(board).items():
-            with atomic_open(board / name) as handle:
+        pages = rendered(board)
+        for name, text in pages.items():
+            with atomic_open(board / STAGING / name) as handle:
                 handle.write(text)
-            written.append(board / name)
-    return written
+        Journal(board, "build of the pages", [*(("rename", f"{STAGING}/{name}", name) for name in pages),
+                                              ("remove", STAGING)]).run()
+    return [board / name for name in pages]
 
 
 @dataclasses.dataclass
@@ -238,7 +289,9 @@ def review(board: str | Path = "leaderboard", entries: Sequence[Path] | None = N
     entries; each of ``entries`` (default: every entry that keeps embeddings) re-scored from its embeddings and
     compared with its stored result; and pages out of date with the entries."""
     board = Path(board)
-    problems = entry_problems(board)
+    problems = [f"{board}: an interrupted {journal.what}; run `hierarcaps leaderboard build` to finish it"
+                for journal in [pending(board)] if journal is not None]
+    problems += entry_problems(board)
     targets = entries if entries is not None else [f for f, _ in load_entries(board) if kept_files(f)]
     rescored = {}
     for folder in targets:
@@ -270,7 +323,10 @@ def rescore(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
     if sub is None:
         return None, [f"{folder}/{problem}" for problem in report.problems]
     result = score_submission(sub)
-    stored = read_meta(folder / RESULT_FILE, Report(), limit=MAX_RESULT_BYTES)
+    report = Report()
+    stored = read_meta(folder / RESULT_FILE, report, limit=MAX_RESULT_BYTES)
+    if report.problems:
+        return result, [f"{folder}/{problem}" for problem in report.problems]
     where = first_difference(stored, result, ignore={"package"})
     return result, [f"{folder / RESULT_FILE}: does not match its embeddings ({where})"] if where else []
 
@@ -337,11 +393,11 @@ def summary(board: Path, outcome: Review) -> str:
 
 
 def entry_problems(board: Path) -> list[str]:
-    """Malformed, incomplete, misplaced or duplicated entries, and stray files, one line each."""
+    """Malformed, incomplete, misplaced or duplicated entries (the same name, a look-alike name, or a copy of
+    another entry's embeddings by content), and stray files, one line each."""
     problems: list[str] = []
     seen_names: dict[tuple[str, str], Path] = {}
-    seen_embeddings: dict[str, Path] = {}
-    seen_models: list[tuple[Path, dict[str, Any]]] = []
+    seen: list[tuple[Path, dict[str, Any], Signed | None]] = []
     entries = board / "entries"
     stray = [p for p in (entries.iterdir() if entries.is_dir() else []) if not p.is_dir()]
     stray += [p for p in entries.glob("*/*") if not p.is_dir()]
@@ -353,14 +409,11 @@ def entry_problems(board: Path) -> list[str]:
         key = (names.normalised(result["model"]["name"]), names.normalised(result["model"]["revision"]))
         if key in seen_names:
             problems.append(f"{folder}: duplicates {seen_names[key]} (same model and revision)")
-        problems += [f"{folder}: looks like {other} ({why})" for other, other_model in seen_models
-                     if (why := names.lookalike(result["model"], other_model)) is not None]
         seen_names[key] = folder
-        seen_models.append((folder, result["model"]))
-        digest = result["embeddings_sha256"]
-        if digest in seen_embeddings:
-            problems.append(f"{folder}: the same embeddings as {seen_embeddings[digest]}")
-        seen_embeddings[digest] = folder
+        signed = signed_entry(folder)
+        problems += [f"{folder}: {found[0]} {other} ({found[1]})" for other, other_model, other_signed in seen
+                     if (found := clash(result["model"], signed, other_model, other_signed)) is not None]
+        seen.append((folder, result["model"], signed))
     return problems
 
 

@@ -20,8 +20,8 @@ def _args(p: argparse.ArgumentParser) -> None:
     add.add_argument("path")
     add.add_argument("--board", default=DEFAULT_BOARD)
     add.add_argument("--replace", metavar="MODEL/REVISION",
-                     help="the entry this submission replaces (same model and revision, or the same embeddings "
-                          "under another name), named by its folders under entries/")
+                     help="confirms that this submission replaces its own entry (the same model and revision, "
+                          "named by its folders under entries/); never another model's entry")
     build = sub.add_parser("build", help="render README.md and index.html from the entries")
     build.add_argument("--board", default=DEFAULT_BOARD)
     check = sub.add_parser("check", help="what a submission pull request runs: re-score entries from their "
@@ -52,13 +52,14 @@ def _leaderboard(args: argparse.Namespace) -> int:
             echo(f"note: {line}")
         echo(f"{args.path}: {'valid' if sub else 'invalid'} ({len(report.problems)} problem(s))", err=True)
         return 0 if sub else 1
+    notes: list[str] = []
     if args.action == "add":
-        folder, status = board.add(args.path, args.board, replace=args.replace)
-        echo(f"{status}: {folder}")
+        folder, status = board.add(args.path, args.board, replace=args.replace, notes=notes)
+        echo("\n".join([*notes, f"{status}: {folder}"]))
         return 0
     if args.action == "build":
-        for path in board.build(args.board):
-            echo(f"wrote {path}")
+        written = board.build(args.board, notes=notes)
+        echo("\n".join([*notes, *(f"wrote {path}" for path in written)]))
         return 0
     return _check(args)
 

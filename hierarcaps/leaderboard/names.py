@@ -4,9 +4,10 @@ Names are NFKC-normalised (so NFC and NFD spellings are one name) and may hold n
 see (controls, bidi and other format characters). A name never becomes a path as given: the entry folder is a
 slug of it (letters, digits, ``.``, ``_``, ``-``; never empty, ``.``, ``..`` or a name Windows reserves; at
 most ``MAX_NAME_CHARS``), checked to lie inside ``entries/`` at depth two. Two entries whose names look alike
-(the same confusable skeleton: case, accents, look-alike letters of other scripts, l/1, o/0, separators) are
-refused, as package registries refuse look-alike project names: on a page, and in a checkout on a
-case-insensitive disk, they would be one entry. Links are ``http(s)://`` only.
+(a shared confusable skeleton from Unicode's own data, UTS #39 through ICU: case, accents, look-alike letters
+of every script, l/I/1, O/0, every dash, connector and space) are refused, as package registries refuse
+look-alike project names: on a page, and in a checkout on a case-insensitive disk, they would be one entry.
+Links are ``http(s)://`` only.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from ..errors import HierarcapsError
-from ..textsafe import escape_controls, skeleton, unseen_characters
+from ..textsafe import escape_controls, look_alike, unseen_characters
 
 MAX_NAME_CHARS = 100
 """A model name or revision, and the folder made of it."""
@@ -67,11 +68,11 @@ def lookalike(model: dict[str, Any], other: Any) -> str | None:
         return None
     name, other_name = normalised(model["name"]), normalised(other["name"])
     if name != other_name:
-        if skeleton(name) == skeleton(other_name):
+        if look_alike(name, other_name):
             return f"the model {escape_controls(other_name)!r}, a name that looks the same as {escape_controls(name)!r}"
         return None
     revision, other_revision = normalised(model["revision"]), normalised(other["revision"])
-    if revision != other_revision and skeleton(revision) == skeleton(other_revision):
+    if revision != other_revision and look_alike(revision, other_revision):
         return (f"revision {escape_controls(other_revision)!r} of this model, which looks the same as "
                 f"{escape_controls(revision)!r}")
     return None

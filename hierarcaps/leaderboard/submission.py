@@ -11,16 +11,17 @@ Text ids are ``<row id>-<tier>`` (``0-1`` ... ``999-4``); image ids are file nam
 
 from __future__ import annotations
 
-import json
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._io import atomic_open
+from .. import jsonfile
 from ..data.official import load_official
 from ..data.records import Hierarchy, content_checksum
 from ..metrics.hierarchy import PROTOCOL
+from ..outputs import write_files
 
 SUBMISSION_FILE = "submission.json"
 EMBEDDING_FILES = ("embeddings.npz", "embeddings.safetensors", "embeddings.parquet")
@@ -62,40 +63,39 @@ def example_submission(records: list[Hierarchy], **model: Any) -> dict[str, Any]
     }
 
 
+SUBMISSION_KIND = "submission"
+
+
+def _lines(ids: list[str]) -> bytes:
+    return ("\n".join(ids) + "\n").encode("utf-8")
+
+
 def write_template(folder: str | Path) -> Path:
-    """The id lists and an example submission.json for the official test set."""
+    """The id lists and an example submission.json for the official test set, in a new or empty folder (or one
+    this package wrote): a filled-in submission.json is never overwritten."""
     records = load_official("test")
-    folder = Path(folder)
-    for name, ids in zip(ID_FILES, (text_ids(records), image_ids(records))):
-        with atomic_open(folder / name) as handle:
-            handle.write("\n".join(ids) + "\n")
-    with atomic_open(folder / SUBMISSION_FILE) as handle:
-        json.dump(example_submission(records), handle, indent=2)
-        handle.write("\n")
-    return folder
+    files = {name: _lines(ids) for name, ids in zip(ID_FILES, (text_ids(records), image_ids(records)))}
+    files[SUBMISSION_FILE] = jsonfile.dumps(example_submission(records)).encode("utf-8")
+    return write_files(folder, SUBMISSION_KIND, files, option="leaderboard template")
 
 
 def write_submission(folder: str | Path, records: list[Hierarchy], root: np.ndarray, text: np.ndarray,
                      image: np.ndarray | None, metadata: dict[str, Any],
                      text_radii: np.ndarray | None = None) -> Path:
     """A complete npz submission: ``text`` rows follow ``text_ids``, ``image`` rows ``image_ids``
-    (``image`` None for a text-only model)."""
-    folder = Path(folder)
+    (``image`` None for a text-only model). Written as :func:`write_template` writes: never over a file that
+    someone else wrote or edited (a submission.json with the attestation set, say)."""
     arrays = {"root": root.astype(np.float32), "text": text.astype(np.float32)}
     if image is not None:
         arrays["image"] = image.astype(np.float32)
     if text_radii is not None:
         arrays["text_radii"] = text_radii.astype(np.float32)
-    with atomic_open(folder / "embeddings.npz", "wb") as handle:
-        np.savez(handle, **arrays)
-    id_lists = [("text_ids.txt", text_ids(records))] + ([("image_ids.txt", image_ids(records))] if image is not None
-                                                         else [])
-    for name, ids in id_lists:
-        with atomic_open(folder / name) as handle:
-            handle.write("\n".join(ids) + "\n")
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    files = {"embeddings.npz": buffer.getvalue(), "text_ids.txt": _lines(text_ids(records))}
+    if image is not None:
+        files["image_ids.txt"] = _lines(image_ids(records))
     document = {**example_submission(records), **metadata, "text_radii": text_radii is not None,
                 "modalities": ["text", "image"] if image is not None else ["text"]}
-    with atomic_open(folder / SUBMISSION_FILE) as handle:
-        json.dump(document, handle, indent=2)
-        handle.write("\n")
-    return folder
+    files[SUBMISSION_FILE] = jsonfile.dumps(document).encode("utf-8")
+    return write_files(folder, SUBMISSION_KIND, files, option="submission folder")

@@ -8,16 +8,17 @@ zero vectors, unit length (vectors off by more than 1e-3 are normalised and repo
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import jsonfile
 from .._io import sha256_file
 from ..data.official import load_official
 from ..data.records import content_checksum
+from ..errors import DataError
 from ..metrics.hierarchy import PROTOCOL
 from .archive import MAX_FILE_BYTES, ArchiveRefused, opened
 from .names import MAX_PARAMETERS, MAX_TEXT_CHARS, link_problem, name_problem, normalised
@@ -80,30 +81,19 @@ def check_files(folder: Path, report: Report) -> None:
 
 
 def read_meta(path: Path, report: Report, limit: int | None = None) -> dict[str, Any]:
-    """A JSON object file (submission.json, a stored result) as a dict, or {} with the reason reported (size,
-    encoding, JSON, nesting, huge numbers)."""
+    """A JSON object file (submission.json, a stored result) as a dict, or {} with the reason reported. Board
+    files are held to one standard at every read (``jsonfile``): a regular file within ``limit`` bytes
+    (checked before reading), UTF-8 without a byte-order mark, strict JSON (no NaN or Infinity, no key twice,
+    no lone surrogates)."""
     limit = MAX_META_BYTES if limit is None else limit
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         report.problem(path.name, "missing")
         return {}
-    if path.stat().st_size > limit:
-        report.problem(path.name, f"{path.stat().st_size} bytes, over the limit of {limit}")
-        return {}
     try:
-        meta = json.loads(path.read_bytes().decode("utf-8-sig"))
-    except UnicodeDecodeError:
-        report.problem(path.name, "not UTF-8")
+        return jsonfile.read_object(path, limit=limit, what=path.name)
+    except DataError as exc:
+        report.problem(path.name, exc.reason)
         return {}
-    except RecursionError:
-        report.problem(path.name, "nested too deeply")
-        return {}
-    except ValueError as exc:   # JSON syntax, or an integer too long to convert
-        report.problem(path.name, f"not valid JSON ({one_line(exc)})")
-        return {}
-    if not isinstance(meta, dict):
-        report.problem(path.name, "top level must be an object")
-        return {}
-    return meta
 
 
 def check_meta(folder: Path, report: Report) -> dict[str, Any]:
