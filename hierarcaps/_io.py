@@ -89,6 +89,35 @@ def exclusive_lock(path: str | os.PathLike[str], *, what: str, timeout: float = 
             _unlock(handle)
 
 
+@contextlib.contextmanager
+def directory_lock(folder: str | os.PathLike[str], *, what: str, timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """An exclusive lock on a folder itself (on POSIX its own descriptor: no lock file is left beside the
+    outputs); elsewhere a ``.hierarcaps.lock`` file in it."""
+    import time
+
+    try:
+        import fcntl
+    except ImportError:                      # Windows
+        with exclusive_lock(Path(folder) / ".hierarcaps.lock", what=what, timeout=timeout):
+            yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise HierarcapsError(f"{what} is busy: another process has held {folder} for {timeout:.0f} s; "
+                                          "try again when it has finished") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(descriptor)
+
+
 def _try_lock(handle: IO[bytes]) -> bool:
     try:
         import fcntl

@@ -23,6 +23,21 @@ class Command:
     run: Callable[[argparse.Namespace], int]
 
 
+def whole_number(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high``, or a usage error naming the range."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
 def image_options(parser: argparse.ArgumentParser) -> None:
     """Where images come from: a local folder, the cache, and (with --download) the chosen source."""
     parser.add_argument("--image-dir", help="folder holding the images (default: $HIERARCAPS_IMAGE_DIR)")

@@ -40,7 +40,9 @@ def _marker(folder: Path) -> dict[str, Any]:
         return {}
 
 
-def _write_marker(folder: Path, kind: str, files: dict[str, str]) -> None:
+def mark_folder(folder: Path, kind: str, files: dict[str, str] | None = None) -> None:
+    """Mark a folder this command made as holding its output of ``kind`` (``files``: name -> SHA-256 of files it
+    wrote that it may later overwrite)."""
     with atomic_open(folder / OWNER_FILE) as handle:
         handle.write(jsonfile.dumps({"kind": kind, "written_by": "hierarcaps", **({"files": files} if files else {})}))
 
@@ -61,7 +63,8 @@ def claim_folder(folder: str | os.PathLike[str], kind: str, *, option: str = "--
     """``folder`` as the output of a command of ``kind``: created, or empty, or already marked with ``kind``.
 
     ``adopt_if``: a relative path whose presence marks a folder written before markers existed (a board's
-    ``entries``); such a folder is marked and taken up. Anything else ends in one line, nothing written.
+    ``entries``, a generation run's ``run.json``); such a folder is marked and taken up. Anything else ends in
+    one line, nothing written.
     """
     folder = Path(folder)
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
@@ -73,12 +76,12 @@ def claim_folder(folder: str | os.PathLike[str], kind: str, *, option: str = "--
         if found is not None:
             raise HierarcapsError(f"{option} {folder}: holds the output of another command ({found}), not "
                                   f"{kind}; give a new or empty folder")
-        if not _is_empty(folder) and not (adopt_if and (folder / adopt_if).is_dir()):
+        if not _is_empty(folder) and not (adopt_if and (folder / adopt_if).exists()):
             raise HierarcapsError(f"{option} {folder}: not empty and not written by hierarcaps ({kind}); nothing "
                                   "there was changed: give a new or empty folder")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        _write_marker(folder, kind, {})
+        mark_folder(folder, kind)
     except OSError as exc:
         raise HierarcapsError(f"{option} {folder}: cannot write there ({exc.strerror or exc})") from None
     return folder
@@ -102,7 +105,7 @@ def write_files(folder: str | os.PathLike[str], kind: str, files: dict[str, byte
         with atomic_open(folder / name, "wb") as handle:
             handle.write(data)
         recorded[name] = hashlib.sha256(data).hexdigest()
-    _write_marker(folder, kind, recorded)
+    mark_folder(folder, kind, recorded)
     return folder
 
 
@@ -128,11 +131,12 @@ class Journal:
     a kill at any point. Hold the folder's lock around it.
     """
 
-    def __init__(self, folder: Path, what: str, steps: list[tuple[str, ...]], done: int = 0) -> None:
-        self.folder, self.what, self.steps, self.done = folder, what, steps, done
+    def __init__(self, folder: Path, what: str, steps: list[tuple[str, ...]], done: int = 0, *,
+                 name: str = JOURNAL_FILE) -> None:
+        self.folder, self.what, self.steps, self.done, self.name = folder, what, steps, done, name
 
     def _record(self) -> None:
-        with atomic_open(self.folder / JOURNAL_FILE) as handle:
+        with atomic_open(self.folder / self.name) as handle:
             handle.write(jsonfile.dumps({"what": self.what, "steps": [list(s) for s in self.steps],
                                          "done": self.done}))
 
@@ -155,12 +159,12 @@ class Journal:
             self.done += 1
             if self.done < len(self.steps):
                 self._record()
-        (self.folder / JOURNAL_FILE).unlink(missing_ok=True)
+        (self.folder / self.name).unlink(missing_ok=True)
 
 
-def pending(folder: Path) -> Journal | None:
-    """The journal of a multi-step write that was interrupted in ``folder``, or None."""
-    path = folder / JOURNAL_FILE
+def pending(folder: Path, name: str = JOURNAL_FILE) -> Journal | None:
+    """The journal (file ``name``) of a multi-step write that was interrupted in ``folder``, or None."""
+    path = folder / name
     if not path.is_file():
         return None
     document: Any = jsonfile.read_object(path, limit=MAX_MARKER_BYTES, what="journal")
@@ -171,7 +175,7 @@ def pending(folder: Path) -> Journal | None:
     done = document.get("done", 0)
     if not isinstance(done, int) or isinstance(done, bool) or not 0 <= done <= len(steps):
         raise DataError(f"done {str(done)[:20]} is not a step count", file=str(path))
-    return Journal(folder, str(document.get("what", "write")), steps, done)
+    return Journal(folder, str(document.get("what", "write")), steps, done, name=name)
 
 
 def _inside(relative: str) -> bool:
@@ -179,9 +183,9 @@ def _inside(relative: str) -> bool:
     return not path.is_absolute() and ".." not in path.parts
 
 
-def recover(folder: Path) -> str | None:
+def recover(folder: Path, name: str = JOURNAL_FILE) -> str | None:
     """Finish a write interrupted in ``folder`` (hold its lock); returns a line saying what was finished."""
-    journal = pending(folder)
+    journal = pending(folder, name)
     if journal is None:
         return None
     journal.finish()

@@ -260,15 +260,21 @@ def test_export_require_without_images_fails_without_leaving_output(tmp_path: Pa
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
-def test_export_into_non_empty_folder_needs_overwrite(tmp_path: Path) -> None:
+def test_export_replaces_only_an_earlier_export_and_only_with_overwrite(tmp_path: Path) -> None:
     from hierarcaps.data.hf import export
 
-    (tmp_path / "hc").mkdir()
-    (tmp_path / "hc" / "keep").write_text("x")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "keep").write_text("x")
+    for overwrite in (False, True):                  # a folder it did not write is never replaced
+        with pytest.raises(HierarcapsError, match="not written by `hierarcaps export`"):
+            export(tmp_path / "mine", configs=("test",), images="skip", overwrite=overwrite)
+    assert (tmp_path / "mine" / "keep").read_text() == "x"
+    export(tmp_path / "hc", configs=("test",), images="skip")
     with pytest.raises(HierarcapsError, match="--overwrite"):
         export(tmp_path / "hc", configs=("test",), images="skip")
-    export(tmp_path / "hc", configs=("test",), images="skip", overwrite=True)
-    assert not (tmp_path / "hc" / "keep").exists() and (tmp_path / "hc" / "README.md").exists()
+    export(tmp_path / "hc", configs=("test", "test_expanded"), images="skip", overwrite=True)
+    assert (tmp_path / "hc" / "data" / "test_expanded").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hc", "mine"]
 
 
 def test_export_and_load_refuse_to_go_on_silently_without_images(tmp_path: Path) -> None:

@@ -193,3 +193,15 @@ def test_nan_embeddings_are_refused_with_a_clear_error() -> None:
     bad[2, 1, 0] = np.nan
     with pytest.raises(HierarcapsError, match="NaN"):
         EmbeddedBenchmark(bench.texts, bad, bench.root, bench.image_emb, bench.row_image)
+
+
+def test_the_bootstrap_draws_the_same_resamples_in_bounded_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hierarcaps.metrics import bootstrap
+
+    values = np.random.default_rng(0).random((97, 3))
+    at_once = bootstrap.bootstrap_cis(values, resamples=50, seed=4)
+    whole = next(bootstrap.resample_counts(97, 50, 4))
+    monkeypatch.setattr(bootstrap, "CHUNK_CELLS", 97 * 7)                  # chunks of 7 resamples
+    chunks = list(bootstrap.resample_counts(97, 50, 4))
+    assert [len(c) for c in chunks] == [7] * 7 + [1] and np.array_equal(np.concatenate(chunks), whole)
+    assert np.allclose(bootstrap.bootstrap_cis(values, resamples=50, seed=4), at_once, rtol=1e-12, atol=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..commandline import Command, echo, image_options, image_store
+from ..commandline import Command, echo, image_options, image_store, whole_number
 from ..errors import HierarcapsError
 
 
@@ -35,7 +35,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _validate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", help="hierarchy file: CSV (official formats), CSV.gz or parquet, or a URL")
-    p.add_argument("--tiers", type=int, default=4, help="expected tiers per chain (default 4; 0: any)")
+    p.add_argument("--tiers", type=whole_number(0, 64), default=4, help="expected tiers per chain (default 4; 0: any)")
     p.add_argument("--images", action="store_true", help="also check that every image resolves and decodes")
     image_options(p)
 

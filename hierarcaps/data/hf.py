@@ -14,12 +14,16 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from .._io import directory_lock
 from ..errors import HierarcapsError, ImagesUnavailableError
+from ..outputs import Journal, mark_folder, owner_of, recover
 from .csvio import read_hierarchies
 from .images import DEFAULT_IMAGE_SOURCE, ImageStore, portable_bytes
 from .official import OFFICIAL_SPLITS, load_official, manifest
 from .records import Hierarchy, content_checksum
 from .splits import require_no_leakage
+
+EXPORT_KIND = "dataset export"
 
 SPLIT_OF_CONFIG = {"test": "test", "test_expanded": "test", "train": "train"}
 IMAGE_POLICIES = ("auto", "require", "skip")
@@ -247,14 +251,44 @@ def export(out_dir: str | os.PathLike[str], *, configs: Sequence[str] = ("test",
     must say ``skip``, and its card says so); other configs reference images by URL.
     """
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise HierarcapsError(f"{out_dir} exists and is not empty (use --overwrite)")
+    _check_target(out_dir, overwrite)
     if train is not None and "train" not in configs:
         configs = (*configs, "train")
     store = ImageStore(image_dir, download=download, source=image_source)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HierarcapsError(f"cannot write to {out_dir.parent}: {exc.strerror or exc}") from exc
+    with directory_lock(out_dir.parent, what=f"the export {out_dir}"):
+        recover(out_dir.parent, _journal_name(out_dir))
+        _check_target(out_dir, overwrite)
         _remove_leftovers(out_dir)
+        _export_into(out_dir, configs, train, images, store, rows_per_shard)
+    return out_dir
+
+
+def _check_target(out_dir: Path, overwrite: bool) -> None:
+    """An export goes into a new or empty folder, or (with ``overwrite``) replaces an earlier export; a folder
+    this command did not write is never replaced."""
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise HierarcapsError(f"{out_dir}: not a folder (a link or a file); give a new or empty folder")
+    if not out_dir.exists() or not any(out_dir.iterdir()):
+        return
+    if owner_of(out_dir) != EXPORT_KIND:
+        raise HierarcapsError(f"{out_dir}: not empty and not written by `hierarcaps export`; nothing there was "
+                              "changed: give a new or empty folder")
+    if not overwrite:
+        raise HierarcapsError(f"{out_dir} holds an earlier export (use --overwrite to replace it)")
+
+
+def _journal_name(out_dir: Path) -> str:
+    return f".{out_dir.name}.journal.json"
+
+
+def _export_into(out_dir: Path, configs: Sequence[str], train: str | os.PathLike[str] | None, images: str,
+                 store: ImageStore, rows_per_shard: int) -> None:
+    """Write the export into a staging folder beside ``out_dir``, then move it into place through a journal."""
+    try:
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.staging-", dir=out_dir.parent))
     except OSError as exc:
         raise HierarcapsError(f"cannot write to {out_dir.parent}: {exc.strerror or exc}") from exc
@@ -274,11 +308,14 @@ def export(out_dir: str | os.PathLike[str], *, configs: Sequence[str] = ("test",
                                "images": sum(1 for r in records if r.image_file in paths),
                                "info": split_info(name, dataset, files)}
         (staging / "README.md").write_text(_dataset_card(card_meta))
+        mark_folder(staging, EXPORT_KIND)
         staging.chmod(0o755)
-        _replace_dir(staging, out_dir)
+        old = f".{out_dir.name}.old"
+        swap = [("rename", out_dir.name, old)] if out_dir.exists() else []
+        Journal(out_dir.parent, f"export to {out_dir}", [*swap, ("rename", staging.name, out_dir.name),
+                                                         ("remove", old)], name=_journal_name(out_dir)).run()
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return out_dir
 
 
 def _write_parquet(dataset: Any, path: Path) -> None:
@@ -295,18 +332,7 @@ def _write_parquet(dataset: Any, path: Path) -> None:
 
 
 def _remove_leftovers(out_dir: Path) -> None:
-    """Staging and swapped-out folders of an earlier export to ``out_dir`` that was killed before cleaning up."""
+    """Staging folders of an earlier export to ``out_dir`` killed before its journal was written (an export
+    killed after it is finished by ``recover`` first), and a swapped-out folder such a finished export left."""
     for leftover in [*out_dir.parent.glob(f".{out_dir.name}.staging-*"), out_dir.with_name(f".{out_dir.name}.old")]:
         shutil.rmtree(leftover, ignore_errors=True)
-
-
-def _replace_dir(new: Path, target: Path) -> None:
-    """Move a finished folder into place; an existing target is swapped out, then removed."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(target, old)
-        os.replace(new, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, target)

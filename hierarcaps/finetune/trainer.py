@@ -24,9 +24,12 @@ from ..data.records import content_checksum
 from ..errors import HierarcapsError
 from ..models.registry import CHECKPOINT_FILE, load_encoder
 from ..models.torch_utils import TorchEncoder, autocast
+from ..outputs import Journal, claim_folder, folder_lock, recover
 from ..training import TrainingConfig, TrainingLoop, holdout, write_log
 from .data import OFFLINE, group_of, training_records
 from .losses import NEGATIVE_PAIRINGS, OBJECTIVES, LossWeights
+
+RUN_KIND = "finetune run"
 
 
 @dataclasses.dataclass
@@ -65,7 +68,7 @@ class Trainer:
         import torch
 
         self.config = config
-        self.out = Path(config.out)
+        self.out = claim_folder(config.out, RUN_KIND)
         records = training_records(config.train)
         train, held = holdout([group_of(r) for r in records], config.val_fraction, config.seed)
         self.train_rows, self.val_rows = [records[i] for i in train], [records[i] for i in held][:config.val_rows]
@@ -193,15 +196,18 @@ class Trainer:
 
     # -- the run ------------------------------------------------------------------------------------------
     def train(self) -> Path:
-        final = self.out / "model" / CHECKPOINT_FILE
-        if final.exists():   # a finished run: the same settings have nothing left to do
-            info = json.loads(final.read_text())
-            if info.get("run_hash") != self.config.run_hash():
-                raise HierarcapsError(f"{self.out} holds a different run (finished); use a new --out or delete it")
-            self.loop.step, self.loop.log = info["steps"], json.loads((self.out / "log.json").read_text())["log"]
-            return final.parent
-        summary = self.loop.run()
-        return self.finish({"train_seconds": summary["train_seconds"], "items_per_s": summary["items_per_s"]})
+        """Train (or resume, or finish an interrupted final write) under the run folder's lock."""
+        with folder_lock(self.out, what=f"the run {self.out}"):
+            recover(self.out)
+            final = self.out / "model" / CHECKPOINT_FILE
+            if final.exists():   # a finished run: the same settings have nothing left to do
+                info = json.loads(final.read_text())
+                if info.get("run_hash") != self.config.run_hash():
+                    raise HierarcapsError(f"{self.out} holds a different run (finished); use a new --out or delete it")
+                self.loop.step, self.loop.log = info["steps"], json.loads((self.out / "log.json").read_text())["log"]
+                return final.parent
+            summary = self.loop.run()
+            return self.finish({"train_seconds": summary["train_seconds"], "items_per_s": summary["items_per_s"]})
 
     def finish(self, throughput: dict[str, Any]) -> Path:
         """Write the final model folder (loadable by `hierarcaps evaluate --model`), the log and the curves."""
@@ -225,7 +231,8 @@ class Trainer:
             "package": {"name": "hierarcaps", "version": __version__},
         }
         (tmp / CHECKPOINT_FILE).write_text(json.dumps(info, indent=2) + "\n")
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
+        swap = [("rename", "model", "model.old")] if final.exists() else []
+        Journal(self.out, "final write of the model", [*swap, ("rename", "model.tmp", "model"),
+                                                        ("remove", "model.old")]).run()
         write_log(self.out, self.log, config=dataclasses.asdict(self.config), throughput=throughput)
         return final

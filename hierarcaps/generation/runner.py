@@ -40,6 +40,7 @@ from ..data.csvio import write_csv, write_parquet
 from ..data.records import Hierarchy
 from ..engines import Engine, LocalEngine
 from ..errors import DataError, HierarcapsError
+from ..outputs import claim_folder, folder_lock
 from .config import GenerationConfig
 from .prompts import load_prompts
 from .stages import (
@@ -242,15 +243,18 @@ class Runner:
         self.prompts = load_prompts(self.config.prompts)   # inputs are checked before the folder is claimed
         if not Path(self.config.input).exists():
             raise DataError("no such input file", file=self.config.input)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._claim_folder()
-        for stage in STAGES:
-            if stage.transform is not None:
-                self.map_shards(stage.name)
-            else:
-                stage.run(self)
-            if stage.name == until:
-                break
+        claim_folder(self.out, RUN_KIND, option="out", adopt_if="run.json")
+        with folder_lock(self.out, what=f"the generation run {self.out}"):
+            if (self.out / RETHRESHOLD_PENDING).exists():
+                raise HierarcapsError(f"{self.out}: a --rethreshold was interrupted; run it again to finish it")
+            self._claim_folder()
+            for stage in STAGES:
+                if stage.transform is not None:
+                    self.map_shards(stage.name)
+                else:
+                    stage.run(self)
+                if stage.name == until:
+                    break
         return self.out / STAGE[until].folder
 
     def stage_distill(self) -> None:
@@ -340,6 +344,8 @@ def run_generation(config: GenerationConfig, *, until: str = "export", progress:
 
 
 RETHRESHOLD_STAGES = ("filter", "augment")
+RETHRESHOLD_PENDING = "rethreshold.pending"
+RUN_KIND = "generation run"
 
 
 def rethreshold(config: GenerationConfig) -> dict[str, dict[str, int]]:
@@ -352,12 +358,21 @@ def rethreshold(config: GenerationConfig) -> dict[str, dict[str, int]]:
     manifest = runner.out / STAGE["captions"].folder / "manifest.json"
     if not manifest.exists() or not (runner.out / "run.json").exists():
         raise HierarcapsError(f"{runner.out} holds no generation run to re-decide")
+    claim_folder(runner.out, RUN_KIND, option="out", adopt_if="run.json")
+    with folder_lock(runner.out, what=f"the generation run {runner.out}"):
+        return _redecide(runner, config, manifest)
+
+
+def _redecide(runner: Runner, config: GenerationConfig, manifest: Path) -> dict[str, dict[str, int]]:
+    """The body of :func:`rethreshold`, under the run's lock; a marker says it is under way until it is done,
+    so a killed one is finished by running it again (every decision follows from the stored probabilities)."""
     recorded = _without_decisions(json.loads((runner.out / "run.json").read_text())["config"])
     current = _without_decisions(config.to_dict())
     changed = sorted(key for key in recorded if _recorded_part(current.get(key), recorded[key]) != recorded[key])
     if changed:
         raise HierarcapsError("--rethreshold changes only NLI thresholds; this config also changes "
                               + ", ".join(changed))
+    (runner.out / RETHRESHOLD_PENDING).write_text("a --rethreshold is under way\n")
     runner.n_shards = json.loads(manifest.read_text())["shards"]
     taught = runner.accepted_chains(*RETHRESHOLD_STAGES)
     counts = {stage: redecide_stage(runner, stage, lambda row: {**row, "reason": decide_llm_chain(row, config.nli)})
@@ -370,6 +385,7 @@ def rethreshold(config: GenerationConfig) -> dict[str, dict[str, int]]:
     with atomic_open(runner.out / "run.json") as handle:       # the folder now holds this config's decisions
         json.dump({"fingerprint": config.fingerprint(), "config": config.to_dict(), "package_version": __version__},
                   handle, indent=2)
+    (runner.out / RETHRESHOLD_PENDING).unlink()
     return counts
 
 

@@ -1,12 +1,15 @@
 """Seeded percentile bootstrap over the units a metric averages (images, rows, queries).
 
-Resamples are drawn once per (unit count, seed) as a count matrix, so every metric over the same units
-uses the same resamples and all their means come from one matrix product.
+Resamples are drawn once per (unit count, seed) as count matrices, so every metric over the same units uses
+the same resamples and their means come from matrix products. The counts are drawn a chunk of rows at a time
+(at most ``CHUNK_CELLS`` cells), so memory stays bounded whatever the number of resamples; drawing in chunks
+gives the same resamples as drawing at once.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -16,21 +19,38 @@ DEFAULT_SEED = 0
 LEVEL = 0.95
 
 
-@functools.lru_cache(maxsize=8)
-def resample_counts(n: int, resamples: int, seed: int) -> np.ndarray:
-    """(resamples, n) how often each unit is drawn in each bootstrap resample."""
+CHUNK_CELLS = 2**23
+"""Cells of one chunk of the count matrix (64 MiB as float64): the bootstrap's memory, whatever --resamples."""
+
+
+def resample_counts(n: int, resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """(rows, n) chunks of how often each unit is drawn in each bootstrap resample, in resample order."""
+    if resamples * n <= CHUNK_CELLS:
+        yield _counts_at_once(n, resamples, seed)
+        return
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, n, size=(resamples, n))
-    counts = np.zeros((resamples, n))
-    np.add.at(counts, (np.repeat(np.arange(resamples), n), draws.reshape(-1)), 1)
-    return counts
+    rows = max(1, CHUNK_CELLS // n)
+    for start in range(0, resamples, rows):
+        yield _counts(rng.integers(0, n, size=(min(rows, resamples - start), n)), n)
+
+
+@functools.lru_cache(maxsize=8)
+def _counts_at_once(n: int, resamples: int, seed: int) -> np.ndarray:
+    """The whole count matrix of a small bootstrap, kept for the next metric over the same units."""
+    return _counts(np.random.default_rng(seed).integers(0, n, size=(resamples, n)), n)
+
+
+def _counts(draws: np.ndarray, n: int) -> np.ndarray:
+    offsets = (np.arange(len(draws))[:, None] * n + draws).reshape(-1)
+    return np.bincount(offsets, minlength=len(draws) * n).reshape(len(draws), n).astype(np.float64)
 
 
 def bootstrap_cis(values: np.ndarray, *, resamples: int = DEFAULT_RESAMPLES, seed: int = DEFAULT_SEED,
                   level: float = LEVEL) -> np.ndarray:
     """Percentile CI of the mean of each column of ``values`` (n_units, n_metrics) -> (n_metrics, 2)."""
     values = np.asarray(values, dtype=np.float64).reshape(len(values), -1)
-    means = resample_counts(len(values), resamples, seed) @ values / len(values)
+    means = np.concatenate([counts @ values for counts in resample_counts(len(values), resamples, seed)]) \
+        / len(values)
     tail = (1 - level) / 2 * 100
     return np.percentile(means, [tail, 100 - tail], axis=0).T
 

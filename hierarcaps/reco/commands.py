@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..commandline import Command, echo, engine, engine_options, image_options
+from ..commandline import Command, echo, engine, engine_options, image_options, whole_number
 from ..configs import add_options, from_options
 from ..models.registry import spec_help
 from .index import INDEX_TYPES
@@ -39,11 +39,12 @@ def _reco_args(p: argparse.ArgumentParser) -> None:
     memory.add_argument("--out", required=True)
     memory.add_argument("--index", choices=INDEX_TYPES, help="default: flat to 100k items, ivf below 1M, "
                         "ivffs from 1M (on disk: ivf to 4M, ivfpq beyond)")
-    memory.add_argument("--shard-size", type=int, default=10_000, help="items per embedding shard and index block")
+    memory.add_argument("--shard-size", type=whole_number(1, 10**8), default=10_000,
+                        help="items per embedding shard and index block")
     memory.add_argument("--on-disk", action="store_true",
                         help="IVF / IVF-PQ with on-disk inverted lists, filled block by block and memory-mapped "
                              "for search (memories larger than RAM)")
-    memory.add_argument("--train-size", type=int, default=200_000,
+    memory.add_argument("--train-size", type=whole_number(1, 10**9), default=200_000,
                         help="vectors sampled to train IVF / IVF-PQ (at least 39 per list: 2.5M for 1B items)")
     memory.add_argument("--exclude", metavar="SOURCE",
                         help="evaluation items (any memory source, embedded with --model): memory items near-"

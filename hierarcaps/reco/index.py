@@ -63,6 +63,21 @@ def nlist_for(count: int) -> int:
     return max(1, min(65536, int(4 * math.sqrt(count))))
 
 
+def fewest_items(kind: str, count: int) -> int:
+    """The fewest items an index of ``kind`` can be trained on: one per inverted list for IVF, and for product
+    codes one per code value as well (256 for 8-bit codes, 16 for 4-bit fast-scan codes)."""
+    if kind not in IVF_TYPES:
+        return 1
+    return max(nlist_for(count), {"ivf": 1, "ivfpq": 256, "ivffs": 16}[kind])
+
+
+def check_index_size(kind: str, count: int) -> None:
+    """Refuse, in one line, an index type that cannot be trained on ``count`` items."""
+    if count < fewest_items(kind, count):
+        raise HierarcapsError(f"--index {kind} needs at least {fewest_items(kind, count)} items to train on, and the "
+                              f"memory has {count}; choose --index flat (exact search, the default at this size)")
+
+
 def default_nprobe(nlist: int) -> int:
     """Lists searched per query by default: 1/30 of them, at least 64. Measured on realistic vectors (a
     power-law spectrum, fresh queries; benchmarks/speed_reco.py): recall@10 0.974 at 50k items (nlist 894,

@@ -22,10 +22,11 @@ The manifest records a content hash of the vectors, so a rebuilt memory is a dif
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +36,12 @@ from .._io import atomic_open, atomic_path
 from ..engines import LocalEngine
 from ..errors import HierarcapsError
 from ..models.folders import read_json_object
+from ..outputs import claim_folder, folder_lock
 from .index import (
     ON_DISK_TYPES,
     add_block,
     build_index,
+    check_index_size,
     default_index_type,
     merge_on_disk,
     rerank_factor,
@@ -245,13 +248,26 @@ class BuildOptions:
     exclude_threshold: float = 0.98
 
 
+MEMORY_KIND = "reco memory"
+
+
+@contextlib.contextmanager
+def writing_memory(folder: str | Path) -> Iterator[Path]:
+    """A memory folder held for writing: new, empty or a memory (``outputs.claim_folder``), under its lock, so
+    two builds into one folder take turns and each leaves a memory of its own source."""
+    folder = claim_folder(folder, MEMORY_KIND)
+    with folder_lock(folder, what=f"the memory {folder}"):
+        yield folder
+
+
 def write_memory(folder: str | Path, image: np.ndarray, text: np.ndarray, items: Sequence[MemoryItem],
                  options: BuildOptions | None = None, *, encoder: dict[str, Any] | None = None) -> Path:
     """Write a memory from embeddings in RAM, atomically per file, manifest last."""
     if not (len(image) == len(text) == len(items)):
         raise HierarcapsError(f"{len(image)} image and {len(text)} text embeddings for {len(items)} items")
-    return assemble_memory(folder, {"image": [image], "text": [text]}, meta_table(items), options or BuildOptions(),
-                           encoder=encoder)
+    with writing_memory(folder) as folder:
+        return assemble_memory(folder, {"image": [image], "text": [text]}, meta_table(items),
+                               options or BuildOptions(), encoder=encoder)
 
 
 def meta_table(items: Sequence[MemoryItem]) -> Any:
@@ -277,7 +293,11 @@ def assemble_memory(folder: str | Path, parts: dict[str, Sequence[Any]], meta: A
         raise HierarcapsError("memory item ids must be unique")
     keep = kept_rows(parts, meta.num_rows, options)
     meta, count = meta.filter(pa.array(keep)), int(keep.sum())
+    if count == 0:
+        raise HierarcapsError("the memory would hold no items" + (" (every item is a near-duplicate of an evaluation "
+                                                                  "item)" if len(keep) else " (the source is empty)"))
     kind = options.index or default_index_type(count, options.on_disk)
+    check_index_size(kind, count)
     if options.on_disk and kind not in ON_DISK_TYPES:
         raise HierarcapsError(f"on-disk indexes are IVF or IVF-PQ, not {kind!r}")
     folder.mkdir(parents=True, exist_ok=True)
@@ -484,24 +504,41 @@ def build_memory(folder: str | Path, items: Sequence[MemoryItem], encoder: Any, 
     """Embed items with a frozen encoder, shard by shard (each shard kept once done), then index them as
     ``options`` say (index blocks of ``shard_size`` rows).
 
-    Killed at any point, a re-run skips the finished shards (and index blocks) and produces the same memory.
-    Under the Ray engine each actor loads the encoder from ``spec``.
+    Killed at any point, a re-run skips the finished shards (and index blocks) and produces the same memory;
+    finished shards are kept only for the same encoder, items and shard size, so a build of another source
+    into the folder starts afresh. Under the Ray engine each actor loads the encoder from ``spec``.
     """
-    folder = Path(folder)
+    if shard_size < 1:
+        raise HierarcapsError(f"--shard-size {shard_size}: a shard holds at least one item")
+    if not items:
+        raise HierarcapsError("the memory would hold no items (the source is empty)")
     options = dataclasses.replace(options or BuildOptions(progress=True), block_size=shard_size)
     engine = options.engine or LocalEngine()
     local = engine.in_process
     if not local and not spec:
         raise HierarcapsError("the ray engine loads the encoder in every actor: give its spec")
-    shards = folder / "shards"
-    count = -(-len(items) // shard_size)
-    worker = EmbedWorker(str(shards), spec, encoder if local else None, image_batch_size, workers)
-    tasks = embed_tasks(items, shard_size, shards, portable=not local)
-    for _ in engine.map(worker, tasks, desc="Memory shards", progress=options.progress, gpus=1.0):   # GPU actors
-        pass                                                                                # where there are GPUs
-    parts = [shard_folder(shards, n) for n in range(count)]
     identity = {"name": encoder.name, "fingerprint": encoder.fingerprint()}
-    assemble_memory(folder, {m: [p / f"{m}.npy" for p in parts] for m in MODALITIES}, meta_table(items), options,
-                    encoder=identity)
-    shutil.rmtree(shards, ignore_errors=True)
+    with writing_memory(folder) as folder:
+        shards = folder / "shards"
+        claim_blocks(shards, f"{identity['fingerprint']} {items_hash(items)} {shard_size}")
+        count = -(-len(items) // shard_size)
+        worker = EmbedWorker(str(shards), spec, encoder if local else None, image_batch_size, workers)
+        tasks = embed_tasks(items, shard_size, shards, portable=not local)
+        for _ in engine.map(worker, tasks, desc="Memory shards", progress=options.progress, gpus=1.0):   # GPU actors
+            pass                                                                                # where there are GPUs
+        parts = [shard_folder(shards, n) for n in range(count)]
+        assemble_memory(folder, {m: [p / f"{m}.npy" for p in parts] for m in MODALITIES}, meta_table(items),
+                        options, encoder=identity)
+        shutil.rmtree(shards, ignore_errors=True)
     return folder
+
+
+def items_hash(items: Sequence[MemoryItem]) -> str:
+    """What a memory's items are: ids, captions and image references (in-memory images by their id)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for item in items:
+        image = item.image if isinstance(item.image, str | None) else f"<in memory {item.id}>"
+        digest.update(f"{item.id}\t{item.caption}\t{image}\n".encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()

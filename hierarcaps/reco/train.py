@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from .._io import atomic_open
 from ..configs import check_fields, setting
 from ..errors import DataError, ModelSpecError
 from ..models.folders import read_json_object
+from ..outputs import Journal, claim_folder, folder_lock, recover
 from ..training import TrainingConfig, TrainingLoop, holdout, write_log
 from .fusion import KINDS, STARTS, FusionConfig, build_fusion
 from .memory import Memory
@@ -46,6 +48,10 @@ from .neighbours import neighbour_rows
 SIDES = ("both", "image", "text")
 OBJECTIVES = ("vocabulary", "in-batch", "supervised")
 SELECTION = "val_accuracy"
+MODEL_KIND = "reco model"
+INFO_FILE = "reco.json"
+WEIGHTS_FILE = "fusion.safetensors"
+STAGING = ".staging"
 
 
 @dataclasses.dataclass
@@ -153,7 +159,7 @@ class RecoTrainer:
     def __init__(self, config: RecoConfig, pairs: Pairs, *, engine: Any = None) -> None:
         import torch
 
-        self.config, self.out, self.pairs = config, Path(config.out), pairs
+        self.config, self.out, self.pairs = config, claim_folder(config.out, MODEL_KIND), pairs
         self.memory = Memory(config.memory)
         if config.objective == "supervised" and (pairs.labels is None or pairs.label_vectors is None):
             raise DataError("the supervised objective needs class labels for the pairs", field="objective")
@@ -310,14 +316,16 @@ class RecoTrainer:
 
     # -- the run --------------------------------------------------------------------------------------------------
     def train(self) -> Path:
-        """Train (or resume), select the fusion, write the model folder; returns it."""
-        free = self.training_free_scores()
-        if self.config.learned_kind() == "mean" or self.config.steps == 0:
-            summary = {"steps": 0, "kept_step": 0, "best_value": free["mean"], "train_seconds": 0.0}
-            self.loop.log = [{"step": 0, **({SELECTION: free["mean"]} if free["mean"] is not None else {})}]
-        else:
-            summary = self.loop.run()
-        return self.finish(summary, free)
+        """Train (or resume), select the fusion, write the model folder under its lock; returns it."""
+        with folder_lock(self.out, what=f"the RECO model {self.out}"):
+            recover(self.out)
+            free = self.training_free_scores()
+            if self.config.learned_kind() == "mean" or self.config.steps == 0:
+                summary = {"steps": 0, "kept_step": 0, "best_value": free["mean"], "train_seconds": 0.0}
+                self.loop.log = [{"step": 0, **({SELECTION: free["mean"]} if free["mean"] is not None else {})}]
+            else:
+                summary = self.loop.run()
+            return self.finish(summary, free)
 
     def training_free_scores(self) -> dict[str, float | None]:
         """Validation scores of what needs no training: the frozen base, mean fusion on the refined sides and,
@@ -364,21 +372,25 @@ class RecoTrainer:
     def finish(self, summary: dict[str, Any], free: dict[str, float | None]) -> Path:
         from safetensors.torch import save_file
 
-        self.out.mkdir(parents=True, exist_ok=True)
         selection = self.choice(summary, free)
         used = dataclasses.replace(self.fusion_config, kind=selection["used"])
-        weights = self.out / "fusion.safetensors"
-        weights.unlink(missing_ok=True)
+        staging = self.out / STAGING
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
         if used.kind != "mean":
             save_file({f"{side}.{name}": tensor.contiguous() for side, module in self.modules.items()
-                       for name, tensor in module.state_dict().items()}, weights)
+                       for name, tensor in module.state_dict().items()}, staging / WEIGHTS_FILE)
         memory = os.path.relpath(Path(self.config.memory).resolve(), self.out.resolve())
         info = {"base": self.config.base, "memory": memory, "memory_content_hash": self.memory.content_hash(),
                 "fusion": dataclasses.asdict(used), "sides": selection["used_sides"], "selection": selection,
                 "config": dataclasses.asdict(self.config), "steps": summary["steps"],
                 "train_seconds": summary.get("train_seconds"), "run_hash": self.config.run_hash()}
-        with atomic_open(self.out / "reco.json") as handle:
+        with atomic_open(staging / INFO_FILE) as handle:
             json.dump(info, handle, indent=2)
+        weights_step = ("rename", f"{STAGING}/{WEIGHTS_FILE}", WEIGHTS_FILE) if used.kind != "mean" \
+            else ("remove", WEIGHTS_FILE)
+        steps = [weights_step, ("rename", f"{STAGING}/{INFO_FILE}", INFO_FILE), ("remove", STAGING)]
+        Journal(self.out, "final write of the RECO model", steps).run()
         write_log(self.out, self.loop.log, summary=summary, selection=selection)
         self.loop.finish_checkpoints()
         return self.out
@@ -397,15 +409,15 @@ def load_fusion(folder: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from safetensors.torch import load_file
 
     folder = Path(folder)
-    path = folder / "reco.json"
+    path = folder / INFO_FILE
     if not path.exists():
-        raise ModelSpecError(f"{folder} is not a trained RECO model (no reco.json)")
+        raise ModelSpecError(f"{folder} is not a trained RECO model (no {INFO_FILE})")
     info = read_json_object(path, what="RECO model description")
     problem = reco_info_problem(info)
     if problem:
         raise ModelSpecError(f"{path}: {problem}")
     config = FusionConfig(**{"start": "query", **info["fusion"]})      # older models started as the query
-    weights_path = folder / "fusion.safetensors"
+    weights_path = folder / WEIGHTS_FILE
     try:
         weights = load_file(weights_path) if config.kind != "mean" else {}
         modules = {}
