@@ -218,6 +218,11 @@ def npz_members(path: str | os.PathLike[str]) -> list[tuple[str, tuple[int, ...]
 
     members = []
     with zipfile.ZipFile(path) as archive:
+        names = [info.filename for info in archive.infolist()]
+        if len(set(names)) != len(names):
+            twice = next(name for name in names if names.count(name) > 1)
+            raise DataError(f"the member {twice!r} appears twice (which one a reader takes is left to chance)",
+                            file=str(path))
         for info in archive.infolist():
             with archive.open(info) as member:
                 version = np.lib.format.read_magic(member)

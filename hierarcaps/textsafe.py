@@ -121,9 +121,16 @@ def spreadsheet_cell(value: object) -> object:
     return value
 
 
+SCRIPT_SCHEMES = re.compile(r"(?i)\b(javascript|vbscript|data|file)(\s*):")
+
+
 def markdown_cell(text: object) -> str:
-    """Text that stays inside one markdown table cell and renders no HTML, link or emphasis."""
+    """Text that stays inside one markdown table cell and renders no HTML, link or emphasis in any renderer:
+    ``& < >`` as HTML entities (every markdown renderer shows them as the characters), table and emphasis marks
+    and brackets backslash-escaped, and the colon of a script scheme (``javascript:``) as an entity, so no
+    renderer that autolinks can make it a link."""
     text = re.sub(r"[\r\n]+", " ", escape_controls(str(text)))
-    for char in "\\|<>[]`*_":
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    for char in "\\|[]`*_":
         text = text.replace(char, "\\" + char)
-    return text
+    return SCRIPT_SCHEMES.sub(lambda m: f"{m.group(1)}{m.group(2)}&#58;", text)

@@ -273,7 +273,7 @@ def test_crafted_entries_render_safely_and_references_rank_among_entries(valid: 
     cells = {len(re.findall(r"(?<!\\)\|", line)) for line in table}          # unescaped cell separators
     assert len(cells) == 1                                       # every row has the header's column count
     assert sum("(reference)" in line for line in table) == 3
-    d_corr = [float(line.split(" | ")[5].split(" ")[0]) for line in table[1:] if line.split(" | ")[5] != "–"]
+    d_corr = [float(line.split(" | ")[6].split(" ")[0]) for line in table[1:] if line.split(" | ")[6] != "–"]
     assert d_corr == sorted(d_corr, reverse=True)                # ranked together, best first
 
 

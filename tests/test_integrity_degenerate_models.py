@@ -77,7 +77,7 @@ def test_a_collapsed_submission_scores_zero_and_ranks_below_a_real_model_and_cap
         assert any("1 distinct vector(s) for 3132 distinct captions" in note for note in report.notes)
         assert result["validation_notes"] == sub.notes
     board.build(lb)
-    order = [line.split("|")[1].strip() for line in (lb / "README.md").read_text().splitlines()
+    order = [line.split("|")[2].strip() for line in (lb / "README.md").read_text().splitlines()
              if line.startswith("| ") and "---" not in line][1:]
     assert order[0] == "hierarchy-aware", order
     assert order.index(name) > order.index("*caption length (characters) (reference)*")

@@ -20,7 +20,7 @@ from .._io import atomic_open, atomic_path
 from ..errors import DataError
 from .fetch import cached_download, is_url
 from .records import DEFAULT_TIERS, Hierarchy, image_file_from_url, split_tiers, validate_records
-from .tables import delimiter_of, parquet_table, read_text, text_rows
+from .tables import checked_header, delimiter_of, parquet_table, read_text, text_rows
 
 FORMATS: dict[str, tuple[str, ...]] = {
     "test": ("id", "captions", "image_url"),
@@ -69,8 +69,8 @@ def parse_csv(path: str | os.PathLike[str], *, split: str = "", source: str | No
     header = next(rows, None)
     if header is None:
         raise DataError("empty file (no header)", file=file)
-    fmt = detect_format(header, file)
-    col = {name: header.index(name) for name in header}
+    fmt = detect_format(checked_header(header, file), file)
+    col = {name: index for index, name in enumerate(header)}
     source = source if source is not None else path.name
     records: list[Hierarchy] = []
     problems = Problems(file)

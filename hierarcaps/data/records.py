@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from urllib.parse import urlparse
 
 from ..errors import DataError
-from ..textsafe import escape_controls
+from ..textsafe import comparison_key, escape_controls
 
 DEFAULT_TIERS = 4
 TIER_SEPARATOR = " => "
@@ -88,10 +88,10 @@ class Hierarchy:
                     found.append((name, f"tier {k} contains the tier separator '=>'"))
                 elif hidden := control_characters(tier):
                     found.append((name, f"tier {k} contains control characters ({escape_controls(hidden)})"))
-                elif tier.strip().lower() in seen:
-                    found.append((name, f"tier {k} repeats tier {seen[tier.strip().lower()]}"))
+                elif comparison_key(tier) in seen:
+                    found.append((name, f"tier {k} repeats tier {seen[comparison_key(tier)]}"))
                 else:
-                    seen[tier.strip().lower()] = k
+                    seen[comparison_key(tier)] = k
         if self.negative is not None and len(self.negative) != len(self.positive):
             found.append(("negative", f"has {len(self.negative)} tiers but positive has {len(self.positive)}"))
         return found

@@ -22,6 +22,21 @@ MAX_FIELD_CHARS = 2**20
 """One cell; a longer one is reported with its row."""
 MAX_ROWS = 1_000_000
 """Rows of one table (a hierarchy record costs about 1 KB in memory): larger collections come as several files."""
+MAX_COLUMNS = 1024
+"""Columns of one table (the widest format here has seven)."""
+
+
+def checked_header(header: list[str], file: str) -> list[str]:
+    """A table's column names: at most ``MAX_COLUMNS``, none twice (two ``captions`` columns would leave which
+    one is read to chance)."""
+    if len(header) > MAX_COLUMNS:
+        raise DataError(f"{len(header)} columns, more than the limit of {MAX_COLUMNS}", file=file, row=0)
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise DataError("the column appears twice in the header", file=file, row=0, field=name)
+        seen.add(name)
+    return header
 
 
 def read_text(path: Path) -> str:
@@ -70,11 +85,12 @@ def header_of(path: Path) -> list[str]:
 
         regular_file_size(path, what="table")
         try:
-            return list(pq.read_schema(path).names)
+            names = list(pq.read_schema(path).names)
         except Exception as exc:  # pyarrow's errors for a file that is not parquet
             raise DataError(f"not a readable parquet file ({' '.join(str(exc).split())[:160]})",
                             file=str(path)) from None
-    return next(text_rows(read_text(path), str(path), delimiter_of(path)), [])
+        return checked_header(names, str(path))
+    return checked_header(next(text_rows(read_text(path), str(path), delimiter_of(path)), []), str(path))
 
 
 def records(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -84,7 +100,8 @@ def records(path: str | Path, required: tuple[str, ...] = ()) -> Iterator[tuple[
     if not path.exists():
         raise DataError("no such file", file=file)
     header = header_of(path)
-    missing = [name for name in required if name not in header]
+    columns = set(header)
+    missing = [name for name in required if name not in columns]
     if missing:
         raise DataError(f"missing column(s) {', '.join(missing)} (columns: {', '.join(header)[:200]})", file=file,
                         row=0, field=missing[0])

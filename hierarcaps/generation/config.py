@@ -99,7 +99,9 @@ class GenerationConfig:
     def resolved_device(self) -> str:
         """The device the models run on: ``auto`` is the GPU when torch sees one, else the CPU."""
         if self.device != "auto":
-            return self.device
+            from ..models.torch_utils import check_device
+
+            return check_device(self.device)
         from ..models.torch_utils import pick_device_lightly
 
         return pick_device_lightly(None)

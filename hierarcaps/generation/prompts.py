@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from .. import jsonfile
 from .._io import read_bounded
 from ..errors import DataError
 
@@ -63,10 +64,7 @@ def load_prompts(folder: str | Path) -> Prompts:
 
 def examples(text: str, path: Path) -> tuple[tuple[str, str, str, str], ...]:
     """The demonstrations of ``examples.json``: a list of objects with caption, tier_1, tier_2, tier_3."""
-    try:
-        document = json.loads(text)
-    except ValueError as exc:
-        raise DataError(f"not valid JSON ({exc})", file=str(path)) from None
+    document = jsonfile.parse(text.encode("utf-8"), file=str(path))
     if not isinstance(document, list) or not document:
         raise DataError("expected a non-empty list of demonstrations", file=str(path))
     found = []
@@ -74,6 +72,9 @@ def examples(text: str, path: Path) -> tuple[tuple[str, str, str, str], ...]:
         keys = ("caption", *FIELDS)
         if not isinstance(item, dict) or not all(isinstance(item.get(k), str) and item[k].strip() for k in keys):
             raise DataError(f"needs non-empty {', '.join(keys)}", file=str(path), row=row)
+        if separated := [k for k in keys if "=>" in item[k]]:
+            raise DataError("contains the tier separator '=>' (a demonstration's tiers would split apart in the "
+                            "official files)", file=str(path), row=row, field=separated[0])
         found.append((item["caption"], item["tier_1"], item["tier_2"], item["tier_3"]))
     return tuple(found)
 

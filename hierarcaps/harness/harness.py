@@ -231,11 +231,12 @@ def result_path(result: Result | dict[str, Any], out_dir: str | os.PathLike[str]
 
 
 def save_result(result: Result | dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
-    import json
+    """Write a result document as every reader here reads it (strict JSON: a non-finite number is refused)."""
+    from .. import jsonfile
 
     path = result_path(result, out_dir)
     document = result.to_dict() if isinstance(result, Result) else result
+    text = jsonfile.dumps(document)
     with atomic_open(path, "w") as handle:
-        json.dump(document, handle, indent=2, sort_keys=False)
-        handle.write("\n")
+        handle.write(text)
     return path

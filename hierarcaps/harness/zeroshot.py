@@ -54,14 +54,26 @@ MAX_TEMPLATE_BYTES = 2**20
 
 
 def read_templates(path: str | Path) -> tuple[str, ...]:
-    """Prompt templates, one per line with ``{}`` where the class name goes."""
+    """Prompt templates, one per non-blank line, each with exactly one ``{}`` where the class name goes and no
+    other brace (a ``{c}`` or ``{place}`` would otherwise reach the model as written)."""
     from .._io import read_bounded
 
-    text = read_bounded(path, MAX_TEMPLATE_BYTES, what="template file").decode("utf-8-sig", errors="replace")
-    templates = tuple(line for line in text.splitlines() if line.count("{}") == 1)
+    raw = read_bounded(path, MAX_TEMPLATE_BYTES, what="template file")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not valid UTF-8 (byte 0x{raw[exc.start]:02x})", file=str(path)) from None
+    templates = []
+    for row, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        if line.count("{}") != 1 or line.replace("{}", "").count("{") or line.replace("{}", "").count("}"):
+            raise DataError(f"a template holds exactly one {{}} where the class name goes and no other brace: "
+                            f"{line.strip()[:80]!r}", file=str(path), row=row)
+        templates.append(line)
     if not templates:
         raise DataError("no template line with one {} (e.g. 'a photo of a {}.')", file=str(path))
-    return templates
+    return tuple(templates)
 
 
 def class_embeddings(encoder: Encoder, class_names: list[str], templates: tuple[str, ...]) -> np.ndarray:

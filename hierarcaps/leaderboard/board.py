@@ -113,7 +113,9 @@ def add(path: str | Path, board: str | Path = "leaderboard", *, replace: str | N
             folder = entry_folder(board, sub.meta)
             if replace is not None:
                 _check_replace(board, replace, folder)
-            result = dumps(score_submission(sub))
+            scored = score_submission(sub)
+            Result.from_dict(scored, f"{path}: the entry's result")     # what check and build will read
+            result = dumps(scored)
             with writing(board, notes):
                 complete = (folder / RESULT_FILE).is_file() and (folder / SUBMISSION_FILE).is_file()
                 if complete and same_entry(folder, result, kept_files(submitted)):
@@ -375,10 +377,10 @@ def changed_entries(board: Path, since: str) -> list[Path]:
 
 def summary(board: Path, outcome: Review) -> str:
     """Markdown for the reviewer: the re-scored entries with their place on the board, then the problems."""
-    from .render import board_table, rows
+    from .render import board_table, places, rows
 
     table = rows([result for _, result in load_entries(board)], reference_rows())
-    for place, row in enumerate(table, start=1):
+    for place, row in zip(places(table), table):
         row["place"] = place
     names = {(r["model"]["name"], r["model"]["revision"]) for r in outcome.rescored.values()}
     checked = [row for row in table if not row["reference"] and (row["name"], row["revision"]) in names]

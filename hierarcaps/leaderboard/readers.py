@@ -10,14 +10,15 @@ metadata before any array is inflated, and nothing that can carry code is ever u
 
 from __future__ import annotations
 
-import json
 import struct
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from .. import jsonfile
 from .._io import npz_members
+from ..errors import DataError
 
 ARRAYS = ("root", "text", "image", "text_radii")
 """The only arrays a submission may hold."""
@@ -27,7 +28,8 @@ MAX_HEADER_BYTES = 2**20
 """A safetensors JSON header."""
 MAX_PARQUET_BYTES = 512 * 2**20
 """Uncompressed bytes of an embeddings.parquet, from its footer."""
-FLOAT_DTYPES = {"F16": np.float16, "BF16": None, "F32": np.float32, "F64": np.float64}
+FLOAT_DTYPES = {"F16": np.dtype("<f2"), "BF16": np.dtype("<f4"), "F32": np.dtype("<f4"), "F64": np.dtype("<f8")}
+"""The float dtypes a safetensors file may hold, as numpy reads them (bfloat16 widened to float32)."""
 
 
 class UnreadableEmbeddings(Exception):
@@ -64,6 +66,9 @@ def read_npz(path: Path, expected: Mapping[str, int]) -> dict[str, np.ndarray]:
 
 
 def read_safetensors(path: Path, expected: Mapping[str, int]) -> dict[str, np.ndarray]:
+    """Every array of a ``.safetensors`` file, read from its own header's offsets after checking every
+    declaration (bfloat16 is widened to float32 exactly, as numpy has no bfloat16)."""
+    size = path.stat().st_size
     with open(path, "rb") as handle:
         head = handle.read(8)
         if len(head) < 8:
@@ -71,21 +76,48 @@ def read_safetensors(path: Path, expected: Mapping[str, int]) -> dict[str, np.nd
         (length,) = struct.unpack("<Q", head)
         if length > MAX_HEADER_BYTES:
             raise UnreadableEmbeddings(f"header of {length} bytes, over the limit of {MAX_HEADER_BYTES}")
-        header = json.loads(handle.read(length))
-    if not isinstance(header, dict):
-        raise UnreadableEmbeddings("header is not a JSON object")
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        dtype_name = info.get("dtype") if isinstance(info, dict) else None
-        shape = info.get("shape") if isinstance(info, dict) else None
-        if dtype_name not in FLOAT_DTYPES or not isinstance(shape, list) or \
-                not all(isinstance(n, int) and n >= 0 for n in shape):
-            raise UnreadableEmbeddings(f"{name}: dtype {dtype_name!r}, shape {shape!r}; expected a float array")
-        check_declared(name, tuple(shape), np.dtype(FLOAT_DTYPES[dtype_name] or np.float32), expected)
-    from safetensors.numpy import load_file
+        try:
+            header = jsonfile.parse(handle.read(length), file=path.name)
+        except DataError as exc:
+            raise UnreadableEmbeddings(f"header: {exc.reason}") from None
+        if not isinstance(header, dict):
+            raise UnreadableEmbeddings("header is not a JSON object")
+        arrays = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            dtype_name, shape, offsets = (info.get(k) if isinstance(info, dict) else None
+                                          for k in ("dtype", "shape", "data_offsets"))
+            if dtype_name not in FLOAT_DTYPES or not isinstance(shape, list) or \
+                    not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+                raise UnreadableEmbeddings(f"{name}: dtype {dtype_name!r}, shape {shape!r}; expected a float array")
+            dtype = FLOAT_DTYPES[dtype_name]
+            check_declared(name, tuple(shape), dtype, expected)
+            begin, end = _offsets(name, offsets, int(np.prod(shape)) * ITEM_BYTES[dtype_name], size - 8 - length)
+            handle.seek(8 + length + begin)
+            raw = np.frombuffer(handle.read(end - begin), dtype=np.uint16 if dtype_name == "BF16" else dtype)
+            arrays[name] = _widened(raw, dtype_name).reshape(shape)
+    return arrays
 
-    return load_file(path)
+
+ITEM_BYTES = {"F16": 2, "BF16": 2, "F32": 4, "F64": 8}
+
+
+def _offsets(name: str, offsets: object, nbytes: int, data_bytes: int) -> tuple[int, int]:
+    """A tensor's [begin, end) within the data section, checked against its declared size and the file."""
+    if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+        raise UnreadableEmbeddings(f"{name}: data_offsets {offsets!r}; expected [begin, end]")
+    begin, end = offsets
+    if not 0 <= begin <= end <= data_bytes or end - begin != nbytes:
+        raise UnreadableEmbeddings(f"{name}: data_offsets {offsets} do not hold its {nbytes} bytes in the file")
+    return begin, end
+
+
+def _widened(raw: np.ndarray, dtype_name: str) -> np.ndarray:
+    """bfloat16 bits as float32 (the upper half of a float32's bits), other dtypes as stored (little-endian)."""
+    if dtype_name == "BF16":
+        return (raw.astype("<u4") << 16).view("<f4")
+    return raw.astype(raw.dtype.newbyteorder("<"), copy=True)
 
 
 PARQUET_COLUMNS = {"kind": "string", "id": "string", "embedding": "list<float>", "radius": "float"}

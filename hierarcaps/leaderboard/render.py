@@ -20,8 +20,9 @@ TIERS = ("recall_tier1", "recall_tier2", "recall_tier3", "recall_tier4")
 
 
 def rows(entries: list[dict[str, Any]], references: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """Entries and reference baselines ranked together (by the protocol's main score, then name; references
-    marked), so a reader sees at once which models beat caption length."""
+    """Entries and reference baselines ranked together by the protocol's main score (references marked), so a
+    reader sees at once which models beat caption length. An entry tied with a reference is listed after it
+    and shares its place (:func:`places`): a tie is never shown as a win."""
     out = [{"name": e["model"]["name"], "revision": e["model"]["revision"], "parameters": e["model"]["parameters"],
             "link": e["model"].get("link", ""), "metrics": e["metrics"], "reference": False} for e in entries]
     out += [{"name": baseline_label(name, RANDOM_DIM), "revision": "", "parameters": None, "link": "",
@@ -29,8 +30,20 @@ def rows(entries: list[dict[str, Any]], references: dict[str, dict[str, Any]]) -
     sort = main_score(PROTOCOL)
     direction = -1 if sort.higher_is_better else 1
     missing = float("inf")              # rows without the main score go last
-    return sorted(out, key=lambda r: (direction * r["metrics"].get(sort.name, {}).get("value", direction * missing),
-                                      r["name"]))
+    return sorted(out, key=lambda r: (direction * main_value(r, direction * missing), not r["reference"], r["name"]))
+
+
+def main_value(row: dict[str, Any], default: float = float("nan")) -> float:
+    return row["metrics"].get(main_score(PROTOCOL).name, {}).get("value", default)
+
+
+def places(table: list[dict[str, Any]]) -> list[int]:
+    """Each row's place on the board: rows with equal main scores share one (1, 2, 2, 4, ...)."""
+    found: list[int] = []
+    for position, row in enumerate(table):
+        tied = position and main_value(row) == main_value(table[position - 1])
+        found.append(found[-1] if tied else position + 1)
+    return found
 
 
 def _params(count: Any) -> str:
@@ -48,11 +61,13 @@ def _safe_link(row: dict[str, Any]) -> str:
 
 
 def markdown(table: list[dict[str, Any]]) -> str:
+    placed = [{**row, "place": place} for place, row in zip(places(table), table)]
     lines = ["# HierarCaps leaderboard", "",
              "Scored by `hierarcaps` from submitted embeddings (protocol hierarcaps-v1, 1K test set). "
              "Values: mean [95% bootstrap CI]. Reference rows (marked) are computed by the same code and ranked "
-             "with the entries: a model above caption length knows more than caption length.", "",
-             *board_table(table),
+             "with the entries: a model above caption length knows more than caption length; equal main scores "
+             "share a place.", "",
+             *board_table(placed, rank=True),
              "", "τ_d: Kendall's tau between distance to the root and tier; caption length alone reaches the "
              "reference values. A tie (two tiers of a row at one distance) counts half, never as the right "
              "order, for every row of the board: a model whose captions collapse onto one vector scores 0. "

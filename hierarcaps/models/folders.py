@@ -9,6 +9,7 @@ always told not to run code shipped inside a folder (``trust_remote_code=False``
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +68,37 @@ def weights_problem(folder: Path) -> str | None:
     return "holds no weights (no .safetensors file)"
 
 
+MAX_SIDE_FILE_BYTES = 256 * 2**20
+"""A model folder's file other than weights (configs, tokenizers, vocabularies; the largest seen are ~30 MB)."""
+
+
+def files_problem(folder: Path) -> str | None:
+    """Why a loader must not read ``folder``'s files, or None: a pipe, device or socket anywhere in it (or a link
+    to one: reading ``/dev/zero`` never ends, opening a pipe blocks), or a file other than weights over
+    ``MAX_SIDE_FILE_BYTES``. Links to folders are not followed."""
+    import stat
+
+    for root, _, names in os.walk(folder, followlinks=False):
+        for name in names:
+            path = Path(root) / name
+            try:
+                info = os.stat(path)
+            except OSError as exc:
+                return f"{path.relative_to(folder)}: {exc.strerror or 'unreadable'}"
+            if stat.S_ISDIR(info.st_mode):
+                continue
+            if not stat.S_ISREG(info.st_mode):
+                return f"{path.relative_to(folder)} is not a regular file (a pipe, a device or a link to one)"
+            if path.suffix not in SAFE_SUFFIXES + PICKLE_SUFFIXES and info.st_size > MAX_SIDE_FILE_BYTES:
+                return f"{path.relative_to(folder)} holds {info.st_size} bytes, over {MAX_SIDE_FILE_BYTES} for a " \
+                       "file that is not weights"
+    return None
+
+
 def check_model_folder(folder: Path) -> None:
-    """Refuse a local model folder whose weights cannot be loaded safely, in one line."""
-    problem = weights_problem(folder)
+    """Refuse a local model folder whose files cannot be read safely (:func:`files_problem`) or whose weights
+    cannot be loaded safely (:func:`weights_problem`), in one line, before any loader opens a file of it."""
+    problem = files_problem(folder) or weights_problem(folder)
     if problem is not None:
         raise ModelSpecError(f"model folder {folder}: {problem}")
 

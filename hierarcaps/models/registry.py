@@ -162,8 +162,8 @@ def folder_name(folder: Path) -> str:
 
 def load_folder(folder: Path, device: str | None, *, lazy: bool = False, name: str | None = None) -> Encoder:
     """The model in a local folder; with ``lazy`` its weights load only when something is embedded."""
-    adapter, factory, has_images = folder_adapter(folder)
     check_model_folder(folder)
+    adapter, factory, has_images = folder_adapter(folder)
     name = name or folder_name(folder)
     if lazy:
         from .lazy import LazyEncoder
@@ -214,8 +214,13 @@ def _spec_key(spec: str) -> str:
 def load_encoder(spec: str, *, device: str | None = None, lazy: bool = False) -> Encoder:
     """Load the model a spec names; unknown or unloadable specs raise ModelSpecError with the reason.
 
-    ``lazy`` (used by the harness) defers loading local folders until something must be embedded.
+    ``lazy`` (used by the harness) defers loading local folders until something must be embedded. A
+    ``device`` torch cannot use here is refused before anything loads.
     """
+    if device is not None:
+        from .torch_utils import check_device
+
+        check_device(device)
     chain: list[str] = getattr(_LOADING, "chain", [])
     key = _spec_key(spec)
     if key in chain or len(chain) >= MAX_BASE_DEPTH:

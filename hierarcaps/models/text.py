@@ -8,9 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ModelSpecError
+from ..errors import DataError, ModelSpecError
+from ..jsonfile import read as read_json
 from .base import source_name
-from .folders import NO_REMOTE_CODE, SAFE_WEIGHTS
+from .folders import MAX_JSON_BYTES, NO_REMOTE_CODE, SAFE_WEIGHTS
 from .torch_utils import TorchEncoder, autocast, pick_device
 
 MINILM_ALIAS = "minilm"
@@ -55,10 +56,11 @@ class SentenceTransformerEncoder(TorchEncoder):
 def is_mean_pooling_pipeline(folder: Path) -> bool:
     """True for a sentence-transformers folder that is just Transformer -> mean Pooling (-> Normalize)."""
     try:
-        modules = [m["type"].rsplit(".", 1)[-1] for m in json.loads((folder / "modules.json").read_text())]
-        pooling = next(m for m in json.loads((folder / "modules.json").read_text()) if m["type"].endswith("Pooling"))
-        config = json.loads((folder / pooling["path"] / "config.json").read_text())
-    except (OSError, StopIteration, KeyError, json.JSONDecodeError):
+        listed = read_json(folder / "modules.json", limit=MAX_JSON_BYTES, what="modules list")
+        modules = [m["type"].rsplit(".", 1)[-1] for m in listed]
+        pooling = next(m for m in listed if m["type"].endswith("Pooling"))
+        config = read_json(folder / pooling["path"] / "config.json", limit=MAX_JSON_BYTES, what="pooling config")
+    except (DataError, StopIteration, KeyError, TypeError, AttributeError):
         return False
     modes = [k for k, v in config.items() if k.startswith("pooling_mode") and v]
     return modules[:2] == ["Transformer", "Pooling"] and set(modules[2:]) <= {"Normalize"} \

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import HierarcapsError
 from .base import Encoder
 from .decoding import ImageBatches
 
@@ -32,10 +33,33 @@ def keep_freed_memory() -> bool:
 
 def pick_device(device: str | None = None) -> str:
     if device:
-        return device
+        return check_device(device)
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str) -> str:
+    """``device`` if torch can run on it here; else one line saying what this machine has, before anything
+    loads (``cpu``, ``cuda``, ``cuda:N``, ``mps``)."""
+    import re
+
+    kind = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", device)
+    if kind is None:
+        raise HierarcapsError(f"--device {device[:40]!r}: not a device (cpu, cuda, cuda:N or mps)")
+    if kind.group(1) == "cpu":
+        return device
+    import torch
+
+    if kind.group(1) == "mps":
+        if not torch.backends.mps.is_available():
+            raise HierarcapsError("--device mps: no Apple GPU here; use --device cpu or leave it out")
+        return device
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if int(kind.group(2) or 0) >= count:
+        raise HierarcapsError(f"--device {device}: torch sees {count} CUDA GPU(s) here; use --device cpu or "
+                              "leave it out")
+    return device
 
 
 GPU_DRIVER_FILES = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd")

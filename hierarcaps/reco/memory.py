@@ -90,6 +90,9 @@ class Memory:
                 raise HierarcapsError(f"{self.folder / modality}.faiss: holds {index.ntotal} vectors of dimension "
                                       f"{index.d}; the memory has {self.manifest['count']} of {self.manifest['dim']}")
         self.meta = pq.read_table(self.folder / "meta.parquet")
+        if self.meta.num_rows != len(self) or "id" not in self.meta.column_names:
+            raise HierarcapsError(f"{self.folder / 'meta.parquet'}: {self.meta.num_rows} rows for the memory's "
+                                  f"{len(self)} items (or no id column); rebuild the memory")
         self.ids = self.meta.column("id").to_pylist()
         groups = self.meta.column("group").to_pylist() if "group" in self.meta.column_names else self.ids
         self.groups = [g or i for g, i in zip(groups, self.ids)]
@@ -114,6 +117,8 @@ class Memory:
         Uni-modal search compares the query with memory items of its own modality; ``cross_modal_search``
         compares it with the other modality instead.
         """
+        if k > len(self):
+            raise HierarcapsError(f"k={k} neighbours asked of a memory of {len(self)} items; lower k")
         searched = query_modality if not cross_modal_search else other(query_modality)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         excluded = np.array([self.code_of.get(g, -1) if g else -1 for g in exclude_groups]) \
@@ -155,7 +160,7 @@ class Memory:
         return np.asarray(self.vectors[fused])[rows]
 
     def stats(self) -> dict[str, Any]:
-        sizes = {p.name: p.stat().st_size for p in self.folder.iterdir() if p.is_file()}
+        sizes = {p.name: p.stat().st_size for p in self.folder.iterdir() if p.is_file() and not p.name.startswith(".")}
         return {"items": len(self), "dim": self.manifest["dim"], "index": self.manifest["index"],
                 "bytes_per_item": sum(sizes.values()) / max(1, len(self)), "files": sizes,
                 "sources": self.manifest.get("sources", {}), "encoder": self.manifest.get("encoder")}
@@ -265,6 +270,8 @@ def write_memory(folder: str | Path, image: np.ndarray, text: np.ndarray, items:
     """Write a memory from embeddings in RAM, atomically per file, manifest last."""
     if not (len(image) == len(text) == len(items)):
         raise HierarcapsError(f"{len(image)} image and {len(text)} text embeddings for {len(items)} items")
+    if not items:
+        raise HierarcapsError("the memory would hold no items (the source is empty)")
     with writing_memory(folder) as folder:
         return assemble_memory(folder, {"image": [image], "text": [text]}, meta_table(items),
                                options or BuildOptions(), encoder=encoder)
@@ -289,13 +296,14 @@ def assemble_memory(folder: str | Path, parts: dict[str, Sequence[Any]], meta: A
     import pyarrow.parquet as pq
 
     folder = Path(folder)
+    if meta.num_rows == 0:
+        raise HierarcapsError("the memory would hold no items (the source is empty)")
     if pc.count_distinct(meta.column("id")).as_py() != meta.num_rows:
         raise HierarcapsError("memory item ids must be unique")
     keep = kept_rows(parts, meta.num_rows, options)
     meta, count = meta.filter(pa.array(keep)), int(keep.sum())
     if count == 0:
-        raise HierarcapsError("the memory would hold no items" + (" (every item is a near-duplicate of an evaluation "
-                                                                  "item)" if len(keep) else " (the source is empty)"))
+        raise HierarcapsError("the memory would hold no items (every item is a near-duplicate of an evaluation item)")
     kind = options.index or default_index_type(count, options.on_disk)
     check_index_size(kind, count)
     if options.on_disk and kind not in ON_DISK_TYPES:
@@ -362,6 +370,7 @@ def write_unit_vectors(path: Path, parts: Sequence[Any], count: int, keep: np.nd
             array = np.load(part, mmap_mode="r") if isinstance(part, (str, Path)) else part
             if out is None:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(count, array.shape[1]))
+                reserve_disk(tmp)
             if seen + len(array) > len(keep):
                 raise HierarcapsError(f"more vectors than the {len(keep)} items of the memory")
             if array.ndim != 2 or array.shape[1] != out.shape[1]:
@@ -378,6 +387,24 @@ def write_unit_vectors(path: Path, parts: Sequence[Any], count: int, keep: np.nd
         dim = out.shape[1]
         del out
     return dim
+
+
+def reserve_disk(path: Path) -> None:
+    """Allocate a memory-mapped file's blocks before writing through the map: on a full disk the write would
+    otherwise kill the process (SIGBUS) and leave the file; this way it ends in one line, the file removed."""
+    import errno
+    import os
+
+    size = path.stat().st_size
+    try:
+        with open(path, "r+b") as handle:
+            if hasattr(os, "posix_fallocate"):
+                os.posix_fallocate(handle.fileno(), 0, size)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise HierarcapsError(f"{path.parent}: no space left for {size} bytes of memory vectors") from None
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):      # a file system that cannot preallocate
+            raise
 
 
 def unit_rows(block: np.ndarray, first_row: int) -> np.ndarray:

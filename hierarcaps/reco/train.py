@@ -161,6 +161,9 @@ class RecoTrainer:
 
         self.config, self.out, self.pairs = config, claim_folder(config.out, MODEL_KIND), pairs
         self.memory = Memory(config.memory)
+        if config.k >= len(self.memory):
+            raise DataError(f"k={config.k} neighbours from a memory of {len(self.memory)} items (a query's own item "
+                            "is left out in training); lower k", field="k")
         if config.objective == "supervised" and (pairs.labels is None or pairs.label_vectors is None):
             raise DataError("the supervised objective needs class labels for the pairs", field="objective")
         torch.manual_seed(config.seed)
