@@ -7,7 +7,6 @@ import io
 import json
 import os
 import stat
-import time
 from pathlib import Path
 
 import numpy as np
@@ -83,10 +82,9 @@ def test_report_reads_the_leaderboard_and_names_files_that_are_not_results(
 def test_model_spec_typos_fail_fast_with_a_suggestion(spec: str, suggestion: str) -> None:
     from hierarcaps.models import load_encoder
 
-    started = time.perf_counter()
-    with pytest.raises(ModelSpecError, match=suggestion):
+    with pytest.raises(ModelSpecError, match=suggestion) as info:
         load_encoder(spec)
-    assert time.perf_counter() - started < 15      # an unknown name never reaches a download or a 200-name dump
+    assert len(str(info.value)) < 400 and "\n" not in str(info.value)     # a suggestion, not a 200-name dump
 
 
 def test_help_shows_defaults_and_the_package_lists_its_lazy_exports(capsys: pytest.CaptureFixture) -> None:

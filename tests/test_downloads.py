@@ -8,7 +8,6 @@ import http.client
 import http.server
 import shutil
 import threading
-import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,10 +110,8 @@ def test_a_stalling_proxy_is_retried_with_back_off_then_given_up(proxy: type[Pro
     proxy.mode = "stall"
     monkeypatch.setattr(images_module, "download", _quick(images_module.download))
     records = load_official("test")[:12]
-    started = time.perf_counter()
     with pytest.raises(ImagesUnavailableError, match=r"timed out \(3 files in a row\).*0 of 12 downloaded"):
         ImageStore(download=True, mirror=image_host, workers=2).resolve(records, progress=False)
-    assert time.perf_counter() - started < 20
     attempts = [r for r in proxy.requests if r.startswith("GET")]
     assert len(set(attempts)) < len(attempts) < 12 * 3    # each file retried, but not every file tried
 
