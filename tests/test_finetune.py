@@ -250,3 +250,102 @@ def test_re_fine_tuning_raises_held_out_d_corr_of_the_real_minilm_and_the_child_
     assert sibling[0] == child[0]                              # the same starting model and held-out rows
     assert sibling[-1] > sibling[0] + 0.08, sibling
     assert child[-1] < child[0] + 0.02, child
+
+
+def test_default_fine_tuning_follows_the_authors_trainer_step_by_step(tiny_clip: Path, train_file: Path,
+                                                                      tmp_path: Path) -> None:
+    """With the defaults (no clipping, fp32, AdamW with torch's settings, no warm-up), every step's loss and the
+    final weights equal an independent loop: the reference objective on the reference's text order, with its
+    own root forward and its own torch AdamW over the text tower, fed the same rows."""
+    from transformers import CLIPModel, CLIPTokenizerFast
+
+    from hierarcaps.training import batch_rows
+
+    steps, lr = 4, 1e-3
+    trainer = Trainer(config(tiny_clip, train_file, tmp_path / "run", lr=lr, steps=steps, eval_every=100,
+                             checkpoint_every=100))
+    assert trainer.config.max_grad_norm is None and trainer.config.precision == "fp32"
+    trainer.train()
+    ours = [entry["loss"] for entry in trainer.log if "loss" in entry]
+
+    model, frozen = (CLIPModel.from_pretrained(tiny_clip).eval() for _ in range(2))
+    tokenizer = CLIPTokenizerFast.from_pretrained(tiny_clip)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    trained = [*model.text_model.parameters(), *model.text_projection.parameters()]
+    for p in trained:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(trained, lr=lr)
+
+    def embed(clip: CLIPModel, texts: list[str]) -> torch.Tensor:
+        tokens = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        out = clip.get_text_features(**tokens)
+        out = out if isinstance(out, torch.Tensor) else out.pooler_output
+        return out / out.norm(dim=-1, keepdim=True)
+
+    theirs = []
+    for rows in (next(batch_rows(len(trainer.train_rows), 8, 0, step)) for step in range(steps)):
+        chosen = [trainer.train_rows[i] for i in rows]
+        texts = tier_major_texts([list(r.positive) for r in chosen], [list(r.negative) for r in chosen])
+        optimizer.zero_grad()
+        with torch.no_grad():
+            original = embed(frozen, texts)
+        loss = reference_batch_loss(embed(model, texts), original, embed(model, [""])[0])["total"]
+        loss.backward()
+        optimizer.step()
+        theirs.append(float(loss))
+    assert ours == pytest.approx(theirs, rel=1e-4, abs=1e-5)
+    assert theirs[-1] != pytest.approx(theirs[0], abs=1e-3)                   # the trajectory really moved
+    clipped = Trainer(config(tiny_clip, train_file, tmp_path / "clipped", lr=lr, steps=steps, eval_every=100,
+                             checkpoint_every=100, max_grad_norm=0.1))                # the control: an option
+    clipped.train()
+    assert [e["loss"] for e in clipped.log if "loss" in e][1:] != pytest.approx(theirs[1:], rel=1e-4, abs=1e-5)
+    assert torch.allclose(trainer.encoder.model.text_projection.weight, model.text_projection.weight, atol=1e-5)
+
+
+def test_every_training_setting_is_an_option_of_the_command() -> None:
+    import dataclasses
+
+    from hierarcaps.finetune.commands import OPTIONS
+
+    assert set(OPTIONS) == {f.name for f in dataclasses.fields(FinetuneConfig)} - {"progress"}
+
+
+AUTHORS_LOADING = """
+import json, sys
+import torch
+from transformers import AutoProcessor, CLIPModel
+folder, texts = sys.argv[1], json.loads(sys.argv[2])
+clip, proc = CLIPModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+with torch.no_grad():
+    out = clip.get_text_features(**proc(text=texts, return_tensors="pt", padding=True))
+print(json.dumps((out / out.norm(dim=-1, keepdim=True)).tolist()))
+"""
+
+
+def transformers4_python() -> str | None:
+    """$HIERARCAPS_TRANSFORMERS4_PYTHON, or the environment .ci/run builds beside the repository."""
+    repo = Path(__file__).resolve().parents[1]
+    candidates = [os.environ.get("HIERARCAPS_TRANSFORMERS4_PYTHON"),
+                  str(repo / ".venv-transformers4" / "bin" / "python")]
+    return next((c for c in candidates if c and Path(c).exists()), None)
+
+
+@pytest.mark.integration
+def test_the_authors_evaluation_loading_reads_a_fine_tuned_folder(tiny_clip: Path, train_file: Path,
+                                                                   tmp_path: Path) -> None:
+    """transformers 4.x, as the authors' evaluation loads a checkpoint (CLIPModel and AutoProcessor), reads a
+    fine-tuned folder and embeds texts as this package does."""
+    python = transformers4_python()
+    if python is None:
+        if os.environ.get("HIERARCAPS_REQUIRE_SERVICES"):
+            pytest.fail("HIERARCAPS_REQUIRE_SERVICES is set but no transformers 4 environment was found")
+        pytest.skip("no transformers 4 environment (.ci/run builds one in .venv-transformers4)")
+    final = Trainer(config(tiny_clip, train_file, tmp_path / "run", steps=2, checkpoint_every=100)).train()
+    texts = ["animal", "a goat on an island", "a goat eating leaves of a lemon tree on the island"]
+    done = subprocess.run([python, "-c", AUTHORS_LOADING, str(final), json.dumps(texts)], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "PYTHONPATH": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+    theirs = torch.tensor(json.loads(done.stdout.strip().splitlines()[-1]))
+    ours = torch.from_numpy(load_encoder(str(final), device="cpu").encode_text(texts))
+    assert torch.allclose(ours, theirs, atol=1e-5)

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from ..commandline import Command, echo
 from ..configs import add_options, from_options
 from ..models.registry import spec_help
+from ..training import TrainingConfig
 from .trainer import FinetuneConfig
 
-OPTIONS = ["model", "train", "out", "objective", "negative_pairing", "pullback_weight", "main_weight", "hard_weight",
-           "lr", "weight_decay", "warmup_steps", "batch_size", "grad_accum", "epochs", "steps", "val_fraction",
-           "eval_every", "checkpoint_every", "keep", "patience", "seed", "device"]
+SHARED = {f.name for f in dataclasses.fields(TrainingConfig)}
+OPTIONS = [f.name for f in dataclasses.fields(FinetuneConfig) if f.name not in SHARED] + \
+    [f.name for f in dataclasses.fields(FinetuneConfig) if f.name in SHARED and f.name != "progress"]
+"""Every setting of a run is an option, the fine-tuner's own first (``progress`` is ``--quiet``)."""
 HELP = {
     "model": "to fine-tune: " + spec_help(),
     "train": "'offline' (expanded rows of non-test images) or the official training file, path or URL",
@@ -24,6 +27,22 @@ HELP = {
     "val_fraction": "images held out for validation",
     "eval_every": "steps between held-out evaluations (loss and d_corr)",
     "keep": "the weights a run ends with: the last step's, or those of the best held-out d_corr",
+    "max_grad_norm": "clip the gradient norm to this (default: no clipping, as the authors' trainer; gradient "
+                     "norms of 29-54 were measured, so any value here changes every step)",
+    "precision": "fp32: exact, as the authors' trainer; bf16: autocast (faster on GPUs, not the authors' numbers)",
+    "val_rows": "held-out rows evaluated (the first of the held-out images' rows)",
+    "weight_decay": "AdamW weight decay (0.01: torch's default, which the authors' trainer uses)",
+    "warmup_steps": "linear warm-up steps (0: none, as the authors' trainer)",
+    "device": "cpu, cuda, cuda:N; unset: the GPU when there is one",
+    "pullback_weight": "weight of the pullback to the starting model's embeddings",
+    "hard_weight": "weight of the hard term on the worst pairs",
+    "epochs": "passes over the training rows (when --steps is not given)",
+    "lr": "AdamW learning rate (1e-7: the authors' trainer)",
+    "batch_size": "rows per micro-batch (8: the authors' trainer)",
+    "grad_accum": "micro-batches per optimizer step",
+    "checkpoint_every": "steps between checkpoints (a killed run resumes from the newest)",
+    "patience": "stop after this many held-out evaluations without a better d_corr (unset: never)",
+    "seed": "seed of the held-out split, the batch order and the model's start",
 }
 
 

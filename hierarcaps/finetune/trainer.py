@@ -23,19 +23,22 @@ from ..configs import setting
 from ..data.records import content_checksum
 from ..errors import HierarcapsError
 from ..models.registry import CHECKPOINT_FILE, load_encoder
-from ..models.torch_utils import TorchEncoder, autocast
+from ..models.torch_utils import TorchEncoder, training_autocast
 from ..outputs import Journal, claim_folder, folder_lock, recover
 from ..training import TrainingConfig, TrainingLoop, holdout, write_log
 from .data import OFFLINE, group_of, training_records
 from .losses import NEGATIVE_PAIRINGS, OBJECTIVES, LossWeights
 
 RUN_KIND = "finetune run"
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclasses.dataclass
 class FinetuneConfig(TrainingConfig):
     """Everything that determines a run; its hash guards resuming into a different run. ``steps`` None: as many
-    as ``epochs`` of the training rows take."""
+    as ``epochs`` of the training rows take. The defaults are the authors' trainer (``code/train.py``): AdamW at
+    lr 1e-7 with torch's defaults (weight decay 0.01), batch 8, one epoch, no warm-up, no gradient clipping,
+    fp32; ``max_grad_norm`` and ``precision="bf16"`` (autocast) are options."""
 
     model: str = "minilm"
     train: str = OFFLINE
@@ -51,8 +54,8 @@ class FinetuneConfig(TrainingConfig):
     steps: int | None = setting(None, low=1, high=10**8)
     batch_size: int = setting(8, low=1, high=65536)
     lr: float = setting(1e-7, low=0.0, high=1.0, open_low=True)
-    max_grad_norm: float | None = setting(1.0, low=0.0, open_low=True)
     eval_every: int = setting(250, low=1, high=10**8)
+    precision: str = setting("fp32", choices=PRECISIONS)
 
     def run_hash(self) -> str:
         return run_hash(self, ignore=("device", "progress", "out"))
@@ -114,7 +117,7 @@ class Trainer:
 
         k = len(rows[0].positive)
         texts = [t for r in rows for t in r.positive] + [t for r in rows for t in r.negative]
-        with autocast(self.encoder.device):
+        with training_autocast(self.encoder.device, self.config.precision):
             features = self.encoder.text_features(["", *texts]).float()
         emb = torch.nn.functional.normalize(features, dim=-1)
         chains = emb[1:].reshape(2, len(rows), k, -1)

@@ -81,8 +81,16 @@ class HFDualEncoder(TorchEncoder):
         return [p for tower in towers for p in tower.parameters()]
 
     def save(self, folder: str | Path) -> None:
+        """The model and its processor, plus ``preprocessor_config.json`` (the image processor's settings under
+        the name transformers 4.x reads), so the authors' evaluation code loads the folder as it is."""
+        from .. import jsonfile
+
         self.model.save_pretrained(folder)
         self.processor.save_pretrained(folder)
+        legacy = Path(folder) / "preprocessor_config.json"
+        if not legacy.exists():
+            settings = {**self.processor.image_processor.to_dict(), "processor_class": type(self.processor).__name__}
+            legacy.write_text(jsonfile.dumps(settings))
 
     def preprocessing(self) -> dict[str, Any]:
         tokenizer = self.processor.tokenizer

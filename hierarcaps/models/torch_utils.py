@@ -77,6 +77,15 @@ def numerics(device: str) -> str:
     return "bf16-autocast" if device.startswith("cuda") else "fp32"
 
 
+def training_autocast(device: str, precision: str) -> contextlib.AbstractContextManager:
+    """A training forward's arithmetic: exact fp32 (the authors' trainer), or bf16 autocast on any device."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.split(":")[0], dtype=torch.bfloat16)
+
+
 def autocast(device: str) -> contextlib.AbstractContextManager:
     """bf16 autocast on GPU; exact fp32 on CPU (no quantisation there)."""
     import torch
