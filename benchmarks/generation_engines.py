@@ -17,7 +17,8 @@ from pathlib import Path
 
 def timed_stages(config, engine) -> dict[str, float]:
     """Wall seconds per stage: the run is taken one stage further each time (finished stages are skipped)."""
-    from hierarcaps.generation.runner import STAGE, Runner
+    from hierarcaps.generation.runner import Runner
+    from hierarcaps.generation.stages import STAGE
 
     seconds = {}
     for stage in STAGE:

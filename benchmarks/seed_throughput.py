@@ -36,7 +36,7 @@ def main() -> None:
 
     from hierarcaps.generation.backends import Sampling, TransformersLLM, prompt_ids, token_budget
     from hierarcaps.generation.config import load_config
-    from hierarcaps.generation.decoding import decode
+    from hierarcaps.generation.json_decoding import decode
     from hierarcaps.generation.prompts import example_folder, load_prompts, seed_conversation
 
     if args.threads:

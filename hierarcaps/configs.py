@@ -179,16 +179,20 @@ def _check_range(value: Any, metadata: Any, where: str, file: str | None) -> Non
 
 
 def build_section(cls: type, raw: Any, file: str | None, section: str) -> Any:
-    """A checked dataclass from a mapping of settings: unknown keys, wrong types and out-of-range values are
-    one-line errors naming the key. ``None`` (an empty YAML section) gives the defaults."""
+    """A checked dataclass from a mapping of settings: unknown keys, keys the class says are set elsewhere
+    (``SET_ELSEWHERE``: name -> where), wrong types and out-of-range values are one-line errors naming the key.
+    ``None`` (an empty YAML section) gives the defaults."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise DataError(f"expected a mapping of settings, not {_describe(raw)}", file=file, field=section or None)
-    known = {f.name for f in dataclasses.fields(cls)}
+    elsewhere: dict[str, str] = getattr(cls, "SET_ELSEWHERE", {})
+    known = {f.name for f in dataclasses.fields(cls)} - set(elsewhere)
     for key in raw:
+        where = f"{section}.{key}" if section else str(key)
+        if key in elsewhere:
+            raise DataError(f"not a setting of this section: {elsewhere[key]}", file=file, field=where)
         if key not in known:
-            where = f"{section}.{key}" if section else str(key)
             raise DataError(f"unknown setting (known: {', '.join(sorted(known))})", file=file, field=where)
     instance = cls(**raw)
     check_fields(instance, file, section)

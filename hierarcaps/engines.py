@@ -34,9 +34,13 @@ class Engine(Protocol):
     name: str
     in_process: bool
 
+    def gpus(self) -> float:
+        """GPUs the engine's workers may be given (0 for this process: its own device settings decide)."""
+
     def map(self, worker: Worker, tasks: list[Task], *, desc: str, progress: bool = True,
-            gpus: float = 0.0) -> Iterator[Task]:
-        """One result per task, as the tasks finish; ``gpus``: what one worker can use (more than 1: needs)."""
+            gpus: float = 0.0, memory: int = 0) -> Iterator[Task]:
+        """One result per task, as the tasks finish; ``gpus``: what one worker can use (more than 1: needs; 0:
+        the worker sees no GPU); ``memory``: bytes one worker needs (0: unknown)."""
 
 
 class LocalEngine:
@@ -49,8 +53,11 @@ class LocalEngine:
     def from_options(cls, **options: Any) -> LocalEngine:
         return cls()
 
+    def gpus(self) -> float:
+        return 0.0
+
     def map(self, worker: Worker, tasks: list[Task], *, desc: str, progress: bool = True,
-            gpus: float = 0.0) -> Iterator[Task]:
+            gpus: float = 0.0, memory: int = 0) -> Iterator[Task]:
         from tqdm.auto import tqdm
 
         for task in tqdm(tasks, desc=desc, unit="shard", disable=not progress):
@@ -99,10 +106,14 @@ class RayEngine:
                 raise HierarcapsError(f"no Ray cluster at {self.address!r}: {exc}") from None
         return ray
 
-    def pool(self, ray: Any, gpus: float) -> tuple[int, float, float]:
+    def gpus(self) -> float:
+        return float(self._connect().cluster_resources().get("GPU", 0.0))
+
+    def pool(self, ray: Any, gpus: float, memory: int = 0) -> tuple[int, float, float]:
         """(actors, CPUs per actor, GPUs per actor) for a job whose workers can use ``gpus`` GPUs each: more than
         one is a need (a tensor-parallel vLLM engine spans that many), granted whatever ``gpus_per_actor`` says;
-        one or less is a use, capped by ``gpus_per_actor``."""
+        one or less is a use, capped by ``gpus_per_actor``. The pool holds as many actors as the cluster's
+        GPUs (a GPU job) or CPUs allow, and no more than its memory holds at ``memory`` bytes each."""
         resources = ray.cluster_resources()
         per_gpu = (gpus if gpus > 1 else min(gpus, self.gpus_per_actor)) if resources.get("GPU", 0) >= 1 else 0.0
         if per_gpu > resources.get("GPU", 0) > 0:
@@ -110,12 +121,13 @@ class RayEngine:
                                   f"has {resources['GPU']:g}")
         if self.actors:
             return self.actors, self.cpus_per_actor, per_gpu
-        if per_gpu:
-            return max(1, int(resources["GPU"] // per_gpu)), self.cpus_per_actor, per_gpu
-        return max(1, int(resources.get("CPU", 1) // self.cpus_per_actor)), self.cpus_per_actor, 0.0
+        fits = int(resources["GPU"] // per_gpu) if per_gpu else int(resources.get("CPU", 1) // self.cpus_per_actor)
+        if memory and resources.get("memory"):
+            fits = min(fits, int(resources["memory"] // memory))
+        return max(1, fits), self.cpus_per_actor, per_gpu
 
     def map(self, worker: Worker, tasks: list[Task], *, desc: str, progress: bool = True,
-            gpus: float = 0.0) -> Iterator[Task]:
+            gpus: float = 0.0, memory: int = 0) -> Iterator[Task]:
         """Results as shards finish. A worker's own error does not stop the job: the other shards finish (and
         stay done), then the error of the earliest failed task is raised, as the local engine would have.
 
@@ -124,7 +136,7 @@ class RayEngine:
         and their CPUs; the next job on the cluster then waits for them forever. A job that runs to its end
         always frees them. Errors that are not the package's own (a bug, a lost node) still abort the job.
         """
-        stream = self._stream(worker, tasks, desc=desc, progress=progress, gpus=gpus)
+        stream = self._stream(worker, tasks, desc=desc, progress=progress, gpus=gpus, memory=memory)
         failure, finished = None, False
         try:
             yield from stream
@@ -141,7 +153,7 @@ class RayEngine:
             raise failure
 
     def _stream(self, worker: Worker, tasks: list[Task], *, desc: str, progress: bool,
-                gpus: float) -> Iterator[Task]:
+                gpus: float, memory: int) -> Iterator[Task]:
         from tqdm.auto import tqdm
 
         if not tasks:
@@ -150,12 +162,13 @@ class RayEngine:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False
         context.raise_original_map_exception = True
-        actors, cpus, per_gpu = self.pool(ray, gpus)
+        actors, cpus, per_gpu = self.pool(ray, gpus, memory)
         dataset = ray.data.from_items([{"position": n, "task": json.dumps(t)} for n, t in enumerate(tasks)],
                                       override_num_blocks=len(tasks))
-        results = dataset.map_batches(_RayActor, fn_constructor_args=(worker,), batch_size=1, batch_format="numpy",
+        results = dataset.map_batches(_RayActor, fn_constructor_args=(worker, per_gpu > 0), batch_size=1,
+                                      batch_format="numpy",
                                       compute=ray.data.ActorPoolStrategy(min_size=1, max_size=min(actors, len(tasks))),
-                                      num_cpus=cpus, num_gpus=per_gpu)
+                                      num_cpus=cpus, num_gpus=per_gpu, **({"memory": memory} if memory else {}))
         failures = {}
         for row in tqdm(results.iter_rows(), total=len(tasks), desc=f"{desc} (ray)", unit="shard",
                         disable=not progress):
@@ -204,10 +217,14 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 class _RayActor:
-    """One actor of a pool: holds a worker (and the models it loads) for every task it is given."""
+    """One actor of a pool: holds a worker (and the models it loads) for every task it is given. An actor given
+    GPUs sees those alone (Ray sets its CUDA_VISIBLE_DEVICES); one given none sees none (Ray would leave it every
+    GPU of its node, and a model placed on ``cuda:0`` by each such actor would pile onto one GPU)."""
 
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, worker: Worker, has_gpus: bool = False) -> None:
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        if not has_gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ""
         self.worker = worker
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[str]]:

@@ -20,7 +20,7 @@ from .configs import setting
 from .data.records import control_characters
 from .errors import HierarcapsError
 from .models.folders import NO_REMOTE_CODE, SAFE_WEIGHTS, model_source, model_version
-from .models.torch_utils import torch_dtype
+from .models.torch_utils import DTYPES, torch_dtype
 
 
 @dataclasses.dataclass
@@ -35,8 +35,7 @@ class NLIConfig:
     generic_not_longer: bool = False       # also require each tier to have no more words than the next
     batch_size: int = setting(64, low=1, high=65536)
     max_length: int = setting(128, low=8, high=8192)
-    dtype: str = setting("auto", choices=("auto", "float32", "bfloat16", "float16"))
-
+    dtype: str = setting("auto", choices=DTYPES)    # auto: bfloat16 on a GPU that supports it, float32 elsewhere
 
 
 Chain = tuple[str, ...]
@@ -99,8 +98,7 @@ class TransformersNLI:
                                                                                 **SAFE_WEIGHTS)
         except (OSError, ValueError, TypeError) as exc:
             raise HierarcapsError(f"cannot load NLI model {config.model or config.scratch!r}: {exc}") from exc
-        dtype = torch_dtype(config.dtype)
-        self.model = self.model.eval().to(device, **({"dtype": dtype} if dtype else {}))
+        self.model = self.model.eval().to(device, dtype=torch_dtype(config.dtype, device))
         self.device = device
         self.entail, self.contradict = label_indices(self.model.config.id2label, config.model)
         self.version, self.config = nli_version(config), config

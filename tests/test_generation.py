@@ -161,7 +161,7 @@ def test_one_pass_decoding_matches_transformers_generate_under_the_same_constrai
 
     from hierarcaps.generation.backends import Sampling, TransformersLLM, prompt_ids, token_budget
     from hierarcaps.generation.config import LLMConfig
-    from hierarcaps.generation.decoding import RowState, decode
+    from hierarcaps.generation.json_decoding import RowState, decode
 
     llm = TransformersLLM(LLMConfig(model=str(tiny_models / "llm"), batch_size=4))
     fields, sampling = ["tier_1", "tier_2", "tier_3"], Sampling(max_new_tokens=5)
@@ -231,18 +231,26 @@ def test_pipeline_end_to_end_on_50_real_captions_and_resume_after_kill(tmp_path:
     export = Runner(config, progress=False).run()
     stats = json.loads((export / "stats.json").read_text())
 
-    # every caption is accounted for once at every stage: accepted or rejected with a reason
-    assert stats["captions"] == 50
+    # the LLM sees 30 of the 50 captions (teacher_share 0.6); every caption it saw is accounted for once at
+    # every LLM stage, accepted or rejected with a reason; build holds every accepted LLM chain and the
+    # student's chain of each of the other 20 captions
+    assert stats["captions"] == 50 and stats["teacher_captions"] == 30
     stages = stats["stages"]
     teacher = stages["filter"]["accepted"] + stages["augment"]["accepted"]
-    for stage, rows in (("seed", 50), ("filter", 50), ("augment", 50), ("build", 50 + teacher)):
-        s = stages[stage]          # build: the student's chain of every caption, and every accepted LLM chain
+    for stage, rows in (("seed", 30), ("filter", 30), ("augment", 30), ("build", 20 + teacher)):
+        s = stages[stage]
         assert s["rows"] == rows and s["accepted"] + sum(s["rejected_by_reason"].values()) == rows
+    assert stats["sources"]["student"]["rows"] == 20 and "student" in (export / "stats.md").read_text()
     assert stats["distill"]["steps"] == 60 and stats["distill"]["val_loss_last"] < stats["distill"]["val_loss_first"]
     records = read_hierarchies(export / "hierarchies.csv")
     assert len(records) == stats["export"]["hierarchies"] == stats["export"]["accepted"]
-    sources = pq.read_table(export / "hierarchies.parquet").column("source").to_pylist()
-    assert set(sources) <= {"student", "llm-seed", "llm-augment"} and "llm-seed" in sources
+    exported = pq.read_table(export / "hierarchies.parquet").to_pylist()
+    assert {r["source"] for r in exported} <= {"student", "llm-seed", "llm-augment"}
+    captions = [r for shard in sorted((Path(config.out) / "00-captions").glob("*.parquet"))
+                for r in pq.read_table(shard).to_pylist()]
+    by_llm = {r["caption"] for r in captions if r["teacher"]}
+    assert all((r["positive"][-1] in by_llm) == (r["source"] != "student") for r in exported)   # the split held
+    assert {r["source"] for r in exported} >= {"student", "llm-seed"}
     assert [r.positive for r in records] == [r.positive for r in read_hierarchies(export / "hierarchies.parquet")]
     provenance = json.loads(pq.read_schema(export / "hierarchies.parquet").metadata[b"hierarcaps.provenance"])
     assert set(provenance["models"]) == {"llm", "nli", "student"} and provenance["config"]["seed"] == 0
@@ -325,7 +333,7 @@ def test_a_run_that_failed_before_any_work_blocks_nothing(tmp_path: Path) -> Non
 
 
 def test_reading_captions_reports_the_bad_row(tmp_path: Path) -> None:
-    from hierarcaps.generation.runner import read_captions
+    from hierarcaps.generation.captions import read_captions
 
     path = tmp_path / "caps.csv"
     path.write_text("id,caption\na,a dog\nb,  \n")
@@ -471,7 +479,7 @@ def test_a_tensor_parallel_engine_gets_its_gpus_and_a_gpu_use_is_capped() -> Non
 
 
 def test_augmentation_draws_demonstrations_without_reading_the_whole_pool() -> None:
-    from hierarcaps.generation.stages import demonstrations
+    from hierarcaps.generation.transforms import demonstrations
 
     class Pool:
         """A pool that may be indexed but never walked."""
@@ -490,10 +498,10 @@ def test_augmentation_draws_demonstrations_without_reading_the_whole_pool() -> N
             raise AssertionError("the whole pool was read")
 
     pool = Pool(10_000_000)
-    shown = demonstrations(pool, "caption 5", 4, np.random.default_rng(0))
-    assert len(shown) == 4 and all(chain[3] != "caption 5" for chain in shown) and pool.read < 50
+    shown = demonstrations(pool, {"caption 5", "caption 9"}, 4, np.random.default_rng(0))
+    assert len(shown) == 4 and all(chain[3] not in ("caption 5", "caption 9") for chain in shown) and pool.read < 50
     small = Pool(3)
-    assert len(demonstrations(small, "caption 1", 4, np.random.default_rng(0))) == 2    # all but its own
+    assert len(demonstrations(small, {"caption 1"}, 4, np.random.default_rng(0))) == 2    # all but its own
 
 
 @pytest.mark.parametrize(("chain", "reason"), [
@@ -514,7 +522,8 @@ def test_rethreshold_keeps_the_student_when_its_chains_do_not_change(tmp_path: P
     """Only the contradiction threshold changes: the chains the student learns from are the same, so the student
     and the built rows stay, and the negatives are re-decided from their stored scores; the export is redone."""
     from hierarcaps.data.csvio import write_csv
-    from hierarcaps.generation.runner import Runner, rethreshold
+    from hierarcaps.generation.rethreshold import rethreshold
+    from hierarcaps.generation.runner import Runner
 
     captions = tmp_path / "captions.csv"
     write_csv(expanded_records[:20], captions, fmt="pairs")

@@ -78,7 +78,7 @@ def small_pixels(image) -> object:
 def test_every_decoding_schedule_gives_the_same_batches_in_order(workers: int, test_image_dir: Path) -> None:
     import torch
 
-    from hierarcaps.models.decoding import ImageBatches
+    from hierarcaps.models.image_batches import ImageBatches
 
     paths = [test_image_dir / r.image_file for r in load_official("test")[:7]]
     expected = torch.stack([small_pixels(Image.open(p).convert("RGB")) for p in paths])

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hierarcaps.errors import DataError
-from hierarcaps.generation.runner import read_captions
+from hierarcaps.generation.captions import read_captions
 from hierarcaps.reco.sources import load_items
 
 ROWS = [{"id": "a1", "image": "http://x.org/1.jpg", "caption": "a dog on a beach", "group": "g1"},

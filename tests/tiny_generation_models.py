@@ -72,13 +72,15 @@ def build_tiny_nli(folder: Path) -> Path:
 
 
 def write_tiny_config(folder: Path, models: Path, captions: Path, **distill) -> Path:
-    """The pipeline config the generation tests share: tiny random models, small shards, 60 distill steps."""
+    """The pipeline config the generation tests share: tiny random models, small shards, 60 distill steps; the
+    LLM sees 60% of the captions, the student writes the rest."""
     steps = distill.get("steps", 60)
     text = f"""
 input: {captions}
 out: {folder / "run"}
 prompts: builtin
 shard_size: 10
+teacher_share: 0.6
 llm: {{backend: transformers, model: {models / "llm"}, max_new_tokens: 6, batch_size: 16, temperature: 1.0}}
 nli: {{model: {models / "nli"}, entail_threshold: 0.2, contradict_threshold: 0.2}}
 augment: {{demonstrations: 2, samples_per_caption: 1}}

@@ -50,7 +50,7 @@ def token_budget(fields: Sequence[str], sampling: Sampling) -> int:
     """New tokens that always suffice for a whole object (a token is at least one character): every value at its
     longest and every character of the keys, quotes and braces. Decoding stops once every row's object is
     closed, so the bound costs nothing."""
-    from .decoding import Template
+    from .json_decoding import Template
 
     return len(fields) * max_chars(sampling) + sum(len(text) for text in Template(tuple(fields), 1).literals)
 
@@ -122,10 +122,10 @@ class TransformersLLM:
         self.name, self.version, self.batch_size = config.model, model_version(config.model), config.batch_size
         source = model_source(config.model)
         extra = {"gguf_file": config.gguf_file} if config.gguf_file else {}
-        dtype = torch_dtype(config.dtype)
+        dtype = torch_dtype(config.dtype, device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source, **extra, **NO_REMOTE_CODE)
-            self.model = AutoModelForCausalLM.from_pretrained(source, **({"dtype": dtype} if dtype else {}), **extra,
+            self.model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **extra,
                                                               **(NO_REMOTE_CODE if extra else SAFE_WEIGHTS))
         except (OSError, ValueError) as exc:
             raise HierarcapsError(f"cannot load LLM {config.model!r}: {exc}") from exc
@@ -142,7 +142,7 @@ class TransformersLLM:
 
     def constraint(self, fields: list[str], sampling: Sampling) -> Any:
         """The JSON constraint for these fields and value length (its token table built once per model)."""
-        from .decoding import JsonConstraint, Template, TokenTable
+        from .json_decoding import JsonConstraint, Template, TokenTable
 
         key = (tuple(fields), max_chars(sampling))
         if key not in self._constraints:
@@ -153,7 +153,7 @@ class TransformersLLM:
 
     def complete_json(self, conversations: list[list[Message]], fields: list[str], sampling: Sampling,
                       seeds: list[int]) -> list[Completion]:
-        from .decoding import decode
+        from .json_decoding import decode
 
         constraint = self.constraint(fields, sampling)
         rows = [prompt_ids(self.tokenizer, turns, self.chat) for turns in conversations]

@@ -50,7 +50,7 @@ def _generate(args: argparse.Namespace) -> int:
     if args.dry_run:
         config = dry_run_config(config)
     if args.rethreshold:
-        from .runner import rethreshold
+        from .rethreshold import rethreshold
 
         for stage, counts in rethreshold(config).items():
             echo(f"{stage}: " + ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items())))

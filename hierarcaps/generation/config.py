@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..configs import build_section, check_model_settings, read_yaml, setting
 from ..errors import DataError
+from ..models.torch_utils import DTYPES
 from ..nli import NLIConfig
 from ..training import TrainingConfig
 
@@ -27,7 +28,7 @@ class LLMConfig:
     temperature: float = setting(0.0, low=0.0, high=10.0)   # 0: greedy
     top_p: float = setting(1.0, low=0.0, high=1.0, open_low=True)
     batch_size: int = setting(16, low=1, high=65536)
-    dtype: str = setting("auto", choices=("auto", "float32", "bfloat16", "float16"))
+    dtype: str = setting("auto", choices=DTYPES)           # auto: bfloat16 on a GPU that supports it, else float32
     engine_args: dict[str, Any] = dataclasses.field(default_factory=dict)   # more vllm.LLM(...) arguments,
     # e.g. gpu_memory_utilization (on CPU: the share of RAM it reserves), max_model_len, tensor_parallel_size
 
@@ -45,12 +46,15 @@ class DistillConfig(TrainingConfig):
     """The student and its training (the shared training settings: ``steps``, ``batch_size``, ``lr``,
     ``eval_every``, ``checkpoint_every``, ...; the run's seed is the generation run's)."""
 
+    SET_ELSEWHERE: ClassVar[dict[str, str]] = {"seed": "the student trains with the run's top-level seed",
+                                               "progress": "progress bars follow the command's --no-progress"}
+
     student: str = "google/flan-t5-base"   # hub id or folder; ignored when `scratch` is set
     scratch: dict[str, Any] | None = None  # T5Config fields: a student trained from scratch (own tokenizer)
     tokenizer_vocab: int = setting(2000, low=100, high=1_000_000)  # vocabulary of the scratch tokenizer
     max_source_length: int = setting(64, low=4, high=8192)
     max_target_length: int = setting(48, low=4, high=8192)
-    dtype: str = setting("float32", choices=("float32", "bfloat16"))     # bfloat16: mixed precision on a GPU
+    dtype: str = setting("auto", choices=("auto", "float32", "bfloat16"))  # training: bf16 autocast on a GPU (auto)
     steps: int | None = setting(1000, low=0, high=10**8)
     batch_size: int = setting(16, low=1, high=65536)
     lr: float = setting(3e-4, low=0.0, high=1.0, open_low=True)
@@ -71,7 +75,9 @@ class BuildConfig:
 @dataclasses.dataclass
 class GenerationConfig:
     """One generation run. ``input``: a CSV with a ``caption`` column (``id``, ``image_url`` optional),
-    a text file with one caption per line, or a hierarchy file (its tier-4 captions are used)."""
+    a text file with one caption per line, or a hierarchy file (its tier-4 captions are used). The LLM stages
+    see ``teacher_captions`` of them (or ``teacher_share``); the student distilled from their chains writes the
+    hierarchies of the rest (see ``captions``)."""
 
     input: str = ""
     out: str = "runs/generate"
@@ -81,6 +87,8 @@ class GenerationConfig:
     shard_size: int = setting(256, low=1, high=10**7)
     seed: int = setting(0, low=0, high=2**32 - 1)
     limit: int | None = setting(None, low=1)
+    teacher_share: float = setting(1.0, low=0.0, high=1.0, open_low=True)   # the captions the LLM stages see
+    teacher_captions: int | None = setting(None, low=1)    # a count instead of a share; the student writes the rest
     llm: LLMConfig = dataclasses.field(default_factory=LLMConfig)
     nli: NLIConfig = dataclasses.field(default_factory=NLIConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)

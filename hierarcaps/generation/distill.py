@@ -23,6 +23,7 @@ from typing import Any
 from .._io import atomic_open
 from ..errors import HierarcapsError
 from ..models.folders import NO_REMOTE_CODE, SAFE_WEIGHTS
+from ..models.torch_utils import torch_dtype
 from .config import BuildConfig, DistillConfig
 
 GENERALIZE, SPECIFY, SEP = "generalize: ", "specify: ", " => "
@@ -131,7 +132,7 @@ class Distiller:
 
         import torch
 
-        mixed = self.config.dtype == "bfloat16" and self.device.startswith("cuda")
+        mixed = torch_dtype(self.config.dtype, self.device) == torch.bfloat16 and self.device.startswith("cuda")
         with torch.autocast("cuda", dtype=torch.bfloat16) if mixed else contextlib.nullcontext():
             return self.model(**batch).loss.float()
 
@@ -215,16 +216,13 @@ class Distiller:
 class Student:
     """A trained student for batched generation in both directions."""
 
-    def __init__(self, folder: str | Path, config: BuildConfig, *, device: str = "cpu", dtype: str = "float32"
+    def __init__(self, folder: str | Path, config: BuildConfig, *, device: str = "cpu", dtype: str = "auto"
                  ) -> None:
         from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
 
-        from .backends import torch_dtype
-
         self.tokenizer = AutoTokenizer.from_pretrained(folder, **NO_REMOTE_CODE)
         self.model = AutoModelForSeq2SeqLM.from_pretrained(folder, **SAFE_WEIGHTS).eval()
-        half = torch_dtype(dtype) if device.startswith("cuda") else None
-        self.model.to(device, **({"dtype": half} if half else {}))
+        self.model.to(device, dtype=torch_dtype(dtype, device))
         self.config, self.device = config, device
 
     def _generate(self, sources: list[str], seed: int, samples: int) -> list[list[str]]:

@@ -1,193 +1,155 @@
-"""The pipeline's stages as pure batch transforms: a list of row dicts in, a list of row dicts out.
+"""The stages of a generation run, each declared once: its folder, what it reads, what it does, the models it
+loads and so what one of its workers needs.
 
-Models come from a ``Models`` holder (loaded once, on first use) and randomness from an explicit seed, so
-a batch always gives the same rows: that is what lets a killed run resume shard by shard, and what would
-let a distributed engine (Ray Data ``map_batches``) run these functions unchanged.
-
-Row fields: ``id``, ``caption``, ``image_url``; ``chain`` (t1..t3 + caption, or None), ``raw`` (the LLM's
-text), ``nli`` (link probabilities) and ``reason`` (None when accepted) after seed/filter/augment; ``source``,
-``positive``, ``negative``, ``nli``, ``candidates`` (scored negative candidates) and ``reason`` after build.
+A shard stage reads its source stage's shard and writes its own, on the run's engine; a driver stage runs in
+the command's process. What a worker needs follows from the models it loads (:func:`needs`): a stage whose
+models run on a GPU asks for one GPU per worker (one worker per GPU, its models on that GPU), a vLLM engine for
+its tensor-parallel size; a stage whose models run on CPUs asks for none, and its workers see no GPU. Memory per
+worker is the weights of its models, where they are on disk; the engine sizes its pool from both.
 """
 
 from __future__ import annotations
 
-import functools
-import time
-from collections.abc import Sequence
+import dataclasses
+import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from ..nli import (
-    NLIConfig,
-    NLIScorer,
-    TransformersNLI,
-    chain_reason,
-    decide_chain,
-    link_probabilities,
-    pick_negative,
-    score_candidates,
-    structural_reason,
-)
-from .backends import Completion, LLMBackend, Sampling, make_backend
 from .config import GenerationConfig
-from .prompts import FIELDS, Prompts, conversation, seed_conversation
+from .models import MODEL_ROLES
 
-Row = dict[str, Any]
+if TYPE_CHECKING:
+    from .runner import Runner
+    from .transforms import Row
 
-
-class Models:
-    """The models of a run, each loaded the first time a stage needs it, on the run's device; the seconds spent
-    loading are counted (``load_seconds``), so a shard's time is its work's, not its model's loading."""
-
-    def __init__(self, config: GenerationConfig, student_folder: Path | None = None) -> None:
-        self.config, self.student_folder = config, student_folder
-        self.device = config.resolved_device()
-        self.load_seconds = 0.0
-
-    def _timed(self, build: Any) -> Any:
-        started = time.perf_counter()
-        try:
-            return build()
-        finally:
-            self.load_seconds += time.perf_counter() - started
-
-    @functools.cached_property
-    def llm(self) -> LLMBackend:
-        return self._timed(lambda: make_backend(self.config.llm, self.config.seed, self.device))
-
-    @functools.cached_property
-    def nli(self) -> NLIScorer:
-        return self._timed(lambda: TransformersNLI(self.config.nli, device=self.device))
-
-    @functools.cached_property
-    def student(self) -> Any:
-        from .distill import Student
-
-        return self._timed(lambda: Student(self.student_folder, self.config.build, device=self.device,
-                                           dtype=self.config.distill.dtype))
+ShardTransform = Callable[["Runner", list["Row"], int, int], list["Row"]]
 
 
-def row_seeds(seed: int, count: int) -> list[int]:
-    """A seed per row, from the shard's seed and the row's position: a row samples the same whichever rows
-    share its batch or its engine."""
-    return [int(s) for s in np.random.SeedSequence(seed).generate_state(count)]
+@dataclasses.dataclass(frozen=True)
+class Needs:
+    """What one worker of a stage asks of an engine: GPUs (a use of at most one, or a tensor-parallel need of
+    several) and bytes of memory (0: unknown)."""
+
+    gpus: float = 0.0
+    memory: int = 0
 
 
-def _chain_row(caption: str, completion: Completion) -> dict[str, Any]:
-    """The chain (t1..t3 + the caption) a completion gives, the model's raw text, and a parse reason (a value
-    cut at the length limit is ``truncated``, not a caption)."""
-    fields = completion.fields
-    chain = None if fields is None else [fields[f].strip() for f in FIELDS] + [caption]
-    reason = "unparseable" if chain is None else ("truncated" if completion.truncated else None)
-    return {"chain": chain, "raw": completion.text, "truncated": completion.truncated, "reason": reason}
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of the pipeline: the folder it writes; a shard stage's source stage and its batch transform
+    (runner, rows, shard seed, shard) -> rows, or a driver stage's ``run``; ``models``, the models its
+    workers load (which decide its GPU and memory needs); and whether it ``teaches``."""
+
+    name: str
+    folder: str
+    source: str = ""
+    transform: ShardTransform | None = None
+    run: Callable[[Runner], None] | None = None
+    models: tuple[str, ...] = ()
+    teaches: bool = False
+    """Its accepted rows are the LLM's judged chains: what the student learns from and what the LLM's captions
+    are built from (and what ``--rethreshold`` re-decides)."""
+    seed_key: int = -1
+    """Its shards' seeds derive from this number, fixed per stage so that adding a stage changes no other
+    stage's seeds (the first seven keep the numbers they always had: their positions)."""
+
+    def __post_init__(self) -> None:
+        if not set(self.models) <= set(MODEL_ROLES):
+            raise ValueError(f"stage {self.name}: models {self.models} are not among {MODEL_ROLES}")
+        if self.seed_key < 0:
+            object.__setattr__(self, "seed_key", zlib.crc32(self.name.encode()))
 
 
-def seed_batch(rows: list[Row], models: Models, prompts: Prompts, seed: int) -> list[Row]:
-    """The LLM writes tiers 1-3 for each caption (tier 4 is the caption), shown the seed demonstrations."""
-    llm = models.config.llm
-    sampling = Sampling(llm.temperature, llm.top_p, llm.max_new_tokens)
-    conversations = [seed_conversation(prompts, r["caption"]) for r in rows]
-    outputs = models.llm.complete_json(conversations, FIELDS, sampling, row_seeds(seed, len(rows)))
-    return [{**r, **_chain_row(r["caption"], out), "origin": "seed"} for r, out in zip(rows, outputs)]
+def on_gpus(config: GenerationConfig, cluster_gpus: float) -> bool:
+    """Whether the run's torch models go on GPUs: ``device`` says a GPU, or ``auto`` on a cluster that has some."""
+    return config.device.startswith("cuda") or (config.device == "auto" and cluster_gpus >= 1)
 
 
-def filter_batch(rows: list[Row], models: Models) -> list[Row]:
-    """Attach each chain's NLI probabilities per link and its rejection reason (None: accepted)."""
-    chains = [tuple(r["chain"]) if r["chain"] is not None else None for r in rows]
-    links = link_probabilities(chains, models.nli) if rows else []
-    judged = [{**r, "nli": probs} for r, probs in zip(rows, links)]
-    return [{**r, "reason": decide_llm_chain(r, models.config.nli)} for r in judged]
+def needs(stage: Stage, config: GenerationConfig, cluster_gpus: float, student: Path | None = None) -> Needs:
+    """What one worker of ``stage`` needs on a cluster with ``cluster_gpus`` GPUs."""
+    vllm = "llm" in stage.models and config.llm.backend == "vllm"
+    gpus = float(config.llm.engine_args.get("tensor_parallel_size", 1)) if vllm else \
+        (1.0 if stage.models and on_gpus(config, cluster_gpus) else 0.0)
+    memory = 0 if gpus else sum(weights_bytes(model_folder(role, config, student)) for role in stage.models)
+    return Needs(gpus, memory)
 
 
-def decide_llm_chain(row: Row, config: NLIConfig) -> str | None:
-    """An LLM chain's decision from its stored NLI probabilities; a tier cut at the length limit stays rejected
-    whatever the NLI says (a mid-word cut is not a caption), so no threshold can let it in."""
-    return "truncated" if row.get("truncated") else decide_chain(row, config)
+def model_folder(role: str, config: GenerationConfig, student: Path | None) -> str:
+    """Where a role's weights are (a folder, ``pkg:NAME`` or a hub id; empty for a model built from settings)."""
+    if role == "llm":
+        return config.llm.model
+    if role == "nli":
+        return "" if config.nli.scratch is not None else config.nli.model
+    return str(student) if student is not None else ""
 
 
-def demonstrations(pool: Sequence[Sequence[str]], caption: str, count: int, rng: np.random.Generator
-                   ) -> list[Sequence[str]]:
-    """``count`` accepted chains from the pool, none of this caption's, drawn without reading the whole pool
-    (the cost of a row does not grow with the pool)."""
-    chosen: dict[int, Sequence[str]] = {}
-    for _ in range(8 * count + 8):
-        if len(chosen) == min(count, len(pool)):
-            break
-        index = int(rng.integers(len(pool)))
-        if index not in chosen and pool[index][3] != caption:
-            chosen[index] = pool[index]
-    return list(chosen.values())
+def weights_bytes(model: str) -> int:
+    """Bytes of a local model's weight files (what loading it costs in memory, at least); 0 when not local."""
+    from ..models.folders import SAFE_SUFFIXES, model_source
+
+    if not model:
+        return 0
+    try:
+        folder = Path(model_source(model))
+    except Exception:                      # a package that is not installed: the stage's own load will say so
+        return 0
+    if not folder.is_dir():
+        return 0
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file() and p.suffix in SAFE_SUFFIXES)
 
 
-def augment_batch(rows: list[Row], models: Models, prompts: Prompts, pool: Sequence[Sequence[str]],
-                  seed: int) -> list[Row]:
-    """More chains per caption, prompted with accepted chains as demonstrations, sampled and then filtered."""
-    settings = models.config.augment
-    rng = np.random.default_rng(seed)
-    requests, owners = [], []
-    for row in rows:
-        for sample in range(settings.samples_per_caption):
-            shown = demonstrations(pool, row["caption"], settings.demonstrations, rng)
-            requests.append(conversation(prompts.augment, [(chain[3], chain[:3]) for chain in shown], row["caption"]))
-            owners.append((row, sample))
-    sampling = Sampling(settings.temperature, settings.top_p, models.config.llm.max_new_tokens)
-    outputs = models.llm.complete_json(requests, FIELDS, sampling, row_seeds(seed, len(requests))) \
-        if requests else []
-    made = [{**row, "id": f"{row['id']}#aug{sample}", **_chain_row(row["caption"], out), "origin": "augment"}
-            for (row, sample), out in zip(owners, outputs)]
-    return filter_batch(made, models)
+def _seed(runner: Runner, rows: list[Row], seed: int, shard: int) -> list[Row]:
+    from .transforms import seed_batch
+
+    return seed_batch(rows, runner.models, runner.prompts, seed)
 
 
-def build_batch(rows: list[Row], models: Models, seed: int,
-                teacher: dict[str, list[tuple[str, list[str]]]] | None = None) -> list[Row]:
-    """Each caption's positive chains: the student's, and the LLM's accepted ones (``teacher``: caption id ->
-    (origin, chain)); then the student's sampled candidates for each negative tier under each positive. NLI
-    scores every link of each positive and every candidate once; the scores stay with the row (``nli``,
-    ``candidates``), and the decision (structure, then the first candidate that fits under positive tier k and
-    contradicts positive tier k+1) is made from them, so thresholds can change later without a model."""
-    student, nli = models.student, models.config.nli
-    learned = student.generalize([r["caption"] for r in rows], seed)
-    items: list[tuple[Row, str, str, Any]] = []          # (caption row, id, source, positive chain)
-    for row, chain in zip(rows, learned):
-        items.append((row, row["id"], "student", chain))
-        for number, (origin, given) in enumerate((teacher or {}).get(row["id"], [])):
-            items.append((row, f"{row['id']}#llm-{origin}{number}", f"llm-{origin}", tuple(given)))
-    positives = [positive for *_, positive in items]
-    structural = [structural_reason(p, nli.generic_not_longer) if p is not None else "unparseable" for p in positives]
-    good = [i for i, reason in enumerate(structural) if reason is None]
-    links = link_probabilities([positives[i] for i in good], models.nli) if good else []
-    samples = models.config.build.negative_candidates
-    candidates: list[list[list[str]]] = [[] for _ in good]
-    for k in range(4):
-        drawn = student.specify([positives[i][:k] for i in good], samples, seed + k + 1) if good else []
-        for slot, options in enumerate(drawn):
-            candidates[slot].append(options)
-    scored = score_candidates([positives[i] for i in good], candidates, models.nli) if good else []
-    stored: dict[int, tuple[Any, Any]] = dict(zip(good, zip(links, scored)))
-    out = []
-    for i, ((row, item_id, source, _), positive) in enumerate(zip(items, positives)):
-        built = {"id": item_id, "caption": row["caption"], "image_url": row.get("image_url"), "source": source,
-                 "positive": list(positive) if positive is not None else None, "negative": None,
-                 "nli": stored[i][0] if i in stored else None, "candidates": stored[i][1] if i in stored else None,
-                 "reason": "positive:" + structural[i] if structural[i] else None}
-        out.append(decide_built(built, nli))
-    return out
+def _filter(runner: Runner, rows: list[Row], seed: int, shard: int) -> list[Row]:
+    from .transforms import filter_batch
+
+    return filter_batch(rows, runner.models)
 
 
-def decide_built(row: Row, config: Any) -> Row:
-    """A built row's negative (and its reason) from its stored candidate scores under ``config``'s thresholds."""
-    if row["candidates"] is None:
-        return row
-    negative, reason = pick_negative(row["candidates"], config)
-    return {**row, "negative": list(negative) if negative is not None else None, "reason": reason}
+def _augment(runner: Runner, rows: list[Row], seed: int, shard: int) -> list[Row]:
+    from .transforms import augment_batch
+
+    return augment_batch(rows, runner.models, runner.prompts, runner.augment_pool, seed) if runner.augment_pool \
+        else []
 
 
-def final_check(row: Row, config: Any) -> Row:
-    """The export's last check of a complete row: every link of its positive chain entailed, from the NLI
-    probabilities stored at build (no model runs)."""
-    if row["reason"] is not None:
-        return row
-    reason = chain_reason(tuple(row["positive"]), row["nli"], config)
-    return {**row, "reason": None if reason is None else "final:" + reason}
+def _build(runner: Runner, rows: list[Row], seed: int, shard: int) -> list[Row]:
+    from .transforms import build_batch
+
+    return build_batch(rows, runner.models, seed, runner.teacher_chains(shard))
+
+
+def _captions(runner: Runner) -> None:
+    runner.write_captions()
+
+
+def _distill(runner: Runner) -> None:
+    runner.distill()
+
+
+def _export(runner: Runner) -> None:
+    from .export import write_export
+
+    write_export(runner)
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("captions", "00-captions", run=_captions, seed_key=0),
+    Stage("seed", "10-seed", "captions", _seed, models=("llm",), seed_key=1),
+    Stage("filter", "20-filter", "seed", _filter, models=("nli",), teaches=True, seed_key=2),
+    Stage("augment", "30-augment", "captions", _augment, models=("llm", "nli"), teaches=True, seed_key=3),
+    Stage("distill", "40-distill", run=_distill, seed_key=4),
+    Stage("build", "50-build", "captions", _build, models=("student", "nli"), seed_key=5),
+    Stage("export", "60-export", run=_export, seed_key=6),
+)
+"""Every stage in run order: adding one is adding its declaration here (resume, markers, ``--until``, the seeds,
+placement and the Ray engine follow)."""
+STAGE = {stage.name: stage for stage in STAGES}
+TEACHING = tuple(stage.name for stage in STAGES if stage.teaches)
+"""The stages whose accepted rows are the LLM's judged chains, in run order."""
+SHARDED = tuple(stage.name for stage in STAGES if stage.transform is not None)

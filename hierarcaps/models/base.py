@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ..metrics.hierarchy import DEFAULT_ROOT_TEXT, dot_similarity, radii
-from .decoding import ImageBatches
+from .image_batches import ImageBatches
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:

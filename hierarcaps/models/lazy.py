@@ -20,8 +20,8 @@ import numpy as np
 from .._io import write_bytes_atomic
 from ..data.fetch import cache_dir
 from .base import DEFAULT_GEOMETRY, Encoder, Geometry
-from .decoding import ImageBatches
 from .folders import folder_fingerprint
+from .image_batches import ImageBatches
 
 MEMO_VERSION = 2
 """Memos of earlier versions keyed identity by the files; they are not read."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..errors import HierarcapsError
 from .base import Encoder
-from .decoding import ImageBatches
+from .image_batches import ImageBatches
 
 
 def keep_freed_memory() -> bool:
@@ -95,10 +95,20 @@ def autocast(device: str) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def torch_dtype(name: str) -> Any:
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+"""What a model's weights and arithmetic may be: ``auto`` is bfloat16 on a GPU that supports it, else float32."""
+
+
+def torch_dtype(name: str, device: str = "cpu") -> Any:
+    """The torch dtype a setting of ``DTYPES`` names on ``device`` (``auto``: bfloat16 on a GPU that supports it,
+    float32 elsewhere; a CPU computes bfloat16 slowly, a GPU float32 slowly)."""
     import torch
 
-    return None if name == "auto" else getattr(torch, name)
+    if name != "auto":
+        return getattr(torch, name)
+    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
 
 
 def weights_fingerprint(module: Any) -> str:

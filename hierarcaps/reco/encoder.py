@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ModelSpecError
 from ..models.base import Encoder
-from ..models.decoding import ImageBatches
+from ..models.image_batches import ImageBatches
 from .memory import Memory
 
 
