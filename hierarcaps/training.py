@@ -109,6 +109,30 @@ class Selected:
     state: dict[str, Any] | None
 
 
+def random_states() -> dict[str, Any]:
+    """Every random generator a training step may draw from: the CPU's and each GPU's (dropout on a GPU draws
+    from the GPU's own), so a resumed run draws what an uninterrupted one would have."""
+    import torch
+
+    states = {"torch_rng": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        states["cuda_rng"] = torch.cuda.get_rng_state_all()
+    if hasattr(torch, "mps") and torch.backends.mps.is_available():
+        states["mps_rng"] = torch.mps.get_rng_state()
+    return states
+
+
+def restore_random_states(state: dict[str, Any]) -> None:
+    """Set the generators :func:`random_states` saved (a device this machine lacks is passed over)."""
+    import torch
+
+    torch.set_rng_state(state["torch_rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    if "mps_rng" in state and hasattr(torch, "mps") and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(state["mps_rng"])
+
+
 class TrainingLoop:
     """Runs a :class:`Task` under a :class:`TrainingConfig`, checkpointing into ``folder``."""
 
@@ -148,16 +172,14 @@ class TrainingLoop:
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def save(self) -> None:
-        import torch
 
         best = dataclasses.asdict(self.best) if self.best is not None else None
         self.checkpoints.save(self.step, {
             "trainable": self.task.trained_state(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "torch_rng": torch.get_rng_state(), "log": self.log,
+            "scheduler": self.scheduler.state_dict(), **random_states(), "log": self.log,
             "best": best, "stale": self.stale})
 
     def resume(self) -> bool:
-        import torch
 
         state = self.checkpoints.latest()
         if state is None:
@@ -165,7 +187,7 @@ class TrainingLoop:
         self.task.load_trained_state(state["trainable"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
+        restore_random_states(state)
         self.step, self.log, self.stale = state["step"], state["log"], state.get("stale", 0)
         self.best = Selected(**state["best"]) if state.get("best") else None
         return True

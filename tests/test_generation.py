@@ -185,6 +185,35 @@ def test_one_pass_decoding_matches_transformers_generate_under_the_same_constrai
         assert theirs == state.text
 
 
+def test_jump_forward_writes_the_chains_of_step_by_step_decoding_in_fewer_forwards(tiny_models: Path) -> None:
+    """The fixed text between values goes in with the token before it: the same tokens as one forward per token
+    (greedy and sampled), in far fewer forwards."""
+    from hierarcaps.generation.backends import Sampling, TransformersLLM, prompt_ids, token_budget
+    from hierarcaps.generation.config import LLMConfig
+    from hierarcaps.generation.json_decoding import decode
+
+    llm = TransformersLLM(LLMConfig(model=str(tiny_models / "llm"), batch_size=4))
+    fields, sampling = ["tier_1", "tier_2", "tier_3"], Sampling(max_new_tokens=5)
+    constraint = llm.constraint(fields, sampling)
+    rows = [prompt_ids(llm.tokenizer, turns, llm.chat) for turns in conversations(*CAPTIONS)]
+    forward, calls = llm.model.forward, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return forward(*args, **kwargs)
+
+    llm.model.forward = counted
+    for temperature in (0.0, 1.0):
+        made = {}
+        for jump in (True, False):
+            calls.clear()
+            states = decode(llm.model, rows, constraint, max_new_tokens=token_budget(fields, sampling),
+                            temperature=temperature, top_p=0.9, seeds=[1, 2, 3, 4], pad_id=llm.pad_id, jump=jump)
+            made[jump] = ([s.text for s in states], len(calls))
+        assert made[True][0] == made[False][0], temperature
+        assert made[True][1] * 2 < made[False][1], (made[True][1], made[False][1])
+
+
 def test_prompts_reach_the_model_as_chat_turns_with_one_start_token(tiny_models: Path, tmp_path: Path) -> None:
     import shutil
 

@@ -130,6 +130,9 @@ class TransformersLLM:
         except (OSError, ValueError) as exc:
             raise HierarcapsError(f"cannot load LLM {config.model!r}: {exc}") from exc
         self.model.eval().to(device)
+        from .json_decoding import use_grouped_sdpa
+
+        use_grouped_sdpa(self.model)
         self.chat = uses_chat(self.tokenizer, config.chat_template)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else \
             self.tokenizer.eos_token_id
