@@ -266,3 +266,57 @@ def test_a_graph_quantizer_trains_the_same_bytes_and_finds_what_a_flat_one_finds
              for name, memory in (("graph", graph), ("flat", flat))}
     assert recall_at(found["graph"], exact) >= recall_at(found["flat"], exact) - 0.02, \
         (recall_at(found["graph"], exact), recall_at(found["flat"], exact))
+
+
+FAKE_GPU_CLUSTER = """
+import dataclasses, json, sys
+from pathlib import Path
+import ray
+ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=256 * 2**20)
+from hierarcaps.engines import RayEngine
+from hierarcaps.generation.config import load_config
+from hierarcaps.generation.runner import Runner
+from hierarcaps.generation.stages import STAGE, needs
+config, report = load_config(sys.argv[1]), {"memory": ray.cluster_resources()["memory"]}
+for device in ("auto", "cpu"):
+    run = dataclasses.replace(config, device=device, out=str(Path(sys.argv[2]) / device))
+    engine = RayEngine()
+    Runner(run, progress=False, engine=engine).run("filter")
+    report[device] = {}
+    for stage in ("seed", "filter"):
+        need = needs(STAGE[stage], run, engine.gpus())
+        report[device][stage] = {"needs": dataclasses.asdict(need), "pool": engine.pool(ray, need.gpus, need.memory)}
+report["memory_bound_pool"] = RayEngine().pool(ray, 0.0, int(report["memory"] // 3))
+print(json.dumps(report))
+"""
+
+
+def test_on_a_cluster_with_gpus_each_stage_gets_one_gpu_per_worker_and_cpu_stages_see_none(
+        tmp_path: Path, tiny_models: Path, expanded_records) -> None:
+    """A Ray cluster that declares two GPUs (Ray schedules them; nothing here uses them): with ``device: auto``
+    the LLM and NLI stages ask for one GPU per worker, so two actors, each seeing its own GPU alone; with
+    ``device: cpu`` they ask for none, their actors see no GPU, and the pool follows the CPUs and the memory."""
+    import json
+
+    from hierarcaps.data.csvio import write_csv
+
+    captions = tmp_path / "captions.csv"
+    write_csv(expanded_records[:50], captions, fmt="pairs")
+    config = write_tiny_config(tmp_path, tiny_models, captions, steps=20)
+    done = subprocess.run([sys.executable, "-c", FAKE_GPU_CLUSTER, str(config), str(tmp_path / "runs")],
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    for stage, folder in (("seed", "10-seed"), ("filter", "20-filter")):
+        gpu, cpu = report["auto"][stage], report["cpu"][stage]
+        assert gpu["needs"]["gpus"] == 1.0 and gpu["pool"] == [2, 1.0, 1.0]         # one model per GPU
+        assert cpu["needs"]["gpus"] == 0.0 and cpu["needs"]["memory"] > 0 and cpu["pool"] == [4, 1.0, 0.0]
+        workers = {device: [json.loads(m.read_text())["worker"]
+                            for m in sorted((tmp_path / "runs" / device / folder).glob("*.done"))]
+                   for device in ("auto", "cpu")}
+        assert len(workers["auto"]) == 5 and len(workers["cpu"]) == 5
+        seen = {w["process"]: w["visible_gpus"] for w in workers["auto"]}
+        assert len(seen) <= 2 and set(seen.values()) <= {"0", "1"}                  # each actor one GPU alone
+        assert {w["visible_gpus"] for w in workers["cpu"]} == {""}                   # no GPU for CPU actors
+        assert {w["device"] for w in workers["cpu"]} == {"cpu"}
+    assert report["memory_bound_pool"] == [3, 1.0, 0.0]                             # memory caps the pool

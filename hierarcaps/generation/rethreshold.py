@@ -71,7 +71,7 @@ def redecide_stage(runner: Runner, stage: str, decide: Callable[[Row], Row]) -> 
         rows = [decide(row) for row in runner.read_shard(stage, shard)]
         tally.update(row["reason"] or "accepted" for row in rows)
         marker = json.loads(runner.shard_path(stage, shard).with_suffix(".done").read_text())
-        runner.write_shard(stage, shard, rows, marker["seconds"])
+        runner.write_shard(stage, shard, rows, marker["seconds"], marker.get("worker"))
     return dict(tally)
 
 

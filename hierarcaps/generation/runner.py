@@ -25,6 +25,7 @@ import collections
 import dataclasses
 import functools
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -76,8 +77,11 @@ class Runner:
     def is_done(self, stage: str, shard: int) -> bool:
         return self.shard_path(stage, shard).with_suffix(".done").exists()
 
-    def write_shard(self, stage: str, shard: int, rows: list[Row], seconds: float) -> None:
-        """A shard's rows (with the config fingerprint and model versions), then its marker."""
+    def write_shard(self, stage: str, shard: int, rows: list[Row], seconds: float,
+                    worker: dict[str, Any] | None = None) -> None:
+        """A shard's rows (with the config fingerprint and model versions), then its marker (rows, seconds, the
+        parquet file's SHA-256 and, for a computed shard, where it ran: the worker's process, its models'
+        device and the GPUs it could see)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -89,7 +93,8 @@ class Runner:
         with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
         with atomic_open(path.with_suffix(".done")) as handle:
-            json.dump({"rows": len(rows), "seconds": seconds, "sha256": sha256_file(path)}, handle)
+            json.dump({"rows": len(rows), "seconds": seconds, "sha256": sha256_file(path),
+                       **({"worker": worker} if worker else {})}, handle)
 
     def read_shard(self, stage: str, shard: int) -> list[Row]:
         import pyarrow.parquet as pq
@@ -216,7 +221,9 @@ class Runner:
         declared = STAGE[stage]
         rows = declared.transform(self, self.read_shard(declared.source, shard), self.shard_seed(stage, shard), shard)
         seconds = time.perf_counter() - begun - (self.models.load_seconds - loading)
-        self.write_shard(stage, shard, rows, seconds)
+        worker = {"process": os.getpid(), "device": self.models.device,
+                  "visible_gpus": os.environ.get("CUDA_VISIBLE_DEVICES")}
+        self.write_shard(stage, shard, rows, seconds, worker)
         return {"shard": shard, "rows": len(rows)}
 
     def map_shards(self, stage: str) -> None:
