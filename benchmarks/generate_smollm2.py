@@ -44,6 +44,8 @@ def main() -> None:
         return [r for shard in sorted((out / stage).glob("*.parquet")) for r in pq.read_table(shard).to_pylist()]
 
     seeded, built = rows("10-seed"), {r["id"]: r for r in rows("50-build")}
+    alone = [r for r in built.values() if r["source"] == "student"]
+    kept_alone = [r for r in alone if r["reason"] is None]
     parsed = sum(r["chain"] is not None for r in seeded)
     distinct = sum(r["chain"] is not None and len({t.strip().lower() for t in r["chain"]}) == 4 for r in seeded)
     before = json.loads((Path(args.results) / "generation_smollm2_one_example_prompt.json").read_text())
@@ -78,6 +80,11 @@ def main() -> None:
         *(f"{n}. caption: {e['caption']}\n   - LLM: {chain(e['llm'])}\n   - LLM, single-example prompt: "
           f"{chain(e['llm_one_example_prompt'])}\n   - student: {chain(e['student'])}"
           f"\n   - student negative: {chain(e['student_negative'])}" for n, e in enumerate(examples, start=1)),
+        "", f"## The student alone: captions the LLM never saw ({len(kept_alone)} of {len(alone)} kept)", "",
+        "The student (a T5 trained from scratch on the LLM's accepted chains) writes these captions' hierarchies; "
+        "the first 10 it wrote, kept or not:", "",
+        *(f"- {r['caption']}\n  - student: {chain(r['positive'])} ({r['reason'] or 'kept'})"
+          f"\n  - negative: {chain(r['negative'])}" for r in alone[:10]),
     ]
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
@@ -86,7 +93,8 @@ def main() -> None:
         {"parsed": parsed, "seeded": len(seeded), "four_distinct_tiers": distinct, "copies": copies,
          "copies_one_example_prompt_20": copies_before,
          "demonstration_tiers": demonstrations, "stats": stats,
-         "examples": examples}, indent=1) + "\n")
+         "examples": examples, "student_alone": [{k: r[k] for k in ("caption", "positive", "negative", "reason")}
+                                                 for r in alone[:10]]}, indent=1) + "\n")
     print("\n".join(lines))
 
 

@@ -10,7 +10,9 @@ import pytest
 from hierarcaps.errors import HierarcapsError
 from hierarcaps.reco.encoder import refine
 from hierarcaps.reco.memory import BuildOptions, Memory, MemoryItem, write_memory
-from hierarcaps.reco.train import Pairs, RecoConfig, RecoTrainer
+from hierarcaps.reco.config import RecoConfig
+from hierarcaps.reco.objectives import Pairs
+from hierarcaps.reco.train import RecoTrainer
 
 DIM, CLASSES, BLOCK = 32, 320, 20
 
@@ -265,7 +267,8 @@ def test_rows_of_the_query_group_are_never_neighbours(tmp_path: Path) -> None:
     assert (leaky // 4 == np.arange(200)[:, None] // 4).any()           # the control: ids alone leak siblings
     trainer = RecoTrainer(RecoConfig(memory=str(tmp_path / "mem"), out=str(tmp_path / "run"), k=4, heads=2,
                                      steps=0, val_fraction=0.2, progress=False), Pairs(images, texts, groups))
-    held = {groups[i] for i in trainer.val}
+    parts = trainer.splits
+    held = {groups[i] for part in (parts.select, parts.decide, parts.in_distribution) for i in part}
     assert held and not held & {groups[i] for i in trainer.train_rows}  # validation holds out whole images
     for side in ("image", "text"):
         assert not (trainer.neighbour_rows[side] // 4 == np.arange(200)[:, None] // 4).any()
@@ -404,7 +407,8 @@ def test_validation_counts_every_copy_of_a_text_as_the_answer(tmp_path: Path) ->
     pairs = clustered_memory(tmp_path / "mem", 0, 10, 20)
     trainer = RecoTrainer(RecoConfig(memory=str(tmp_path / "mem"), out=str(tmp_path / "run"), fusion="mean", k=4,
                                      val_fraction=0.3, progress=False), pairs)
-    assert len(trainer.val_vocabulary.keys) <= 10 < len(trainer.val)               # copies are one answer
+    select = trainer.splits.select
+    assert len(trainer.answer_sets["select"].keys) <= 10 < len(select)            # copies are one answer
     assert trainer.evaluate(trainer.mean_modules)["val_accuracy"] > 0.9            # reachable: not capped
 
 
@@ -446,11 +450,13 @@ def test_selection_keeps_the_best_step_and_auto_falls_back_to_mean(tmp_path: Pat
     info = json.loads((tmp_path / "reco" / "reco.json").read_text())
     selection = info["selection"]
     evaluated = [e["val_accuracy"] for e in trainer.loop.log if "val_accuracy" in e]
-    assert selection["learned"] == max(evaluated) >= selection["mean"] == evaluated[0]   # step 0 is mean fusion
+    best = selection["best_free"]
+    assert evaluated[0] == selection["select"][best]               # step 0 is the best training-free option
+    assert selection["scores"]["learned"]["select"] == max(evaluated)       # the kept step is the best on select
     assert info["steps"] < 200                                     # stopped early
-    training_free = max(selection["mean"], selection["mean_query_side"])
-    assert selection["used"] == ("transformer" if selection["learned"] > training_free else "mean")
-    assert "mean fusion" in selection["why"]
+    low = selection["learned_minus_best_free"]["interval"][0]
+    assert selection["used"] == ("transformer" if low > 0 else trainer.free[best].kind)
+    assert "held-out concepts" in selection["why"]
     model = load_encoder(f"reco:{tmp_path / 'reco'}")
     assert model.metadata()["fusion"] == selection["used"] and model.metadata()["fusion_choice"] == selection["why"]
 
@@ -459,7 +465,7 @@ def test_auto_takes_mean_fusion_on_the_query_side_where_it_beats_both_sides(tmp_
     """Image and text centroids unrelated: mean fusion moves an image onto its class's text, but it also moves
     a text onto its class's image, so refining both sides undoes the gain. ``auto`` must weigh the query-side
     mean too, keep it where it wins, and save a model that refines that side alone."""
-    from hierarcaps.reco.train import load_fusion
+    from hierarcaps.reco.saved import load_fusion
 
     rng = np.random.default_rng(3)
     classes, per_class = 10, 30
@@ -475,7 +481,7 @@ def test_auto_takes_mean_fusion_on_the_query_side_where_it_beats_both_sides(tmp_
     RecoTrainer(config, pairs).train()
     info, modules = load_fusion(tmp_path / "reco")
     selection = info["selection"]
-    assert selection["base"] < selection["mean"] < selection["mean_query_side"] == 1.0
+    assert selection["select"]["base"] < selection["select"]["mean"] < selection["select"]["mean_query_side"] == 1.0
     assert (selection["used"], selection["used_sides"], info["sides"]) == ("mean", ["image"], ["image"])
     assert list(modules) == ["image"] and not (tmp_path / "reco" / "fusion.safetensors").exists()
     assert selection["why"].endswith("using mean fusion on the query side")

@@ -10,17 +10,23 @@ from ..configs import add_options, from_options
 from ..models.registry import spec_help
 from .index import INDEX_TYPES
 
-TRAIN_OPTIONS = ["fusion", "objective", "sides", "holdout", "k", "heads", "start", "residual", "fuse",
-                 "cross_modal_search", "duplicate_threshold", "temperature", "steps", "batch_size", "lr",
-                 "weight_decay", "warmup_steps", "eval_every", "checkpoint_every", "val_fraction", "keep", "patience",
-                 "vocabulary_limit", "seed"]
+TRAIN_OPTIONS = ["fusion", "objective", "sides", "holdout", "concepts", "confidence", "k", "heads", "start",
+                 "residual", "fuse", "cross_modal_search", "duplicate_threshold", "temperature", "steps", "batch_size",
+                 "lr", "weight_decay", "warmup_steps", "max_grad_norm", "eval_every", "checkpoint_every",
+                 "val_fraction", "keep", "patience", "vocabulary_limit", "seed"]
 TRAIN_HELP = {
-    "fusion": "auto: train the transformer and keep it only if it beats mean fusion (on the refined sides and on "
-              "the query side alone) on held-out data; otherwise the better mean fusion",
+    "fusion": "auto: train the transformer and keep it only if, on held-out concepts it never trained on, its "
+              "accuracy minus the best training-free option's has a paired bootstrap interval above 0; otherwise "
+              "that option (the frozen base, or mean fusion on the refined sides or on the query side alone)",
     "objective": "vocabulary: every distinct training text (or class) as an answer; in-batch: RECO's loss; "
                  "supervised: class names from a label column of --train-pairs",
-    "holdout": "hold out whole groups (images) or whole classes (zero-shot selection) for validation",
-    "start": "what a learned fusion starts as and adds its update to: mean fusion, or the query itself",
+    "holdout": "concept: hold out whole concepts (labels, or clusters of the frozen text embeddings), drawn by "
+               "size, half to select the step and half, untouched, to decide auto; group: whole images; class: "
+               "whole labels",
+    "concepts": "clusters standing for concepts when the pairs have no labels (default about sqrt(pairs))",
+    "confidence": "of the paired bootstrap interval auto needs above 0",
+    "start": "what a learned fusion starts as and adds its update to: best, the best training-free option on each "
+             "side (step 0 equals it); mean fusion; or the query itself",
     "duplicate_threshold": "in training, neighbours at least this similar to the query count as the query",
     "keep": "the weights a run ends with: those of the best held-out evaluation, or the last step's",
     "patience": "stop after this many held-out evaluations without improvement",
@@ -29,7 +35,7 @@ TRAIN_HELP = {
 
 
 def _reco_args(p: argparse.ArgumentParser) -> None:
-    from .train import RecoConfig
+    from .config import RecoConfig
 
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     memory = sub.add_parser("memory", help="build a memory by embedding a collection with a frozen encoder")
@@ -100,8 +106,9 @@ def _reco(args: argparse.Namespace) -> int:
         _build_memory(args)
         echo(json.dumps(Memory(args.out).stats(), indent=2))
         return 0
+    from .config import RecoConfig
     from .sources import embedded_pairs, memory_pairs
-    from .train import RecoConfig, RecoTrainer
+    from .train import RecoTrainer
 
     config = from_options(RecoConfig, args, memory=args.memory, out=args.out, base=args.base)
     if args.train_pairs:

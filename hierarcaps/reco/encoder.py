@@ -44,7 +44,7 @@ class RecoEncoder(Encoder):
         from urllib.parse import parse_qs
 
         from ..models.registry import load_encoder
-        from .train import load_fusion
+        from .saved import load_fusion
 
         spec, _, only = spec.partition("#")
         folder, _, query = spec.partition("?")

@@ -115,7 +115,10 @@ class Memory:
         the evaluation set are removed from the memory when it is built, as RECO does.
 
         Uni-modal search compares the query with memory items of its own modality; ``cross_modal_search``
-        compares it with the other modality instead.
+        compares it with the other modality instead. Results do not depend on the thread count or on how an
+        index orders equal scores: candidates are ranked by score to 6 decimals, then by row, a query whose
+        k-th neighbour ties with the last candidate fetched is searched deeper until the tie ends, and the
+        scores returned are computed from the memory's own vectors.
         """
         if k > len(self):
             raise HierarcapsError(f"k={k} neighbours asked of a memory of {len(self)} items; lower k")
@@ -124,25 +127,28 @@ class Memory:
         excluded = np.array([self.code_of.get(g, -1) if g else -1 for g in exclude_groups]) \
             if exclude_groups is not None else np.full(len(queries), -1)
         threshold = np.inf if duplicate_threshold is None else duplicate_threshold
-        keep_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         keep_rows = np.full((len(queries), k), -1, dtype=np.int64)
         pending, fetch = np.arange(len(queries)), k + 8
         while len(pending):
             fetch = min(fetch, len(self))
             scores, rows = self.nearest(searched, queries[pending], fetch)
+            scores, rows = stable_order(scores, rows)
             valid = rows >= 0
             own = self.group_codes[np.where(valid, rows, 0)] == excluded[pending, None]
             mask = valid & ~own & (scores < threshold)
-            done = (mask.sum(axis=1) >= k) | (fetch >= len(self))
+            enough = mask.sum(axis=1) >= k
             first = np.argsort(~mask, axis=1, kind="stable")[:, :k]      # the first k kept, in rank order
             chosen = np.take_along_axis(mask, first, axis=1)
-            keep_scores[pending[done]] = np.where(chosen, np.take_along_axis(scores, first, axis=1), -np.inf)[done]
+            last_kept = np.take_along_axis(tie_key(scores), first[:, -1:], axis=1)[:, 0]
+            tied_past = enough & (last_kept == tie_key(scores)[:, -1]) & (fetch < len(self))
+            done = (enough & ~tied_past) | (fetch >= len(self))
             keep_rows[pending[done]] = np.where(chosen, np.take_along_axis(rows, first, axis=1), -1)[done]
-            pending, fetch = pending[~done], fetch * 4                     # too many excluded: search deeper
+            pending, fetch = pending[~done], fetch * 4          # too many excluded, or a tie past the cut: deeper
         if (keep_rows < 0).any():
             raise HierarcapsError(f"the memory holds fewer than k={k} usable neighbours for some queries "
                                   f"(own group and near-duplicates above {duplicate_threshold} excluded); lower k")
-        return keep_scores, keep_rows
+        found = np.asarray(self.vectors[searched])[keep_rows]
+        return np.einsum("qd,qkd->qk", queries, found).astype(np.float32), keep_rows
 
     def nearest(self, modality: str, queries: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
         """The index's ``count`` best rows per query (a fast-scan or on-disk IVF-PQ index's re-scored exactly)."""
@@ -217,6 +223,23 @@ def reranked_search(index: Any, vectors: np.ndarray, queries: np.ndarray, count:
     order = np.argsort(-exact, axis=1, kind="stable")[:, :count]
     scores = np.take_along_axis(exact, order, axis=1)
     return scores, np.where(np.isfinite(scores), np.take_along_axis(candidates, order, axis=1), -1)
+
+
+TIE_DECIMALS = 6
+"""Scores equal to this many decimals are a tie (identical vectors score alike up to the last bits, which an
+index's thread count can change), broken by memory row."""
+
+
+def tie_key(scores: np.ndarray) -> np.ndarray:
+    return np.round(scores.astype(np.float64), TIE_DECIMALS)
+
+
+def stable_order(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's candidates by descending score (to ``TIE_DECIMALS``), equal scores by ascending row; missing
+    candidates (row -1) last."""
+    key = np.where(rows >= 0, -tie_key(scores), np.inf)
+    order = np.lexsort((np.where(rows >= 0, rows, np.iinfo(np.int64).max), key), axis=1)
+    return np.take_along_axis(scores, order, axis=1), np.take_along_axis(rows, order, axis=1)
 
 
 def other(modality: str) -> str:

@@ -19,7 +19,7 @@ from ..data.images import DEFAULT_IMAGE_SOURCE, ImageStore
 from ..data.tables import header_of, records
 from ..errors import DataError
 from .memory import Memory, MemoryItem
-from .train import Pairs
+from .objectives import Pairs
 
 
 def from_hierarchies(path: str, *, image_dir: str | None = None, download: bool = False,
