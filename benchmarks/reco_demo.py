@@ -91,7 +91,7 @@ class Task:
     def pairs(self, setting: str, limit: int | None, seed: int):
         """Training pairs: memory pairs (zero-shot: none of the scored classes), ``limit`` of them at most
         (whole images, by a seeded hash)."""
-        from hierarcaps.reco.train import Pairs
+        from hierarcaps.reco.objectives import Pairs
 
         rows = [i for i in self.memory_rows if setting == "seen" or self.labels[i] not in set(self.classes)]
         if limit is not None and limit < len(rows):
@@ -126,7 +126,8 @@ def train(task: Task, setting: str, fusion: str, objective: str, args: argparse.
           limit: int | None = None, seed: int = 0) -> tuple[dict, dict]:
     """A fusion trained and selected on held-out data; (its trained modules, the run's record). A transformer
     trains under ``--fusion auto`` so the record says what auto would keep; the trained modules are scored."""
-    from hierarcaps.reco.train import RecoConfig, RecoTrainer
+    from hierarcaps.reco.config import RecoConfig
+    from hierarcaps.reco.train import RecoTrainer
 
     config = RecoConfig(memory=str(task.memory_folder), out=str(out), base=args.model, k=args.k,
                         fusion="auto" if fusion == "transformer" else fusion, heads=args.heads, sides="both",
@@ -173,7 +174,7 @@ def run_setting(task: Task, setting: str, args: argparse.Namespace, out: Path) -
 
 
 def report(task: Task, runs: dict, args: argparse.Namespace, minutes: float) -> list[str]:
-    from hierarcaps.reco.train import fusion_label
+    from hierarcaps.reco.selection import fusion_label
 
     lines = ["# RECO on real text: the generation pipeline's tier-1 label of a caption", "",
              f"Command: `python benchmarks/reco_demo.py --settings {args.settings} --objectives {args.objectives} "

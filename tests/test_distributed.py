@@ -115,8 +115,8 @@ def test_memory_under_ray_writes_the_local_bytes(tmp_path: Path, ray_address: st
     # used to keep them: the next job then waited for CPUs forever)
     assert cpus_free_within(10.0) == 2.0
     assert same_files(tmp_path / "local", tmp_path / "ray", "*") == [
-        "image.faiss", "image.ivfdata", "image.npy", "manifest.json", "meta.parquet", "text.faiss", "text.ivfdata",
-        "text.npy"]
+        ".hierarcaps-owner.json", ".hierarcaps.lock", "image.faiss", "image.ivfdata", "image.npy", "manifest.json",
+        "meta.parquet", "text.faiss", "text.ivfdata", "text.npy"]
 
     # IVF-PQ blocks of precomputed embeddings, through the command line (a second driver on the cluster,
     # asking for more actors than the cluster has CPUs: its pools start with those that fit)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from hierarcaps.errors import HierarcapsError
+from hierarcaps.reco.config import RecoConfig
 from hierarcaps.reco.encoder import refine
 from hierarcaps.reco.memory import BuildOptions, Memory, MemoryItem, write_memory
-from hierarcaps.reco.config import RecoConfig
 from hierarcaps.reco.objectives import Pairs
 from hierarcaps.reco.train import RecoTrainer
 
@@ -201,8 +201,8 @@ def test_reco_model_scores_through_the_harness_and_zero_shot(tiny_clip_spec: str
     # A random tiny CLIP embeds all images very alike (hence the threshold), so what auto would keep turns on
     # rounding; this test is about a learned fusion on both sides scoring through the harness, so it asks for one.
     trained = run("reco", "train", "--memory", str(tmp_path / "mem"), "--base", tiny_clip_spec, "--out",
-                  str(tmp_path / "reco"), "--fusion", "transformer", "--k", "4", "--heads", "2", "--steps", "10",
-                  "--batch-size", "16", "--duplicate-threshold", "0.99999")
+                  str(tmp_path / "reco"), "--fusion", "transformer", "--start", "mean", "--k", "4", "--heads", "2",
+                  "--steps", "10", "--batch-size", "16", "--duplicate-threshold", "0.99999", "--holdout", "group")
     assert trained.returncode == 0, trained.stderr
     reco, base = load_encoder(f"reco:{tmp_path / 'reco'}"), load_encoder(tiny_clip_spec)
     texts = ["a dog", "a plate of food"]
@@ -405,8 +405,8 @@ def clustered_memory(folder: Path, seed: int, classes: int, per_class: int) -> P
 def test_validation_counts_every_copy_of_a_text_as_the_answer(tmp_path: Path) -> None:
     """Identical texts are one answer: the old R@1 credited only the first copy, capping it at 1/copies."""
     pairs = clustered_memory(tmp_path / "mem", 0, 10, 20)
-    trainer = RecoTrainer(RecoConfig(memory=str(tmp_path / "mem"), out=str(tmp_path / "run"), fusion="mean", k=4,
-                                     val_fraction=0.3, progress=False), pairs)
+    trainer = RecoTrainer(RecoConfig(memory=str(tmp_path / "mem"), out=str(tmp_path / "run"), k=4, steps=0,
+                                     holdout="group", val_fraction=0.3, progress=False), pairs)
     select = trainer.splits.select
     assert len(trainer.answer_sets["select"].keys) <= 10 < len(select)            # copies are one answer
     assert trainer.evaluate(trainer.mean_modules)["val_accuracy"] > 0.9            # reachable: not capped
@@ -531,3 +531,92 @@ def test_evaluation_items_are_left_out_of_a_memory(tmp_path: Path) -> None:
                                                                                       exclude=evaluation)))
     assert len(memory) == 95 and memory.ids[0] == "m5"
     assert memory.manifest["removed_near_evaluation_items"] == 5
+
+
+def test_neighbours_are_the_same_at_any_thread_count_and_ties_go_to_the_lowest_row(tmp_path: Path) -> None:
+    """Hundreds of identical label copies: which copies an index keeps among equal scores changed with its
+    thread count; ranked by score, then row, and searched past a tie at the cut, the neighbours and scores are
+    the same at 1 and 2 threads, and the tie goes to the lowest rows."""
+    import faiss
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 20, 3000)
+    base = unit(rng.standard_normal((20, DIM)))
+    items = [MemoryItem(f"m{i}", f"label {c}", group=f"m{i}") for i, c in enumerate(labels)]
+    memory = Memory(write_memory(tmp_path / "mem", unit(base[labels] + 0.3 * rng.standard_normal((3000, DIM))),
+                                 base[labels], items, BuildOptions(index="flat")))
+    queries = unit(base + 0.01 * rng.standard_normal((20, DIM)))
+    found = {}
+    threads = faiss.omp_get_max_threads()
+    try:
+        for count in (1, 2):
+            faiss.omp_set_num_threads(count)
+            found[count] = memory.search(queries, "text", 16)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    assert np.array_equal(found[1][1], found[2][1]) and np.array_equal(found[1][0], found[2][0])
+    for query, rows in enumerate(found[1][1]):
+        assert list(rows) == list(np.flatnonzero(labels == query)[:16])        # all tied: the lowest rows
+
+
+def test_concepts_are_held_out_whole_by_size_in_two_halves(tmp_path: Path) -> None:
+    """Labels when there are labels, else clusters of the frozen text embeddings with a group's rows together;
+    frequent concepts are held out as often as their share (not mostly rare ones); select and decide apart."""
+    from hierarcaps.reco.holdouts import concept_of_rows, concept_splits
+
+    rng = np.random.default_rng(0)
+    sizes = (np.arange(1, 41) ** 1.5).astype(int)                  # 40 concepts, a long tail
+    labels = np.repeat(np.arange(40), sizes)
+    text = unit(rng.standard_normal((40, DIM)))[labels] + 0.01 * rng.standard_normal((len(labels), DIM))
+    groups = [f"g{i // 2}" for i in range(len(labels))]
+    for given in ([f"c{c}" for c in labels], None):
+        parts = concept_splits(text, groups, given, 0.3, seed=1)
+        concept = concept_of_rows(text, groups, given, None, 1)
+        assert all(concept[i] == concept[i - i % 2] for i in range(len(labels)))     # a group stays whole
+        seen = {concept[i] for i in parts.train}
+        held = [{concept[i] for i in part} for part in (parts.select, parts.decide)]
+        assert held[0] and held[1] and not held[0] & held[1] and not (held[0] | held[1]) & seen
+        assert {groups[i] for i in parts.in_distribution} .isdisjoint({groups[i] for i in parts.train})
+        assert 0.2 < (len(parts.select) + len(parts.decide)) / len(labels) < 0.45
+    labelled = concept_splits(text, groups, [f"c{c}" for c in labels], 0.3, seed=1)
+    drawn = {int(labels[i]) for i in (*labelled.select, *labelled.decide)}
+    assert np.mean(sizes[list(drawn)]) > np.mean(sizes)            # by size: frequent concepts are drawn
+
+
+def test_a_learned_fusion_starts_as_the_best_training_free_option(tmp_path: Path) -> None:
+    """Step 0 of the learned fusion scores exactly what the best training-free option scores on select."""
+    pairs = clustered_memory(tmp_path / "mem", 4, 12, 20)
+    trainer = RecoTrainer(RecoConfig(memory=str(tmp_path / "mem"), out=str(tmp_path / "run"), k=4, heads=2, steps=0,
+                                     holdout="group", val_fraction=0.4, progress=False), pairs)
+    best = trainer.best_free
+    assert trainer.evaluate()["val_accuracy"] == trainer.free_select[best]
+    assert np.array_equal(trainer.correct(None, "decide"), trainer.correct(trainer.option_modules(trainer.free[best]),
+                                                                           "decide"))
+
+
+def test_auto_keeps_the_training_free_option_when_the_learned_fusion_only_memorised_seen_concepts(
+        tmp_path: Path) -> None:
+    """Neighbours that say nothing (a memory of noise) and concepts the fusion can only memorise: it wins on the
+    concepts it trained on, not on unseen ones, so auto keeps the training-free option and says so."""
+    import json
+
+    rng = np.random.default_rng(5)
+    concepts, per = 40, 25
+    u, v = unit(rng.standard_normal((concepts, DIM))), unit(rng.standard_normal((concepts, DIM)))
+    labels = np.repeat(np.arange(concepts), per)
+    images = unit(u[labels] + 0.3 * rng.standard_normal((len(labels), DIM)))
+    items = [MemoryItem(f"m{i}", "", group=f"m{i}") for i in range(400)]
+    write_memory(tmp_path / "mem", unit(rng.standard_normal((400, DIM))), unit(rng.standard_normal((400, DIM))),
+                 items, BuildOptions(index="flat"))
+    pairs = Pairs(images, v[labels].copy(), [f"g{i}" for i in range(len(labels))], keys=[f"c{c}" for c in labels],
+                  labels=[f"c{c}" for c in labels])
+    config = RecoConfig(memory=str(tmp_path / "mem"), out=str(tmp_path / "reco"), k=4, heads=2, steps=300,
+                        eval_every=50, batch_size=64, lr=3e-3, sides="image", val_fraction=0.3, keep="last",
+                        patience=None, progress=False)
+    trainer = RecoTrainer(config, pairs)
+    trainer.train()
+    selection = json.loads((tmp_path / "reco" / "reco.json").read_text())["selection"]
+    seen, unseen = selection["scores"]["learned"]["in_distribution"], selection["scores"]["learned"]["decide"]
+    assert seen > selection["scores"][selection["best_free"]]["in_distribution"] + 0.3   # it learned seen concepts
+    assert selection["learned_minus_best_free"]["interval"][0] <= 0 < 0.3 + unseen          # not unseen ones
+    assert selection["used"] != "transformer" and "no clear win" in selection["why"]

@@ -70,7 +70,7 @@ def decide(fusion: str, learned: Option, free: dict[str, Option], select: dict[s
            decide_correct: dict[str, np.ndarray], confidence: float, kept_step: int | None) -> dict[str, Any]:
     """The model's fusion, its sides and the record of why (``select``: accuracy per option on the select
     hold-out; ``decide_correct``: per-query correctness per option on the decide hold-out)."""
-    baseline = best_free(select)
+    baseline = best_free(select) if select else "mean"
     scores = {name: float(np.mean(c)) if len(c) else None for name, c in decide_correct.items()}
     record: dict[str, Any] = {"metric": SELECTION, "select": select, "decide": scores, "kept_step": kept_step,
                               "best_free": baseline, "learned_kind": learned.kind}

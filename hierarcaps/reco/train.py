@@ -45,7 +45,10 @@ PARTS = ("select", "decide", "in_distribution")
 
 
 def splits_of(config: RecoConfig, pairs: Pairs) -> Splits:
-    """The training pairs' parts under ``config.holdout`` (see ``holdouts``)."""
+    """The training pairs' parts under ``config.holdout`` (see ``holdouts``); mean fusion, which has nothing to
+    select or decide, holds nothing out."""
+    if config.learned_kind() == "mean":
+        return simple_splits(pairs.groups, 0.0, config.seed)
     if config.holdout == "concept":
         return concept_splits(pairs.text, pairs.groups, pairs.labels, config.val_fraction, config.seed,
                               config.concepts)
