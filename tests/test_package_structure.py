@@ -153,8 +153,9 @@ def test_a_metric_declared_in_the_catalogue_reaches_the_report_and_the_board(mon
     from hierarcaps.metrics import EmbeddedBenchmark, score
     from hierarcaps.metrics.catalogue import METRICS, MetricInfo
 
-    monkeypatch.setitem(METRICS, "text_query/recall_tier1", MetricInfo("text_query/recall_tier1", "TQ R@t1",
-                                                                       "tier-1 recall, caption queries"))
+    monkeypatch.setitem(METRICS, "text_query/recall_tier1", MetricInfo(
+        "text_query/recall_tier1", "TQ R@t1", "tier-1 recall, caption queries",
+        lambda units: units.text_query_chains.recall_per_tier[:, 0]))
     texts = np.array([r.positive for r in load_official("test")[:100]], dtype=object)
     emb = np.random.default_rng(0).standard_normal((*texts.shape, 8))
     emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
@@ -178,7 +179,10 @@ class ThreadEngine:
     def from_options(cls, **options: object) -> ThreadEngine:
         return cls()
 
-    def map(self, worker, tasks, *, desc, progress=True, gpus=0.0):  # type: ignore[no-untyped-def]
+    def gpus(self) -> float:
+        return 0.0
+
+    def map(self, worker, tasks, *, desc, progress=True, gpus=0.0, memory=0):  # type: ignore[no-untyped-def]
         from concurrent.futures import ThreadPoolExecutor
 
         type(self).used += 1
@@ -198,13 +202,11 @@ def test_an_engine_and_a_stage_are_each_added_by_one_declaration(monkeypatch, tm
     from hierarcaps import engines
     from hierarcaps.cli import build_parser, main
     from hierarcaps.data.csvio import write_csv
-    from hierarcaps.generation import runner
+    from hierarcaps.generation import stages
 
-    shout = runner.Stage("shout", "05-shout", "captions", lambda r, rows, seed, shard: [
+    shout = stages.Stage("shout", "05-shout", "captions", lambda r, rows, seed, shard: [
         {**row, "caption": row["caption"].upper(), "seed": seed} for row in rows])
-    stages = (runner.STAGES[0], shout, *runner.STAGES[1:])
-    monkeypatch.setattr(runner, "STAGES", stages)
-    monkeypatch.setattr(runner, "STAGE", {stage.name: stage for stage in stages})
+    monkeypatch.setattr(stages, "STAGES", (stages.STAGES[0], shout, *stages.STAGES[1:]))
     monkeypatch.setitem(engines.ENGINES, "threads", ThreadEngine)
     parser = build_parser()
     generate = next(a for a in parser._subparsers._group_actions[0].choices.items() if a[0] == "generate")[1]
@@ -227,7 +229,7 @@ def test_an_engine_and_a_stage_are_each_added_by_one_declaration(monkeypatch, tm
         assert shard.read_bytes() == (folders["threads"] / "05-shout" / shard.name).read_bytes()
     rows = pq.read_table(shards[0]).to_pylist()
     assert rows[0]["caption"] == rows[0]["caption"].upper() and not (folders["local"] / "10-seed").exists()
-    seed_stage = runner.STAGE["seed"]
+    seed_stage = stages.stage("seed")
     assert dataclasses.replace(seed_stage).seed_key == 1 and shout.seed_key not in range(7)   # others keep theirs
 
 

@@ -620,3 +620,24 @@ def test_auto_keeps_the_training_free_option_when_the_learned_fusion_only_memori
     assert seen > selection["scores"][selection["best_free"]]["in_distribution"] + 0.3   # it learned seen concepts
     assert selection["learned_minus_best_free"]["interval"][0] <= 0 < 0.3 + unseen          # not unseen ones
     assert selection["used"] != "transformer" and "no clear win" in selection["why"]
+
+
+def test_labels_naming_a_scored_class_in_other_words_are_found() -> None:
+    """A plural, a case or spacing variant and a synonym (cosine at the threshold) name the scored class; a label
+    just under the threshold and a different class do not."""
+    from hierarcaps.reco.labels import near_duplicates, singular_key
+
+    angle = np.arccos(0.85)
+    vectors = {
+        "transport": np.array([1.0, 0.0, 0.0]),
+        "Transports ": np.array([0.0, 0.0, 1.0]),                       # same key once plural: caught by the key
+        "berries": np.array([0.0, 1.0, 0.0]),
+        "berry": np.array([0.0, 0.0, 1.0]),                             # scored as the singular
+        "transportation": 2.0 * np.array([np.cos(angle), np.sin(angle), 0.0]),     # cosine 0.85: caught
+        "vehicle": np.array([np.cos(angle + 1e-3), np.sin(angle + 1e-3), 0.0]),    # just under: kept
+        "cat": np.array([0.0, 0.6, 0.8]),
+    }
+    assert singular_key("Berries ") == "berry" and singular_key("bus") == "bus"
+    found = near_duplicates(list(vectors), ["transport", "berry"], vectors)
+    assert found == {"transport", "Transports ", "berries", "berry", "transportation"}
+    assert near_duplicates(list(vectors), ["transport"], vectors, threshold=0.99) == {"transport", "Transports "}

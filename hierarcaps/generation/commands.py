@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..commandline import Command, echo, engine, engine_options
 from ..errors import HierarcapsError
-from . import runner
+from . import stages
 
 
 def _generate_args(p: argparse.ArgumentParser) -> None:
@@ -18,7 +18,7 @@ def _generate_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", action="store_true", help="a handful of captions, 10 distillation steps, "
                                                           "written to <out>-dry-run")
     p.add_argument("--until", default="export", help="stop after this stage (default: export)",
-                   choices=list(runner.STAGE))
+                   choices=stages.names())
     p.add_argument("--out", help="output folder (overrides the config's `out`)")
     p.add_argument("--rethreshold", action="store_true",
                    help="re-decide the judged chains from their stored NLI probabilities under the config's "

@@ -9,17 +9,16 @@ saw, the student's for the rest), so a user can compare the student with its tea
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING
+from typing import Any
 
 from .._io import atomic_open, sha256_file
 from ..data.csvio import write_csv, write_parquet
 from ..data.records import Hierarchy
 from .report import deduplicate, render_stats, source_summary, stage_summary, tier_lengths
-from .stages import SHARDED, STAGE
 from .transforms import Row, final_check
 
-if TYPE_CHECKING:
-    from .runner import Runner
+Runner = Any
+"""A ``runner.Runner`` (named here without importing it: the runner's stages call this module)."""
 
 
 def invalid_as_reason(row: Row) -> Row:
@@ -32,10 +31,11 @@ def invalid_as_reason(row: Row) -> Row:
     return {**row, "reason": f"invalid:{problems[0][0]}"} if problems else row
 
 
-def write_export(runner: Runner) -> None:
-    """The export folder's files; ``stats.json`` last (its presence marks the export complete)."""
-    out, config = runner.out, runner.config
-    folder = out / STAGE["export"].folder
+def write_export(runner: Runner, sharded: tuple[str, ...]) -> None:
+    """The export folder's files, with a summary of each of the ``sharded`` stages; ``stats.json`` last (its
+    presence marks the export complete)."""
+    config = runner.config
+    folder = runner.folder("export")
     if (folder / "stats.json").exists():
         return
     built = runner.read_stage("build")
@@ -48,14 +48,14 @@ def write_export(runner: Runner) -> None:
     csv_path = write_csv(records, folder / "hierarchies.csv", fmt="pairs")
     parquet_path = write_parquet(records, folder / "hierarchies.parquet",
                                  metadata={"hierarcaps.provenance": json.dumps(provenance)})
-    distill_summary = json.loads((out / STAGE["distill"].folder / "summary.json").read_text())
-    captions = json.loads((out / STAGE["captions"].folder / "manifest.json").read_text())
+    distill_summary = json.loads((runner.folder("distill") / "summary.json").read_text())
+    captions = json.loads((runner.folder("captions") / "manifest.json").read_text())
     stats = {
         "captions": captions["captions"],
         "teacher_captions": captions.get("teacher_captions", captions["captions"]),
         "stages": {stage: stage_summary(built if stage == "build" else runner.read_stage(stage),
                                         runner.stage_seconds(stage))
-                   for stage in SHARDED},
+                   for stage in sharded},
         "sources": source_summary(final),
         "distill": {k: v for k, v in distill_summary.items() if k != "config"},
         "export": {**stage_summary(final, 0.0), "hierarchies": len(records)},

@@ -17,9 +17,9 @@ from pathlib import Path
 
 from ..errors import HierarcapsError
 from ..outputs import claim_folder, folder_lock
+from . import stages
 from .config import GenerationConfig
 from .runner import RETHRESHOLD_PENDING, RUN_KIND, Runner
-from .stages import STAGE, TEACHING
 from .transforms import Row, decide_built, decide_llm_chain
 
 DECISION_SETTINGS = ("entail_threshold", "contradict_threshold", "generic_not_longer")
@@ -30,7 +30,7 @@ def rethreshold(config: GenerationConfig) -> dict[str, dict[str, int]]:
     """Re-decide every judged chain under ``config``'s thresholds (see the module docstring); returns reason
     counts per stage."""
     runner = Runner(config, progress=False)             # models load lazily: none is touched here
-    manifest = runner.out / STAGE["captions"].folder / "manifest.json"
+    manifest = runner.folder("captions") / "manifest.json"
     if not manifest.exists() or not (runner.out / "run.json").exists():
         raise HierarcapsError(f"{runner.out} holds no generation run to re-decide")
     claim_folder(runner.out, RUN_KIND, option="out", adopt_if="run.json")
@@ -49,14 +49,14 @@ def _redecide(runner: Runner, config: GenerationConfig, manifest: Path) -> dict[
                               + ", ".join(changed))
     (runner.out / RETHRESHOLD_PENDING).write_text("a --rethreshold is under way\n")
     runner.n_shards = json.loads(manifest.read_text())["shards"]
-    taught = runner.accepted_chains(*TEACHING)
+    taught = runner.accepted_chains(*stages.teaching())
     counts = {stage: redecide_stage(runner, stage, lambda row: {**row, "reason": decide_llm_chain(row, config.nli)})
-              for stage in TEACHING}
-    stale = ("distill", "build", "export") if runner.accepted_chains(*TEACHING) != taught else ("export",)
+              for stage in stages.teaching()}
+    stale = ("distill", "build", "export") if runner.accepted_chains(*stages.teaching()) != taught else ("export",)
     if "build" not in stale:
         counts["build"] = redecide_stage(runner, "build", lambda row: decide_built(row, config.nli))
     for stage in stale:
-        shutil.rmtree(runner.out / STAGE[stage].folder, ignore_errors=True)
+        shutil.rmtree(runner.folder(stage), ignore_errors=True)
     runner.write_run_record()                       # the folder now holds this config's decisions
     (runner.out / RETHRESHOLD_PENDING).unlink()
     return counts

@@ -37,11 +37,11 @@ from .._io import atomic_open, atomic_path, sha256_file
 from ..engines import Engine, LocalEngine
 from ..errors import DataError, HierarcapsError
 from ..outputs import claim_folder, folder_lock
+from . import stages
 from .captions import mark_teacher, read_captions
 from .config import GenerationConfig
 from .models import Models
 from .prompts import load_prompts
-from .stages import STAGE, STAGES, TEACHING, needs
 from .transforms import Row
 
 RUN_KIND = "generation run"
@@ -68,11 +68,15 @@ class Runner:
 
     @property
     def student_folder(self) -> Path:
-        return self.out / STAGE["distill"].folder / "model"
+        return self.folder("distill") / "model"
 
     # -- shards ------------------------------------------------------------------------------------------
+    def folder(self, stage: str) -> Path:
+        """Where a stage writes, under the run's output folder."""
+        return self.out / stages.stage(stage).folder
+
     def shard_path(self, stage: str, shard: int) -> Path:
-        return self.out / STAGE[stage].folder / f"shard-{shard:05d}.parquet"
+        return self.folder(stage) / f"shard-{shard:05d}.parquet"
 
     def is_done(self, stage: str, shard: int) -> bool:
         return self.shard_path(stage, shard).with_suffix(".done").exists()
@@ -106,7 +110,7 @@ class Runner:
         return [row for shard in range(self.n_shards) for row in self.read_shard(stage, shard)]
 
     def shard_seed(self, stage: str, shard: int) -> int:
-        sequence = np.random.SeedSequence([self.config.seed, STAGE[stage].seed_key, shard])
+        sequence = np.random.SeedSequence([self.config.seed, stages.stage(stage).seed_key, shard])
         return int(sequence.generate_state(1)[0] % (2**31 - 1))
 
     def stage_seconds(self, stage: str) -> float:
@@ -152,7 +156,7 @@ class Runner:
     # -- driver stages -------------------------------------------------------------------------------------
     def write_captions(self) -> None:
         """The input captions, each marked for the teacher or the student, in shards."""
-        manifest = self.out / STAGE["captions"].folder / "manifest.json"
+        manifest = self.folder("captions") / "manifest.json"
         if manifest.exists():
             self.n_shards = json.loads(manifest.read_text())["shards"]
             return
@@ -175,21 +179,21 @@ class Runner:
         from .distill import Distiller
 
         if not self.student_folder.exists():
-            Distiller(self.config.distill, self.accepted_chains(*TEACHING), self.student_folder.parent,
+            Distiller(self.config.distill, self.accepted_chains(*stages.teaching()), self.student_folder.parent,
                       self.config.seed, self.progress, self.models.device).run()
 
     # -- shard stages ----------------------------------------------------------------------------------------
     def attach(self) -> Runner:
         """Join a run whose captions are already sharded (what an engine's worker does)."""
         self.prompts = load_prompts(self.config.prompts)
-        self.n_shards = json.loads((self.out / STAGE["captions"].folder / "manifest.json").read_text())["shards"]
+        self.n_shards = json.loads((self.folder("captions") / "manifest.json").read_text())["shards"]
         return self
 
     def teacher_chains(self, shard: int) -> dict[str, list[tuple[str, list[str]]]]:
         """Caption id -> the LLM's accepted chains for it in this shard (seed first, then augmentation), each
         with its origin: the hierarchies of the captions the LLM saw."""
         chains: dict[str, list[tuple[str, list[str]]]] = collections.defaultdict(list)
-        for stage in TEACHING:
+        for stage in stages.teaching():
             if not self.shard_path(stage, shard).exists():
                 continue
             for row in self.read_shard(stage, shard):
@@ -218,7 +222,7 @@ class Runner:
         """One shard of a shard stage, written with its marker and the seconds its work took (loading a model
         on first use is not counted: it is the same whatever the shard)."""
         begun, loading = time.perf_counter(), self.models.load_seconds
-        declared = STAGE[stage]
+        declared = stages.stage(stage)
         rows = declared.transform(self, self.read_shard(declared.source, shard), self.shard_seed(stage, shard), shard)
         seconds = time.perf_counter() - begun - (self.models.load_seconds - loading)
         worker = {"process": os.getpid(), "device": self.models.device,
@@ -232,7 +236,7 @@ class Runner:
         todo = [{"shard": s} for s in range(self.n_shards) if not self.is_done(stage, s)]
         if not todo:
             return
-        need = needs(STAGE[stage], self.config, self.engine.gpus(), self.student_folder)
+        need = stages.needs(stages.stage(stage), self.config, self.engine.gpus(), self.student_folder)
         own = self if self.engine.in_process else None
         for _ in self.engine.map(ShardWorker(self.config, stage, own), todo, desc=f"Stage {stage}",
                                  progress=self.progress, gpus=need.gpus, memory=need.memory):
@@ -240,8 +244,7 @@ class Runner:
 
     def run(self, until: str = "export") -> Path:
         """Run every stage up to ``until``; returns the folder that stage wrote."""
-        if until not in STAGE:
-            raise HierarcapsError(f"unknown stage {until!r} (stages: {', '.join(STAGE)})")
+        stages.stage(until)                                # an unknown stage is refused at once
         self.prompts = load_prompts(self.config.prompts)   # inputs are checked before the folder is claimed
         if not Path(self.config.input).exists():
             raise DataError("no such input file", file=self.config.input)
@@ -250,14 +253,14 @@ class Runner:
             if (self.out / RETHRESHOLD_PENDING).exists():
                 raise HierarcapsError(f"{self.out}: a --rethreshold was interrupted; run it again to finish it")
             self._record_run()
-            for stage in STAGES:
+            for stage in stages.STAGES:
                 if stage.transform is not None:
                     self.map_shards(stage.name)
                 else:
                     stage.run(self)
                 if stage.name == until:
                     break
-        return self.out / STAGE[until].folder
+        return self.folder(until)
 
 
 @dataclasses.dataclass

@@ -14,16 +14,15 @@ import dataclasses
 import zlib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from .config import GenerationConfig
 from .models import MODEL_ROLES
 
-if TYPE_CHECKING:
-    from .runner import Runner
-    from .transforms import Row
-
-ShardTransform = Callable[["Runner", list["Row"], int, int], list["Row"]]
+Runner = Any
+"""A ``runner.Runner`` (named here without importing it: the runner imports this module)."""
+Row = dict[str, Any]
+ShardTransform = Callable[[Runner, list[Row], int, int], list[Row]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +134,7 @@ def _distill(runner: Runner) -> None:
 def _export(runner: Runner) -> None:
     from .export import write_export
 
-    write_export(runner)
+    write_export(runner, sharded())
 
 
 STAGES: tuple[Stage, ...] = (
@@ -149,7 +148,27 @@ STAGES: tuple[Stage, ...] = (
 )
 """Every stage in run order: adding one is adding its declaration here (resume, markers, ``--until``, the seeds,
 placement and the Ray engine follow)."""
-STAGE = {stage.name: stage for stage in STAGES}
-TEACHING = tuple(stage.name for stage in STAGES if stage.teaches)
-"""The stages whose accepted rows are the LLM's judged chains, in run order."""
-SHARDED = tuple(stage.name for stage in STAGES if stage.transform is not None)
+
+
+def stage(name: str) -> Stage:
+    """The declared stage of this name (read from ``STAGES`` at call time)."""
+    found = {s.name: s for s in STAGES}
+    if name not in found:
+        from ..errors import HierarcapsError
+
+        raise HierarcapsError(f"unknown stage {name!r} (stages: {', '.join(found)})")
+    return found[name]
+
+
+def names() -> list[str]:
+    return [s.name for s in STAGES]
+
+
+def teaching() -> tuple[str, ...]:
+    """The stages whose accepted rows are the LLM's judged chains, in run order."""
+    return tuple(s.name for s in STAGES if s.teaches)
+
+
+def sharded() -> tuple[str, ...]:
+    """The stages that run shard by shard on the engine, in run order."""
+    return tuple(s.name for s in STAGES if s.transform is not None)

@@ -10,17 +10,16 @@ import numpy as np
 
 from ..errors import HierarcapsError
 from .bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, summarise_all
+from .catalogue import METRICS
 from .hierarchy import (
     DEFAULT_STEPS,
     ChainScores,
     Similarity,
     dot_similarity,
-    hierarchical_retrieval,
-    kendall_tau_rows,
     radii,
-    similarity_to_texts,
 )
-from .retrieval import DEFAULT_KS, recall_at_k
+from .retrieval import DEFAULT_KS
+from .units import Units
 
 
 @dataclasses.dataclass
@@ -74,40 +73,16 @@ class EmbeddedBenchmark:
         return self.text_emb[[g[0] for g in groups], -1], groups
 
 
-def _chain_metrics(scores: ChainScores, prefix: str) -> dict[str, np.ndarray]:
-    per_unit = {f"{prefix}precision": scores.precision, f"{prefix}recall": scores.recall,
-                f"{prefix}order_aware_recall": scores.order_aware_recall, f"{prefix}f1": scores.f1}
-    for k in range(scores.recall_per_tier.shape[1]):
-        per_unit[f"{prefix}recall_tier{k + 1}"] = scores.recall_per_tier[:, k]
-    return per_unit
-
-
 def per_unit_metrics(bench: EmbeddedBenchmark, *, steps: int = DEFAULT_STEPS, ks: tuple[int, ...] = DEFAULT_KS
                      ) -> tuple[dict[str, np.ndarray], dict[str, ChainScores]]:
-    """Every metric as per-unit values (per image, row or query), plus the chains behind them.
-
-    Names: ``precision``, ``recall``, ``d_corr`` (the protocol's three); ``order_aware_recall``, ``f1``,
-    ``recall_tier{k}``; the text-query variant ``text_query/...``; retrieval ``i2t_R@k``/``t2i_R@k``.
-    """
-    row_radii = bench.radii
-    per_unit: dict[str, np.ndarray] = {"d_corr": kendall_tau_rows(row_radii)}
-    chains: dict[str, ChainScores] = {}
-    if bench.image_emb is not None:
-        scores = similarity_to_texts(bench.image_emb, bench.text_emb, bench.similarity)
-        chains["image"] = hierarchical_retrieval(scores, row_radii, bench.texts, bench.image_rows(), steps)
-        per_unit.update(_chain_metrics(chains["image"], ""))
-        n, k = row_radii.shape
-        similarity = scores.reshape(len(scores), n, k)[:, :, -1]
-        positive = np.zeros(similarity.shape, dtype=bool)
-        positive[bench.row_image, np.arange(n)] = True
-        for top, hits in recall_at_k(similarity, positive, ks).items():
-            per_unit[f"i2t_R@{top}"] = hits
-        for top, hits in recall_at_k(similarity.T, positive.T, ks).items():
-            per_unit[f"t2i_R@{top}"] = hits
-    queries, query_rows = bench.caption_queries()
-    scores = similarity_to_texts(queries, bench.text_emb, bench.similarity)
-    chains["text_query"] = hierarchical_retrieval(scores, row_radii, bench.texts, query_rows, steps)
-    per_unit.update(_chain_metrics(chains["text_query"], "text_query/"))
+    """Every metric the catalogue declares (``catalogue.METRICS``, in its order) as per-unit values (per image,
+    row or query), plus the chains behind them (``image``, ``text_query``); a metric that does not apply (image
+    metrics of a text-only benchmark) is left out."""
+    units = Units(bench, steps, ks)
+    per_unit = {name: values for name, info in METRICS.items() if (values := info.compute(units)) is not None}
+    chains = {"text_query": units.text_query_chains}
+    if units.image_chains is not None:
+        chains = {"image": units.image_chains, **chains}
     return per_unit, chains
 
 
