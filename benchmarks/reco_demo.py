@@ -12,8 +12,11 @@ Protocol (groups are images; no image is in two roles):
 - 15% of images are held out; their captions whose label is one of ``--classes`` scored classes are the
   queries. The memory holds every other image's (caption, label) pairs, nothing of the held-out images.
 - ``seen``: the scored classes are the most frequent labels, and training pairs are all memory pairs (seen-class
-  classification). ``zeroshot`` (the paper's setting): the same scored classes, but no training pair carries
-  one of them; validation holds out whole classes too.
+  classification); validation holds out whole images. ``zeroshot`` (the paper's setting): the same scored
+  classes, but no training pair and no item of the training memory carries one of them or a near-duplicate
+  (``hierarcaps.reco.labels``: the same singular key, or cosine >= 0.85; the count is reported); validation
+  holds out whole classes (concepts), half to select the step and half, untouched, to decide auto; the fusion
+  is scored with the full memory, as RECO swaps in a larger one.
 - Fusions: frozen (the query as is), mean (parameter-free), and learned ones selected on held-out data; each
   learned run reports its kept step and the mean fusion score on the same validation split.
 - Control: the neighbours of each query are swapped with another query's; a fusion that reads its memory
@@ -63,7 +66,8 @@ class Task:
     def __init__(self, model: str, classes: int, seed: int, out: Path) -> None:
         from hierarcaps.data import offline_train_split
         from hierarcaps.models import load_encoder
-        from hierarcaps.reco.memory import BuildOptions, Memory, MemoryItem, write_memory
+        from hierarcaps.reco.memory import Memory, MemoryItem
+        from hierarcaps.reco.memory_build import BuildOptions, write_memory
 
         self.rows = offline_train_split()
         self.encoder = load_encoder(model, lazy=True)
@@ -83,17 +87,27 @@ class Task:
         items = [MemoryItem(f"row{i}", self.labels[i], None, "offline-split", group=self.rows[i].image_file)
                  for i in self.memory_rows]
         self.memory_folder = out / "memory"
+        identity = {"name": self.encoder.name, "fingerprint": self.encoder.fingerprint()}
         self.memory = Memory(write_memory(self.memory_folder, self.captions[self.memory_rows],
                                           self.texts[self.memory_rows], items, BuildOptions(index="flat"),
-                                          encoder={"name": self.encoder.name,
-                                                   "fingerprint": self.encoder.fingerprint()}))
+                                          encoder=identity))
+        from hierarcaps.reco.labels import NEAR_DUPLICATE_COSINE, near_duplicates
+
+        self.threshold = NEAR_DUPLICATE_COSINE
+        self.near = near_duplicates(self.labels, self.classes, self.label_vector, self.threshold)
+        self.unseen_rows = np.array([i for i in self.memory_rows if self.labels[i] not in self.near])
+        unseen_items = [MemoryItem(f"row{i}", self.labels[i], None, "offline-split", group=self.rows[i].image_file)
+                        for i in self.unseen_rows]
+        self.zeroshot_folder = out / "memory-zeroshot"
+        write_memory(self.zeroshot_folder, self.captions[self.unseen_rows], self.texts[self.unseen_rows],
+                     unseen_items, BuildOptions(index="flat"), encoder=identity)
 
     def pairs(self, setting: str, limit: int | None, seed: int):
         """Training pairs: memory pairs (zero-shot: none of the scored classes), ``limit`` of them at most
         (whole images, by a seeded hash)."""
         from hierarcaps.reco.objectives import Pairs
 
-        rows = [i for i in self.memory_rows if setting == "seen" or self.labels[i] not in set(self.classes)]
+        rows = list(self.memory_rows if setting == "seen" else self.unseen_rows)
         if limit is not None and limit < len(rows):
             ranked = sorted(rows, key=lambda i: hashlib.sha256(f"{seed}:{self.rows[i].image_file}:{i}".encode())
                             .hexdigest())
@@ -129,11 +143,12 @@ def train(task: Task, setting: str, fusion: str, objective: str, args: argparse.
     from hierarcaps.reco.config import RecoConfig
     from hierarcaps.reco.train import RecoTrainer
 
-    config = RecoConfig(memory=str(task.memory_folder), out=str(out), base=args.model, k=args.k,
+    memory = task.zeroshot_folder if setting == "zeroshot" else task.memory_folder
+    config = RecoConfig(memory=str(memory), out=str(out), base=args.model, k=args.k,
                         fusion="auto" if fusion == "transformer" else fusion, heads=args.heads, sides="both",
                         objective=objective, steps=args.steps, lr=args.lr,
                         batch_size=args.batch_size, eval_every=args.eval_every, patience=args.patience,
-                        holdout="class" if setting == "zeroshot" else "group", val_fraction=0.1, seed=seed,
+                        holdout="concept" if setting == "zeroshot" else "group", val_fraction=0.2, seed=seed,
                         temperature=args.temperature, start=args.start, progress=False)
     trainer = RecoTrainer(config, task.pairs(setting, limit, seed))
     trainer.train()
@@ -184,28 +199,36 @@ def report(task: Task, runs: dict, args: argparse.Namespace, minutes: float) -> 
              f"{len(task.classes)} most frequent); memory of {len(task.memory):,} (caption, label) pairs of other "
              "images. Chance "
              f"{1 / len(task.classes):.3f}; majority class {np.bincount(task.truth).max() / len(task.truth):.3f}. "
-             "Both sides refined; learned fusions selected on held-out data (seen: held-out images; zero-shot: "
-             "held-out classes); 'auto uses' is what `--fusion auto` keeps (the best of the learned fusion, mean "
-             "fusion on both sides and on the query side, by validation), and 'auto: test' that choice's accuracy.",
-             ""]
+             "Both sides refined; learned fusions start as the best training-free option and are selected on "
+             "held-out data (seen: held-out images; zero-shot: held-out classes, half selecting the step, half "
+             "deciding auto); 'auto uses' is what `--fusion auto` keeps (the learned fusion only with a paired "
+             "interval above 0 over the best training-free option on the deciding half), and 'auto: test' that "
+             f"choice's accuracy. Zero-shot training leaves out {len(task.near)} labels that are the scored classes "
+             f"or near-duplicates of them (cosine >= {task.threshold}), from the pairs and the training memory "
+             f"({len(task.memory_rows) - len(task.unseen_rows):,} memory items).", ""]
     for setting, run in runs.items():
         lines += [f"## {setting}", "", "| fusion | accuracy [95% CI] | minus mean [95% CI] | neighbours swapped | "
-                  "kept step | validation: learned / mean / mean query side / frozen | auto uses | auto: test |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "kept step | select: learned / mean / mean query side / frozen | decide: learned minus best "
+                  "training-free | auto uses | auto: test |", "|---|---|---|---|---|---|---|---|---|"]
         for name, result in run["results"].items():
             record = run["records"].get(name)
             selection = record["selection"] if record else {}
             minus = fmt(result["minus_mean"]) if "minus_mean" in result else "-"
-            validation, used, test = "-", "-", "-"
-            if selection.get("learned") is not None:
-                validation = " / ".join(f"{selection[key]:.4f}" for key in ("learned", "mean", "mean_query_side",
-                                                                            "base"))
+            validation, decided, used, test = "-", "-", "-", "-"
+            if "scores" in selection:
+                scores = selection["scores"]
+                validation = " / ".join(f"{scores[key]['select']:.4f}" for key in ("learned", "mean", "mean_query_side",
+                                                                                   "base"))
+                if "learned_minus_best_free" in selection:
+                    d = selection["learned_minus_best_free"]
+                    decided = f"{d['mean']:+.4f} [{d['interval'][0]:+.3f}, {d['interval'][1]:+.3f}]"
                 used = fusion_label(selection["used"], selection["used_sides"])
-                picked = name if selection["used"] != "mean" else \
-                    ("mean (query side only)" if selection["used_sides"] == ["image"] else "mean")
+                picked = name if selection["used"] not in ("mean", "none") else \
+                    {"none": "frozen"}.get(selection["used"], "mean (query side only)"
+                                           if selection["used_sides"] == ["image"] else "mean")
                 test = f"{run['results'][picked]['accuracy']['value']:.4f}"
             lines.append(f"| {name} | {fmt(result['accuracy'])} | {minus} | {fmt(result['swapped'])} | "
-                         f"{selection.get('kept_step', '-')} | {validation} | {used} | {test} |")
+                         f"{selection.get('kept_step', '-')} | {validation} | {decided} | {used} | {test} |")
         lines.append("")
     lines.append(f"Wall time {minutes:.1f} min (CPU, 2 cores).")
     return lines
@@ -226,7 +249,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=25)
     p.add_argument("--patience", type=int, default=8)
     p.add_argument("--temperature", type=float, default=0.07)
-    p.add_argument("--start", default="mean", choices=["mean", "query"])
+    p.add_argument("--start", default="best", choices=["best", "mean", "query"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="runs/reco-demo")
     p.add_argument("--results", default="benchmarks/results")

@@ -63,7 +63,8 @@ def main() -> None:
 
     from hierarcaps.engines import make_engine
     from hierarcaps.reco.index import RERANK_FACTOR, default_nprobe, faiss_quantizer, nlist_for, set_search_effort
-    from hierarcaps.reco.memory import BuildOptions, reranked_search, write_on_disk_index, write_unit_vectors
+    from hierarcaps.reco.memory import reranked_search
+    from hierarcaps.reco.memory_build import BuildOptions, write_on_disk_index, write_unit_vectors
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=10_000_000)

@@ -17,7 +17,8 @@ from tiny_generation_models import kill_when, run_generate_cli, write_tiny_confi
 
 from hierarcaps.engines import RayEngine
 from hierarcaps.errors import HierarcapsError
-from hierarcaps.reco.memory import BuildOptions, Memory, MemoryItem, write_memory
+from hierarcaps.reco.memory import Memory, MemoryItem
+from hierarcaps.reco.memory_build import BuildOptions, write_memory
 
 pytestmark = pytest.mark.integration
 
@@ -90,7 +91,7 @@ def cpus_free_within(seconds: float) -> float:
 def test_memory_under_ray_writes_the_local_bytes(tmp_path: Path, ray_address: str, test_image_dir: Path) -> None:
     from hierarcaps.models import load_encoder
     from hierarcaps.models.random_models import save_random_hf_clip
-    from hierarcaps.reco.memory import build_memory
+    from hierarcaps.reco.memory_build import build_memory
 
     # embedded by actors that each load the encoder from its spec, then an on-disk IVF filled block by block
     clip = str(save_random_hf_clip(tmp_path / "clip", "tiny"))
@@ -185,7 +186,7 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
 @pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
 def test_on_disk_index_resumes_moves_and_finds_the_exact_neighbours(tmp_path: Path, kind: str,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from hierarcaps.reco import memory as memory_module
+    from hierarcaps.reco import memory_build as memory_module
     from hierarcaps.reco.index import build_index
 
     image, text, items = random_pairs(4000)

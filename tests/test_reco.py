@@ -10,7 +10,8 @@ import pytest
 from hierarcaps.errors import HierarcapsError
 from hierarcaps.reco.config import RecoConfig
 from hierarcaps.reco.encoder import refine
-from hierarcaps.reco.memory import BuildOptions, Memory, MemoryItem, write_memory
+from hierarcaps.reco.memory import Memory, MemoryItem
+from hierarcaps.reco.memory_build import BuildOptions, write_memory
 from hierarcaps.reco.objectives import Pairs
 from hierarcaps.reco.train import RecoTrainer
 
@@ -147,7 +148,7 @@ def memory_csv(folder: Path, image_dir: Path, rows: int) -> Path:
 
 def test_memory_build_resumes_after_a_failure(tiny_clip_spec: str, tmp_path: Path, test_image_dir: Path) -> None:
     from hierarcaps.models import load_encoder
-    from hierarcaps.reco.memory import BuildOptions, build_memory
+    from hierarcaps.reco.memory_build import BuildOptions, build_memory
     from hierarcaps.reco.sources import load_items
 
     items = load_items(str(memory_csv(tmp_path, test_image_dir, 30)))

@@ -72,7 +72,7 @@ def _reco_args(p: argparse.ArgumentParser) -> None:
 
 def _build_memory(args: argparse.Namespace) -> None:
     from ..errors import HierarcapsError
-    from .memory import BuildOptions, build_memory, write_memory
+    from .memory_build import BuildOptions, build_memory, write_memory
     from .sources import embedded_vectors, from_embeddings, load_items
 
     options = BuildOptions(index=args.index, on_disk=args.on_disk, block_size=args.shard_size,

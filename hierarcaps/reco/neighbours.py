@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from .._io import atomic_path
-from .memory import Memory, claim_blocks, vectors_hash
+from .memory import Memory, vectors_hash
+from .memory_build import claim_blocks
 
 BLOCK = 16_384
 """Queries per search task."""
