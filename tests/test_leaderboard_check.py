@@ -100,3 +100,32 @@ def test_the_shipped_board_passes_its_own_check(tmp_path: Path) -> None:
     shutil.copytree(REPO / "leaderboard", lb)
     outcome = board.review(lb)
     assert outcome.problems == [] and len(outcome.rescored) == len(list(lb.glob("entries/*/*")))
+
+
+def test_a_metric_added_by_one_declaration_reaches_the_board_through_rescore(tmp_path: Path, monkeypatch) -> None:
+    """ARCHITECTURE's metric recipe: one ``MetricInfo`` in the catalogue; every entry then fails ``check`` (its
+    stored result lacks the metric) until ``leaderboard rescore`` rewrites the results and the pages."""
+    import numpy as np
+    from conftest import REPO
+
+    from hierarcaps.cli import main
+    from hierarcaps.metrics import catalogue
+
+    lb = tmp_path / "lb"
+    shutil.copytree(REPO / "leaderboard", lb)
+    assert board.rescore_board(lb) == []                    # the control: nothing to rewrite before the change
+    spread = catalogue.MetricInfo("radius_spread", "Δr", "distance to the root of tier 4 minus tier 1",
+                                  lambda units: units.radii[:, -1] - units.radii[:, 0], unit="distance")
+    monkeypatch.setitem(catalogue.METRICS, spread.name, spread)
+
+    problems = board.check(lb)
+    entries = sorted(lb.glob("entries/*/*"))
+    assert len(problems) == len(entries) == 2
+    assert all("radius_spread: missing" in line for line in problems)
+
+    assert main(["leaderboard", "rescore", "--board", str(lb)]) == 0
+    assert board.check(lb) == []
+    for folder in entries:
+        result = json.loads((folder / "result.json").read_text())
+        assert np.isfinite(result["metrics"]["radius_spread"]["value"])
+    assert "Δr" in (lb / "README.md").read_text()

@@ -265,17 +265,54 @@ def build(board: str | Path = "leaderboard", notes: list[str] | None = None) -> 
     are written in full, then moved into place through a journal, so they always belong to one build."""
     board = Path(board)
     with writing(board, notes):
-        problems = entry_problems(board)
-        if problems:
-            raise HierarcapsError(f"{board}: {len(problems)} problem(s) with the entries, nothing rendered: "
-                                  + "; ".join(problems[:5]))
-        pages = rendered(board)
-        for name, text in pages.items():
-            with atomic_open(board / STAGING / name) as handle:
-                handle.write(text)
-        Journal(board, "build of the pages", [*(("rename", f"{STAGING}/{name}", name) for name in pages),
-                                              ("remove", STAGING)]).run()
+        return _write_pages(board)
+
+
+def _write_pages(board: Path) -> list[Path]:
+    """Both pages written in full, then moved into place through one journal (the board held for writing)."""
+    problems = entry_problems(board)
+    if problems:
+        raise HierarcapsError(f"{board}: {len(problems)} problem(s) with the entries, nothing rendered: "
+                              + "; ".join(problems[:5]))
+    pages = rendered(board)
+    for name, text in pages.items():
+        with atomic_open(board / STAGING / name) as handle:
+            handle.write(text)
+    Journal(board, "build of the pages", [*(("rename", f"{STAGING}/{name}", name) for name in pages),
+                                          ("remove", STAGING)]).run()
     return [board / name for name in pages]
+
+
+def rescore_board(board: str | Path = "leaderboard", notes: list[str] | None = None) -> list[Path]:
+    """Score every entry again from the embeddings it keeps, with this package's metrics, and rewrite the results
+    that changed (a metric added to the catalogue reaches every entry), then rebuild the pages. Returns the
+    entries rewritten. Refused, nothing written, if any entry's kept files no longer validate. The new results are
+    staged, then moved into place through one journal: a kill leaves every old result or every new one."""
+    board = Path(board)
+    with writing(board, notes):
+        shutil.rmtree(board / STAGING, ignore_errors=True)
+        changed: list[Path] = []
+        for folder, stored in load_entries(board):
+            if not kept_files(folder):
+                if notes is not None:
+                    notes.append(f"{folder}: keeps no embeddings, left as it is")
+                continue
+            sub, report = validate(folder)
+            if sub is None:
+                raise HierarcapsError(f"{folder}: its kept submission no longer validates, nothing rescored: "
+                                      + "; ".join(report.problems[:5]))
+            result = score_submission(sub)
+            if first_difference(stored, result, ignore={"package"}) is None:
+                continue
+            with atomic_open(board / STAGING / f"result-{len(changed)}.json") as handle:
+                handle.write(dumps(result))
+            changed.append(folder)
+        steps = [("rename", f"{STAGING}/result-{i}.json", (folder / RESULT_FILE).relative_to(board).as_posix())
+                 for i, folder in enumerate(changed)]
+        if steps:
+            Journal(board, "rescore of the entries", [*steps, ("remove", STAGING)]).run()
+        _write_pages(board)
+    return changed
 
 
 @dataclasses.dataclass

@@ -1,4 +1,4 @@
-"""CLI subcommands ``leaderboard template|validate|add|build|check``."""
+"""CLI subcommands ``leaderboard template|validate|add|build|rescore|check``."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ def _args(p: argparse.ArgumentParser) -> None:
                           "named by its folders under entries/); never another model's entry")
     build = sub.add_parser("build", help="render README.md and index.html from the entries")
     build.add_argument("--board", default=DEFAULT_BOARD)
+    rescore = sub.add_parser("rescore", help="score every entry again from its kept embeddings with this "
+                                             "package's metrics (after a metric is added), rewrite the results "
+                                             "that changed and rebuild the pages")
+    rescore.add_argument("--board", default=DEFAULT_BOARD)
     check = sub.add_parser("check", help="what a submission pull request runs: re-score entries from their "
                                          "embeddings, check every entry and the pages, print a markdown summary")
     check.add_argument("--board", default=DEFAULT_BOARD)
@@ -61,6 +65,11 @@ def _leaderboard(args: argparse.Namespace) -> int:
         written = board.build(args.board, notes=notes)
         echo("\n".join([*notes, *(f"wrote {path}" for path in written)]))
         return 0
+    if args.action == "rescore":
+        changed = board.rescore_board(args.board, notes=notes)
+        echo("\n".join([*notes, f"rescored {len(changed)} entr{'y' if len(changed) == 1 else 'ies'}",
+                         *(f"  {folder}" for folder in changed)]))
+        return 0
     return _check(args)
 
 
@@ -84,5 +93,5 @@ def _check(args: argparse.Namespace) -> int:
 
 
 COMMANDS = (
-    Command("leaderboard", "submissions: template, validate, add, build, check", _args, _leaderboard),
+    Command("leaderboard", "submissions: template, validate, add, build, rescore, check", _args, _leaderboard),
 )
