@@ -92,6 +92,8 @@ def main() -> None:
     parser.add_argument("--sweep-steps", type=int, default=150, help="also the ablations' budget")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--val-rows", type=int, default=256, help="held-out rows (of training images) per check")
+    parser.add_argument("--lrs", default=",".join(f"{lr:g}" for lr in LRS), help="the sweep's learning rates")
+    parser.add_argument("--no-ablations", action="store_true", help="skip the ablations (a quick run)")
     parser.add_argument("--runs", default="runs/minilm-re")
     parser.add_argument("--results", default="benchmarks/results")
     args = parser.parse_args()
@@ -102,7 +104,7 @@ def main() -> None:
                   checkpoint_every=100, seed=0, progress=False)
     started = time.perf_counter()
     sweep = []
-    for lr in LRS:
+    for lr in map(float, args.lrs.split(",")):
         result = train({**common, "lr": lr, "steps": args.sweep_steps, "eval_every": max(1, args.sweep_steps // 3),
                         "out": f"{args.runs}/sweep-lr{lr:g}"})
         print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
@@ -112,7 +114,7 @@ def main() -> None:
     final = train({**final_kwargs, "out": f"{args.runs}/final"})
     print(json.dumps({k: v for k, v in final.items() if k != "curve"}), flush=True)
     ablations = {"RE, as the reference trainer (the sweep run)": best}
-    for label, change in ABLATIONS.items():
+    for label, change in ({} if args.no_ablations else ABLATIONS).items():
         slug = "-".join(f"{k}{v}" for k, v in change.items())
         ablations[label] = train({**common, "lr": best["lr"], "steps": args.sweep_steps,
                                   "eval_every": max(1, args.sweep_steps // 3), **change,

@@ -19,6 +19,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--device")
+    parser.add_argument("--preset", default="ViT-B-32", help="the random-weight CLIP whose text tower is timed")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
 
@@ -31,12 +32,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hc-ft-speed-"))
     train = write_csv(offline_train_split()[:600], work / "train.csv")
     models = {"all-MiniLM-L6-v2": "minilm",
-              "random ViT-B/32 (text tower)": str(save_random_hf_clip(work / "vit-b-32", "ViT-B-32"))}
+              f"random {args.preset} (text tower)": str(save_random_hf_clip(work / "random-clip", args.preset))}
     figures = {}
     for label, spec in models.items():
         trainer = Trainer(FinetuneConfig(model=spec, train=str(train), out=str(work / label.split()[0]), lr=1e-5,
                                          batch_size=args.batch_size, steps=args.steps, val_fraction=0.0,
-                                         checkpoint_every=10**9, device=args.device, progress=False))
+                                         checkpoint_every=args.steps + 1, device=args.device, progress=False))
         trainer.train()
         figures[label] = json.loads((work / label.split()[0] / "log.json").read_text())["throughput"]
         print(f"{label:32s} {figures[label]['items_per_s']:.2f} items/s "

@@ -14,6 +14,7 @@ benchmarks/results/generation_smollm2.{md,json}.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -25,6 +26,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/generate/smollm2")
     parser.add_argument("--results", default="benchmarks/results")
     parser.add_argument("--examples", type=int, default=20)
+    parser.add_argument("--limit", type=int, default=None, help="the first N captions (default: the config's)")
+    parser.add_argument("--distill-steps", type=int, default=None, help="default: the config's")
     args = parser.parse_args()
 
     import pyarrow.parquet as pq
@@ -35,6 +38,8 @@ def main() -> None:
 
     started = time.perf_counter()
     config = load_config(args.config or example_folder() / "config.yaml", {"out": args.out})
+    config = dataclasses.replace(config, limit=args.limit or config.limit, distill=dataclasses.replace(
+        config.distill, steps=args.distill_steps or config.distill.steps))
     demonstrations = [list(e[1:]) for e in load_prompts(config.prompts).examples]
     export = run_generation(config)
     stats = json.loads((export / "stats.json").read_text())
@@ -48,7 +53,8 @@ def main() -> None:
     kept_alone = [r for r in alone if r["reason"] is None]
     parsed = sum(r["chain"] is not None for r in seeded)
     distinct = sum(r["chain"] is not None and len({t.strip().lower() for t in r["chain"]}) == 4 for r in seeded)
-    before = json.loads((Path(args.results) / "generation_smollm2_one_example_prompt.json").read_text())
+    recorded = Path(__file__).parent / "results" / "generation_smollm2_one_example_prompt.json"    # an input
+    before = json.loads(recorded.read_text())
     before_llm = {e["caption"]: e["llm"] for e in before["examples"]}
     chains = [r["chain"][:3] for r in seeded if r["chain"]]
     copies = copy_rate(chains, demonstrations)

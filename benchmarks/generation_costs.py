@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--captions", type=int, default=200)
     parser.add_argument("--teacher-share", type=float, default=0.5)
     parser.add_argument("--project", type=int, default=1_000_000)
+    parser.add_argument("--distill-steps", type=int, default=None, help="default: the config's")
     parser.add_argument("--out", default="runs/generate/costs")
     parser.add_argument("--results", default="benchmarks/results")
     args = parser.parse_args()
@@ -60,7 +61,9 @@ def main() -> None:
 
     config = load_config(example_folder() / "config.yaml")
     config = dataclasses.replace(config, out=f"{args.out}-{args.device.split(':')[0]}-{args.captions}",
-                                 device=args.device, limit=args.captions, teacher_share=args.teacher_share)
+                                 device=args.device, limit=args.captions, teacher_share=args.teacher_share,
+                                 distill=dataclasses.replace(config.distill, steps=args.distill_steps
+                                                             or config.distill.steps))
     gpu = args.device.startswith("cuda")
     if gpu:
         torch.cuda.reset_peak_memory_stats()

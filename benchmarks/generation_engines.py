@@ -17,11 +17,11 @@ from pathlib import Path
 
 def timed_stages(config, engine) -> dict[str, float]:
     """Wall seconds per stage: the run is taken one stage further each time (finished stages are skipped)."""
+    from hierarcaps.generation import stages
     from hierarcaps.generation.runner import Runner
-    from hierarcaps.generation.stages import STAGE
 
     seconds = {}
-    for stage in STAGE:
+    for stage in stages.names():
         begun = time.perf_counter()
         Runner(config, progress=False, engine=engine).run(until=stage)
         seconds[stage] = time.perf_counter() - begun
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=32)
     parser.add_argument("--shard-size", type=int, default=8)
     parser.add_argument("--actors", type=int, default=2)
+    parser.add_argument("--distill-steps", type=int, default=None, help="default: the config's")
     parser.add_argument("--out", default="runs/generation-engines")
     parser.add_argument("--results", default="benchmarks/results")
     args = parser.parse_args()
@@ -55,7 +56,9 @@ def main() -> None:
     ray.init(num_cpus=args.actors, include_dashboard=False, log_to_driver=False)
     timings = {}
     for name, engine in (("local", make_engine("local")), ("ray", make_engine("ray", actors=args.actors))):
-        config = dataclasses.replace(base, out=str(out / name), limit=args.limit, shard_size=args.shard_size)
+        config = dataclasses.replace(base, out=str(out / name), limit=args.limit, shard_size=args.shard_size,
+                                     distill=dataclasses.replace(base.distill, steps=args.distill_steps
+                                                                 or base.distill.steps))
         timings[name] = timed_stages(config, engine)
         print(name, json.dumps(timings[name]), flush=True)
     same = identical(out / "local", out / "ray")

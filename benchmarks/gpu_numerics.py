@@ -1,10 +1,12 @@
-"""How far are GPU embeddings (bf16 autocast) from exact fp32 CPU ones? Needs a CUDA device.
+"""How far are GPU embeddings (bf16 autocast) from exact fp32 CPU ones? Needs a CUDA device (``--device cpu``
+compares the CPU with itself: a check that the script runs).
 
 Embeds the 1K test set twice with the harness (no cache), on the GPU and on the CPU, and prints the
 per-row cosine between the two (images, texts) and every headline metric from each side. The default
 model is a random-weight ViT-B/32 (same shape as the real one); its metrics mean little, its cosines do.
 
-    python benchmarks/gpu_numerics.py --image-dir ../shared/hierarcaps/images [--model SPEC] [--json out.json]
+    python benchmarks/gpu_numerics.py --image-dir ../shared/hierarcaps/images [--model SPEC | --preset tiny]
+        [--json out.json]
 """
 
 from __future__ import annotations
@@ -28,7 +30,9 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-dir", required=True)
-    parser.add_argument("--model", help="model spec (default: a random-weight ViT-B/32 written to a temp folder)")
+    parser.add_argument("--model", help="model spec (default: a random-weight CLIP of --preset in a temp folder)")
+    parser.add_argument("--preset", default="ViT-B-32", help="the random-weight CLIP's size when --model is not given")
+    parser.add_argument("--device", default="cuda", help="the device compared with exact fp32 on the CPU")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
 
@@ -38,12 +42,12 @@ def main() -> None:
     from hierarcaps.models import load_encoder
     from hierarcaps.models.random_models import save_random_hf_clip
 
-    model = args.model or str(save_random_hf_clip(Path(tempfile.mkdtemp()) / "random-vit-b-32", "ViT-B-32"))
+    model = args.model or str(save_random_hf_clip(Path(tempfile.mkdtemp()) / "random-clip", args.preset))
     records = load_official("test")
     embedded = {device: embed_benchmark(load_encoder(model, device=device, lazy=True), records,
                                         EvalOptions(image_dir=args.image_dir, cache=False, device=device))
-                for device in ("cuda", "cpu")}
-    gpu, cpu = embedded["cuda"].bench, embedded["cpu"].bench
+                for device in dict.fromkeys((args.device, "cpu"))}
+    gpu, cpu = embedded[args.device].bench, embedded["cpu"].bench
     figures: dict[str, object] = {"model": model, "text_cosine": row_cosines(gpu.text_emb, cpu.text_emb),
                                   "root_cosine": float(gpu.root @ cpu.root)}
     if gpu.image_emb is not None:

@@ -63,13 +63,17 @@ def accuracy_ci(correct: np.ndarray) -> dict:
 class Task:
     """The demonstration's data: embedded captions and labels, the memory, queries and scored classes."""
 
-    def __init__(self, model: str, classes: int, seed: int, out: Path) -> None:
+    def __init__(self, model: str, classes: int, seed: int, out: Path, images: int | None = None) -> None:
         from hierarcaps.data import offline_train_split
         from hierarcaps.models import load_encoder
         from hierarcaps.reco.memory import Memory, MemoryItem
         from hierarcaps.reco.memory_build import BuildOptions, write_memory
 
         self.rows = offline_train_split()
+        if images is not None:                                  # a seeded subset of whole images (a quick run)
+            kept = set(sorted({r.image_file for r in self.rows},
+                              key=lambda name: hashlib.sha256(f"{seed}:{name}".encode()).hexdigest())[:images])
+            self.rows = [r for r in self.rows if r.image_file in kept]
         self.encoder = load_encoder(model, lazy=True)
         held, memory_images = split_images([r.image_file for r in self.rows], seed)
         self.captions = self.encoder.encode_text([r.positive[-1] for r in self.rows], progress=True)
@@ -241,6 +245,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--objectives", default="vocabulary,in-batch")
     p.add_argument("--fusions", default="transformer", help="learned fusions to train (transformer, mlp)")
     p.add_argument("--classes", type=int, default=30)
+    p.add_argument("--images", type=int, default=None, help="a seeded subset of the split's images (default: all)")
     p.add_argument("--k", type=int, default=16)
     p.add_argument("--heads", type=int, default=6)
     p.add_argument("--steps", type=int, default=1500)
@@ -261,7 +266,7 @@ def main() -> None:
     args = parser().parse_args()
     started = time.perf_counter()
     out = Path(args.out)
-    task = Task(args.model, args.classes, args.seed, out)
+    task = Task(args.model, args.classes, args.seed, out, args.images)
     runs = {setting: run_setting(task, setting, args, out) for setting in args.settings.split(",")}
     lines = report(task, runs, args, (time.perf_counter() - started) / 60)
     results = Path(args.results)

@@ -55,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     started = time.perf_counter()
     out = Path(args.out)
-    task = reco_demo.Task(args.model, args.classes, args.seed, out)
+    task = reco_demo.Task(args.model, args.classes, args.seed, out, args.images)
     from hierarcaps.reco.fusion import FusionConfig, build_fusion
 
     dim = task.captions.shape[1]

@@ -124,6 +124,7 @@ def main() -> None:
                         help="measure the floor (and --upstream) with glibc's default allocator settings")
     parser.add_argument("--upstream", action="store_true", help="also time the per-item loop (about 4 minutes)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (GPU runs use the harness's bf16 autocast)")
+    parser.add_argument("--preset", default="ViT-B-32", help="the random-weight CLIP timed")
     parser.add_argument("--json", help="also write the figures here")
     args = parser.parse_args()
 
@@ -138,7 +139,7 @@ def main() -> None:
     image_dir = Path(args.image_dir)
     texts = sorted({t for r in records for t in r.positive} | {""})
     work = Path(tempfile.mkdtemp(prefix="hc-speed-"))
-    model_dir = save_random_hf_clip(work / "random-vit-b-32", "ViT-B-32")
+    model_dir = save_random_hf_clip(work / "random-clip", args.preset)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     figures: dict[str, float] = {"distinct_texts": len(texts), "images": len(records)}
 

@@ -71,6 +71,8 @@ def main() -> None:
     parser.add_argument("--types", default="flat,ivf,ivfpq,hnsw")
     parser.add_argument("--alpha", type=float, default=1.0, help="power-law exponent of the spectrum")
     parser.add_argument("--batch", type=int, default=256, help="images per batch for the overhead measurement")
+    parser.add_argument("--preset", default="ViT-B-32", help="the random-weight CLIP of the overhead measurement "
+                        "(its embedding size must be --dim)")
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -126,11 +128,15 @@ def main() -> None:
             chosen_index = index
     chosen_index = chosen_index or exact
 
-    from hierarcaps.models.random_models import save_random_hf_clip
+    from hierarcaps.models.random_models import PRESETS, save_random_hf_clip
     from hierarcaps.models.registry import load_encoder
 
-    model = load_encoder(str(save_random_hf_clip(Path(tempfile.mkdtemp()) / "vit", "ViT-B-32")))
-    pixels = torch.randn(args.batch, 3, 224, 224)
+    preset = PRESETS[args.preset]
+    if preset["projection_dim"] != args.dim:
+        parser.error(f"--preset {args.preset} embeds in {preset['projection_dim']} dimensions: give that --dim")
+    model = load_encoder(str(save_random_hf_clip(Path(tempfile.mkdtemp()) / "vit", args.preset)))
+    side = preset["vision"]["image_size"]
+    pixels = torch.randn(args.batch, 3, side, side)
     fusion = build_fusion(FusionConfig(dim=args.dim)).eval()
     with torch.inference_mode():
         model.image_features(pixels[:8])                            # warm-up

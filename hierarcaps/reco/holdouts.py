@@ -13,7 +13,8 @@ what will be scored, not mostly rare ones (as drawing concepts uniformly gives).
   interval lies above zero.
 
 ``in_distribution`` holds out whole groups of the training concepts, to record how the fusion does on the
-concepts it trained on. ``holdout="group"`` and ``"class"`` hold out groups or labels (no concept shift).
+concepts it trained on. ``holdout="group"`` holds out groups of the training concepts (no concept shift);
+``"class"`` holds out whole labels drawn uniformly (concept shift weighted towards rare classes).
 """
 
 from __future__ import annotations

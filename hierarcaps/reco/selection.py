@@ -66,10 +66,17 @@ def paired_interval(learned: np.ndarray, other: np.ndarray, confidence: float, s
     return float(difference.mean()), float(low), float(high)
 
 
+HELD_OUT = {"concept": "held-out concepts never trained on", "class": "held-out classes never trained on",
+            "group": "held-out groups of concepts also trained on"}
+"""What the decide hold-out is, per ``holdout`` setting (said in the record of why)."""
+
+
 def decide(fusion: str, learned: Option, free: dict[str, Option], select: dict[str, float],
-           decide_correct: dict[str, np.ndarray], confidence: float, kept_step: int | None) -> dict[str, Any]:
+           decide_correct: dict[str, np.ndarray], confidence: float, kept_step: int | None,
+           holdout: str = "concept") -> dict[str, Any]:
     """The model's fusion, its sides and the record of why (``select``: accuracy per option on the select
-    hold-out; ``decide_correct``: per-query correctness per option on the decide hold-out)."""
+    hold-out; ``decide_correct``: per-query correctness per option on the decide hold-out, held out as
+    ``holdout`` says)."""
     baseline = best_free(select) if select else "mean"
     scores = {name: float(np.mean(c)) if len(c) else None for name, c in decide_correct.items()}
     record: dict[str, Any] = {"metric": SELECTION, "select": select, "decide": scores, "kept_step": kept_step,
@@ -85,7 +92,7 @@ def decide(fusion: str, learned: Option, free: dict[str, Option], select: dict[s
         record["learned_minus_best_free"] = {"mean": mean, "interval": [low, high], "confidence": confidence}
         won = low > 0
         used = learned if won else free[baseline]
-        why = (f"on held-out concepts never trained on ({SELECTION}), learned {learned.kind} (step {kept_step}) "
+        why = (f"on {HELD_OUT[holdout]} ({SELECTION}), learned {learned.kind} (step {kept_step}) "
                f"minus {free[baseline].label()}: {mean:+.4f} [{low:+.4f}, {high:+.4f}] at {confidence:.0%}; "
                + ("the learned fusion wins" if won else f"no clear win: using {free[baseline].label()}"))
     record.update(used=used.kind, used_sides=list(used.sides), why=why)

@@ -274,7 +274,7 @@ class RecoTrainer:
         select = {k: v for k, v in self.free_select.items() if v is not None}
         on_decide = {name: self.correct(self.option_modules(option), "decide") for name, option in options.items()}
         decided = decide(self.config.fusion, learned, self.free, select, on_decide, self.config.confidence,
-                         summary.get("kept_step"))
+                         summary.get("kept_step"), self.config.holdout)
         return {**decided, "scores": scores, "starts": self.starts, "concepts": self.splits.concepts,
                 "holdout": self.config.holdout,
                 "rows": {part: len(getattr(self.splits, part)) for part in ("train", *PARTS)}}
