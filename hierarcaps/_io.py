@@ -12,6 +12,9 @@ from typing import IO, Any
 
 from .errors import DataError, HierarcapsError
 
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".joblib", ".pickle", ".pkl", ".pt", ".pth")
+"""Files that are pickles (or, as ``.bin`` weights, usually are): the package never loads one."""
+
 
 def current_umask() -> int:
     mask = os.umask(0)

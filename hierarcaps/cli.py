@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 from . import __version__
 from .annotation import commands as annotation_commands
-from .commandline import Command, echo
 from .data import commands as data_commands
 from .errors import HierarcapsError
 from .finetune import commands as finetune_commands
@@ -22,6 +21,7 @@ from .harness import commands as harness_commands
 from .leaderboard import commands as leaderboard_commands
 from .models import commands as model_commands
 from .reco import commands as reco_commands
+from .subcommand import Command, echo
 
 COMMANDS: tuple[Command, ...] = (
     *harness_commands.COMMANDS, *data_commands.COMMANDS, *model_commands.COMMANDS, *finetune_commands.COMMANDS,

@@ -7,6 +7,7 @@
   reorder the line (bidi controls).
 - Written to a spreadsheet: :func:`spreadsheet_cell`, so a cell cannot become a formula.
 - Rendered as markdown: :func:`markdown_cell`, so a cell renders no HTML, link or table break.
+- Made a file or folder name: :func:`slug`, so a name cannot climb out of its folder or hide a character.
 """
 
 from __future__ import annotations
@@ -24,6 +25,16 @@ separators: nothing a reader can see or type."""
 def unseen_characters(text: str) -> list[str]:
     """The characters of ``text`` a reader cannot see (see ``UNSEEN_CATEGORIES``), in order."""
     return [c for c in text if unicodedata.category(c) in UNSEEN_CATEGORIES]
+
+
+_UNSAFE_IN_FILE_NAMES = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def slug(text: str, limit: int = 100) -> str:
+    """A file or folder name made of ``text``: NFKC, each run of characters other than letters, digits, ``.``,
+    ``_`` and ``-`` as one ``_``, no leading or trailing ``.``, ``_`` or ``-``, at most ``limit`` characters; may
+    be '' (the caller names a fallback or refuses)."""
+    return _UNSAFE_IN_FILE_NAMES.sub("_", unicodedata.normalize("NFKC", text)).strip("._-")[:limit]
 
 
 def escape_controls(text: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..commandline import Command, echo
+from ..subcommand import Command, echo
 
 
 def _server_options(p: argparse.ArgumentParser) -> None:

@@ -18,10 +18,8 @@ import statistics
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from ..data.records import Hierarchy
+from ..data.records import TIERS, Hierarchy
 
-TIERS = 4
-VERDICTS = ("correct", "edited", "wrong level", "not entailed")
 CONFIRMED = "truly contradicts"
 
 

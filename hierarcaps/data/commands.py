@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..commandline import Command, echo, image_options, image_store, whole_number
 from ..errors import HierarcapsError
+from ..subcommand import Command, echo, whole_number
+from .images import image_options, image_store
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:

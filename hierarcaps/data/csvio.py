@@ -19,7 +19,7 @@ from pathlib import Path
 from .._io import atomic_open, atomic_path
 from ..errors import DataError
 from .fetch import cached_download, is_url
-from .records import DEFAULT_TIERS, Hierarchy, image_file_from_url, split_tiers, validate_records
+from .records import TIERS, Hierarchy, image_file_from_url, split_tiers, validate_records
 from .tables import checked_header, delimiter_of, parquet_table, read_text, text_rows
 
 FORMATS: dict[str, tuple[str, ...]] = {
@@ -61,7 +61,7 @@ class StopParsing(Exception):
 
 
 def parse_csv(path: str | os.PathLike[str], *, split: str = "", source: str | None = None,
-              n_tiers: int | None = DEFAULT_TIERS) -> tuple[list[Hierarchy], list[DataError]]:
+              n_tiers: int | None = TIERS) -> tuple[list[Hierarchy], list[DataError]]:
     """Records of an official CSV file and every problem found in it (rows are 1-based data rows)."""
     path = Path(path)
     file = str(path)
@@ -107,7 +107,7 @@ PARQUET_TYPES = {"id": "string", "positive": "list<string>", "negative": "list<s
 
 
 def parse_parquet(path: str | os.PathLike[str], *, split: str = "", source: str | None = None,
-                  n_tiers: int | None = DEFAULT_TIERS) -> tuple[list[Hierarchy], list[DataError]]:
+                  n_tiers: int | None = TIERS) -> tuple[list[Hierarchy], list[DataError]]:
     """Records of a hierarchy parquet file (``write_parquet``'s columns) and every problem found in it; ``split``
     and ``source``, when given, replace the file's own."""
     path = Path(path)

@@ -11,6 +11,7 @@ then a download from ``$HIERARCAPS_IMAGE_MIRROR/<file>`` when set, else from the
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -196,6 +197,19 @@ MAX_IMAGE_PIXELS = 64 * 2**20
 HIGH_DEPTH_MODES = {"I;16": 257, "I;16L": 257, "I;16B": 257, "I;16N": 257, "I": 257, "F": 1 / 255}
 """Pillow modes whose values exceed 8 bits, and the divisor that maps their full range onto 0..255 (16-bit
 integers; floats in 0..1). Pillow's own conversion to RGB clips them instead, which turns most pixels white."""
+
+
+def image_options(parser: argparse.ArgumentParser) -> None:
+    """Where images come from: a local folder, the cache, and (with --download) the chosen source."""
+    parser.add_argument("--image-dir", help="folder holding the images (default: $HIERARCAPS_IMAGE_DIR)")
+    parser.add_argument("--download", action="store_true", help="download missing images into the cache")
+    parser.add_argument("--image-source", choices=sorted(IMAGE_SOURCES), default=DEFAULT_IMAGE_SOURCE,
+                        help="thumbnails: " + IMAGE_SOURCES["thumbnails"] + "; coco: " + IMAGE_SOURCES["coco"])
+
+
+def image_store(args: argparse.Namespace, **kwargs: Any) -> ImageStore:
+    """The ImageStore that ``image_options`` describe."""
+    return ImageStore(args.image_dir, download=args.download, source=args.image_source, **kwargs)
 
 
 def rgb(image: Any) -> Any:

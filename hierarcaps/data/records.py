@@ -13,7 +13,8 @@ from urllib.parse import urlparse
 from ..errors import DataError
 from ..textsafe import comparison_key, escape_controls
 
-DEFAULT_TIERS = 4
+TIERS = 4
+"""The protocol's chain length, generic to specific (a record may declare another with ``n_tiers``)."""
 TIER_SEPARATOR = " => "
 
 
@@ -66,7 +67,7 @@ class Hierarchy:
     def n_tiers(self) -> int:
         return len(self.positive)
 
-    def problems(self, n_tiers: int | None = DEFAULT_TIERS) -> list[tuple[str, str]]:
+    def problems(self, n_tiers: int | None = TIERS) -> list[tuple[str, str]]:
         """Every (field, message) wrong with this record; empty when it is valid."""
         found: list[tuple[str, str]] = []
         if not str(self.id).strip():
@@ -117,7 +118,7 @@ class Hierarchy:
 
 
 def validate_records(records: Iterable[Hierarchy], *, file: str | None = None,
-                     n_tiers: int | None = DEFAULT_TIERS, first_row: int = 1) -> list[DataError]:
+                     n_tiers: int | None = TIERS, first_row: int = 1) -> list[DataError]:
     """All problems in a sequence of records (bad tiers, duplicated ids), each located by row and field."""
     errors: list[DataError] = []
     seen: dict[str, int] = {}

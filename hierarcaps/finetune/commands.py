@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from ..commandline import Command, echo
 from ..configs import add_options, from_options
 from ..models.registry import spec_help
+from ..subcommand import Command, echo
 from ..training import TrainingConfig
 from .trainer import FinetuneConfig
 

@@ -22,7 +22,7 @@ from ..checkpoints import run_hash
 from ..configs import setting
 from ..data.records import content_checksum
 from ..errors import HierarcapsError
-from ..models.registry import CHECKPOINT_FILE, load_encoder
+from ..models.registry import CHECKPOINT_FILE, DEFAULT_MODEL, load_encoder
 from ..models.torch_utils import TorchEncoder, training_autocast
 from ..outputs import Journal, claim_folder, folder_lock, recover
 from ..training import TrainingConfig, TrainingLoop, holdout, write_log
@@ -40,7 +40,7 @@ class FinetuneConfig(TrainingConfig):
     lr 1e-7 with torch's defaults (weight decay 0.01), batch 8, one epoch, no warm-up, no gradient clipping,
     fp32; ``max_grad_norm`` and ``precision="bf16"`` (autocast) are options."""
 
-    model: str = "minilm"
+    model: str = DEFAULT_MODEL
     train: str = OFFLINE
     out: str = "runs/finetune"
     objective: str = setting("re", choices=("re", "cone"))

@@ -6,8 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
-from ..commandline import Command, echo, engine, engine_options
 from ..errors import HierarcapsError
+from ..subcommand import Command, echo, engine, engine_options
 from . import stages
 
 

@@ -8,9 +8,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..commandline import Command, echo, image_options
+from ..data.images import image_options
 from ..errors import HierarcapsError
-from ..models.registry import spec_help
+from ..models.registry import DEFAULT_MODEL, spec_help
+from ..subcommand import Command, echo
 
 if TYPE_CHECKING:
     from ..models.base import Encoder
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
     from ..models.registry import spec_help
 
-    p.add_argument("--model", default="minilm", help=spec_help())
+    p.add_argument("--model", default=DEFAULT_MODEL, help=spec_help())
     p.add_argument("--split", default="test", choices=["test", "test_expanded"], help="shipped split to score")
     p.add_argument("--data", help="score another hierarchy file (official test format) instead")
     p.add_argument("--text-only", action="store_true", help="skip images even for image-text models")

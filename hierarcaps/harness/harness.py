@@ -12,7 +12,6 @@ import dataclasses
 import datetime as dt
 import os
 import platform
-import re
 import resource
 import sys
 import time
@@ -37,6 +36,7 @@ from ..metrics.scoring import EmbeddedBenchmark, per_unit_metrics
 from ..models.base import Encoder
 from ..models.cache import EmbeddingCache, cache_key, checksum_strings
 from ..results import Dataset, Result
+from ..textsafe import slug
 
 
 def default_workers() -> int:
@@ -214,17 +214,13 @@ def evaluate(model: str | Encoder, options: EvalOptions | None = None) -> Result
                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "timings": timings})
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
-
-
 def result_path(result: Result | dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
     """``<out>/<model slug>-<weights hash>/<split>.<protocol>[.<image recipe>].json``: one file per model, weights,
     split and (when not the protocol's thumbnails) image recipe, so results on other pixels never overwrite."""
     model = result["model"]
     fingerprint = model["fingerprint"].split(":")[-1][:10]
-    split = slug(Path(result["dataset"]["split"]).name)
-    folder = f"{slug(Path(model['name']).name)}-{fingerprint}"
+    split = slug(Path(result["dataset"]["split"]).name) or "split"
+    folder = f"{slug(Path(model['name']).name) or 'model'}-{fingerprint}"
     recipe = result["dataset"].get("image_recipe", image_recipe(DEFAULT_IMAGE_SOURCE))
     suffix = "" if recipe == image_recipe(DEFAULT_IMAGE_SOURCE) else f".{slug(recipe)}"
     return Path(out_dir) / folder / f"{split}.{result['protocol']['name']}{suffix}.json"

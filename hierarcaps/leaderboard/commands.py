@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..commandline import Command, echo
 from ..errors import HierarcapsError
+from ..subcommand import Command, echo
 
 DEFAULT_BOARD = "leaderboard"
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .. import textsafe
 from ..errors import HierarcapsError
 from ..textsafe import escape_controls, look_alike, unseen_characters
 
@@ -27,7 +28,6 @@ MAX_TEXT_CHARS = 2000
 """Any other text field of submission.json (licence, link, training data)."""
 MAX_PARAMETERS = 10**13
 """Parameter counts are 0 (unknown) up to this bound."""
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)),
                               *(f"LPT{i}" for i in range(10))})
 
@@ -57,8 +57,8 @@ def name_problem(value: str) -> str | None:
 
 
 def slug(text: str) -> str:
-    """The folder name for a name or revision: safe characters only, no leading or trailing dots; may be ''."""
-    return _UNSAFE.sub("_", normalised(text)).strip("._-")[:MAX_NAME_CHARS]
+    """The folder name for a name or revision (``textsafe.slug`` at the name's length bound); may be ''."""
+    return textsafe.slug(text, MAX_NAME_CHARS)
 
 
 def lookalike(model: dict[str, Any], other: Any) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from ..data.records import TIERS
 from ..metrics.baselines import RANDOM_DIM
 from ..metrics.catalogue import headline, label, main_score
 from ..metrics.hierarchy import PROTOCOL
@@ -16,7 +17,8 @@ from .names import MAX_PARAMETERS, link_problem
 def columns() -> tuple[tuple[str, str], ...]:
     """(metric, label) of every board column, from the metric catalogue."""
     return tuple((name, label(name)) for name in headline())
-TIERS = ("recall_tier1", "recall_tier2", "recall_tier3", "recall_tier4")
+TIER_RECALLS = tuple(f"recall_tier{k}" for k in range(1, TIERS + 1))
+"""The per-tier recall metrics (the catalogue's names), shown together in one cell."""
 
 
 def rows(entries: list[dict[str, Any]], references: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -94,7 +96,7 @@ def _tier_chart(table: list[dict[str, Any]]) -> str:
     for row in table:
         text_only = "recall_tier1" not in row["metrics"]
         prefix = "text_query/" if text_only else ""
-        values = [row["metrics"].get(prefix + t, {}).get("value") for t in TIERS]
+        values = [row["metrics"].get(prefix + t, {}).get("value") for t in TIER_RECALLS]
         if all(v is not None for v in values):
             groups.append((row["name"] + (" *" if text_only else ""), values))
     bar, gap, height, left, top = 14, 24, 160, 40, 12

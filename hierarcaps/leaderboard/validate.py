@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from .. import jsonfile
-from .._io import sha256_file
+from .._io import PICKLE_SUFFIXES, sha256_file
 from ..data.official import load_official
 from ..data.records import content_checksum
 from ..errors import DataError
@@ -25,7 +25,8 @@ from .names import MAX_PARAMETERS, MAX_TEXT_CHARS, link_problem, name_problem, n
 from .readers import UnreadableEmbeddings, read_npz, read_parquet, read_safetensors
 from .submission import EMBEDDING_FILES, ID_FILES, PLACEHOLDERS, SCHEMA, SUBMISSION_FILE, image_ids, text_ids
 
-PICKLE_SUFFIXES = {".pkl", ".pickle", ".pt", ".pth", ".bin", ".joblib", ".ckpt", ".npy"}
+REFUSED_SUFFIXES = frozenset({*PICKLE_SUFFIXES, ".npy"})
+"""Pickles, and ``.npy`` (which may hold one): a submission's arrays come as ``.npz``, read without pickles."""
 UNIT_TOLERANCE = 1e-3
 MAX_META_BYTES = 64 * 2**10
 """submission.json."""
@@ -76,7 +77,7 @@ def check_files(folder: Path, report: Report) -> None:
             continue
         if path.stat().st_size > MAX_FILE_BYTES:
             report.problem(rel, f"{path.stat().st_size} bytes, over the limit of {MAX_FILE_BYTES}")
-        if path.suffix.lower() in PICKLE_SUFFIXES or _looks_like_pickle(path):
+        if path.suffix.lower() in REFUSED_SUFFIXES or _looks_like_pickle(path):
             report.problem(rel, "pickle-capable file refused (use .npz, .safetensors or .parquet)")
 
 

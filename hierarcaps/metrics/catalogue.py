@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..data.records import TIERS
 from .hierarchy import kendall_tau_rows
 from .retrieval import DEFAULT_KS
 
@@ -18,8 +19,6 @@ if TYPE_CHECKING:
 
     from .units import Units
 
-TIERS = 4
-"""The protocol's tiers (tier recall metrics are declared for each)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from ..commandline import Command, echo
+from ..subcommand import Command, echo
 
 
 def _models(args: argparse.Namespace) -> int:
-    from .registry import adapters
+    from .registry import DEFAULT_MODEL, adapters
 
-    rows = [("minilm", "the packaged all-MiniLM-L6-v2 (offline)", "hierarcaps"),
+    rows = [(DEFAULT_MODEL, "the packaged all-MiniLM-L6-v2 (offline)", "hierarcaps"),
             *((f"{a.prefix}..." + (f"  e.g. {a.example}" if a.example else ""), a.description, a.origin)
               for a in adapters()),
             ("org/name", "a hub id: transformers dual encoder", "hierarcaps"),

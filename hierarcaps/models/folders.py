@@ -13,14 +13,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .._io import read_bounded
+from .._io import PICKLE_SUFFIXES, read_bounded
 from ..errors import DataError, HierarcapsError, ModelSpecError
 
 NO_REMOTE_CODE: dict[str, Any] = {"trust_remote_code": False}
 """Keyword arguments for every transformers ``from_pretrained``: code inside a model folder never runs."""
 SAFE_WEIGHTS: dict[str, Any] = {**NO_REMOTE_CODE, "use_safetensors": True}
 """For model weights: safetensors only, never a pickle."""
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SAFE_SUFFIXES = (".safetensors", ".gguf")
 LFS_POINTER = b"version https://git-lfs.github.com/spec/"
 MAX_JSON_BYTES = 16 * 2**20

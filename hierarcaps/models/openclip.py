@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .._io import PICKLE_SUFFIXES
 from ..errors import ModelSpecError
-from .folders import PICKLE_SUFFIXES, check_model_folder
+from .folders import check_model_folder
 from .torch_utils import TorchEncoder, pick_device
 
 TEXT_TOWER = ("transformer", "token_embedding", "positional_embedding", "ln_final", "text_projection", "text")

@@ -178,7 +178,9 @@ def load_folder(folder: Path, device: str | None, *, lazy: bool = False, name: s
     return encoder
 
 
-KNOWN_NAMES = ("minilm",)
+DEFAULT_MODEL = "minilm"
+"""The packaged all-MiniLM-L6-v2: what runs offline when no model is named."""
+KNOWN_NAMES = (DEFAULT_MODEL,)
 
 
 def check_prefix(spec: str) -> None:

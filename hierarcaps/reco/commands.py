@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..commandline import Command, echo, engine, engine_options, image_options, whole_number
 from ..configs import add_options, from_options
+from ..data.images import image_options
 from ..models.registry import spec_help
+from ..subcommand import Command, echo, engine, engine_options, whole_number
 from .index import INDEX_TYPES
 
 TRAIN_OPTIONS = ["fusion", "objective", "sides", "holdout", "concepts", "confidence", "k", "heads", "start",

@@ -1,6 +1,7 @@
-"""What every subcommand is made of: its declaration (:class:`Command`), the options several share (images,
-engines), and output that is safe to print (:func:`echo`). The bottom of the command layer: workshops declare
-their commands with it, and ``cli`` registers them."""
+"""What every subcommand is made of: its declaration (:class:`Command`), argument types and the options several
+share (engines; a workshop's own options, such as images, live with it), and output that is safe to print
+(:func:`echo`). The bottom of the command layer: workshops declare their commands with it, and ``cli``
+registers them."""
 
 from __future__ import annotations
 
@@ -9,8 +10,6 @@ import dataclasses
 import sys
 from collections.abc import Callable
 from typing import Any
-
-from .data.images import DEFAULT_IMAGE_SOURCE, IMAGE_SOURCES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,21 +35,6 @@ def whole_number(low: int, high: int) -> Callable[[str], int]:
 
     parse.__name__ = "whole number"
     return parse
-
-
-def image_options(parser: argparse.ArgumentParser) -> None:
-    """Where images come from: a local folder, the cache, and (with --download) the chosen source."""
-    parser.add_argument("--image-dir", help="folder holding the images (default: $HIERARCAPS_IMAGE_DIR)")
-    parser.add_argument("--download", action="store_true", help="download missing images into the cache")
-    parser.add_argument("--image-source", choices=sorted(IMAGE_SOURCES), default=DEFAULT_IMAGE_SOURCE,
-                        help="thumbnails: " + IMAGE_SOURCES["thumbnails"] + "; coco: " + IMAGE_SOURCES["coco"])
-
-
-def image_store(args: argparse.Namespace, **kwargs: Any):
-    """The ImageStore that ``image_options`` describe."""
-    from .data.images import ImageStore
-
-    return ImageStore(args.image_dir, download=args.download, source=args.image_source, **kwargs)
 
 
 def engine_options(parser: argparse.ArgumentParser) -> None:
