@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--results", default="benchmarks/results")
     args = parser.parse_args()
 
-    from hierarcaps.harness.harness import EvalOptions, evaluate
+    from hierarcaps.harness.evaluation import EvalOptions, evaluate
 
     common = dict(model="minilm", train="offline", batch_size=args.batch_size, warmup_steps=10, val_rows=args.val_rows,
                   checkpoint_every=100, seed=0, progress=False)

@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from hierarcaps.data import load_official
-    from hierarcaps.harness.harness import EvalOptions, embed_benchmark
+    from hierarcaps.harness.evaluation import EvalOptions, embed_benchmark
     from hierarcaps.metrics.scoring import score
     from hierarcaps.models import load_encoder
     from hierarcaps.models.random_models import save_random_hf_clip

@@ -176,7 +176,7 @@ def main() -> None:
     figures["images_per_s_evaluate"] = float(np.median([t["images_per_s"] for t in cold_timings]))
     figures["texts_per_s_evaluate"] = float(np.median([t["texts_per_s"] for t in cold_timings]))
 
-    from hierarcaps.harness.harness import EvalOptions, embed_benchmark
+    from hierarcaps.harness.evaluation import EvalOptions, embed_benchmark
     from hierarcaps.metrics.bootstrap import summarise_all
     from hierarcaps.metrics.scoring import per_unit_metrics
     from hierarcaps.models import load_encoder
@@ -192,7 +192,7 @@ def main() -> None:
     figures["harness_timings_cold"] = cold_timings
     figures["harness_timings_cached"] = cached_timings
     if args.device != "cpu":      # on CPU the floor already is the warm figure
-        from hierarcaps.harness.harness import default_workers
+        from hierarcaps.harness.evaluation import default_workers
 
         figures.update(warm_throughput(model_dir, [image_dir / r.image_file for r in records], texts, args.batch_size,
                                        args.text_batch_size, args.workers or default_workers(), args.device, 5))

@@ -110,12 +110,12 @@ def test_written_files_honour_the_umask(tmp_path: Path) -> None:
 
 @pytest.mark.integration
 def test_evaluate_as_a_library_leaves_the_allocator_alone(monkeypatch: pytest.MonkeyPatch) -> None:
-    from hierarcaps.harness import harness
+    from hierarcaps.harness import evaluation
     from hierarcaps.models import torch_utils
 
     called = []
     monkeypatch.setattr(torch_utils, "keep_freed_memory", lambda: called.append(1) or True)
-    harness.evaluate("minilm", harness.EvalOptions(progress=False, resamples=10))
+    evaluation.evaluate("minilm", evaluation.EvalOptions(progress=False, resamples=10))
     assert called == []
 
 

@@ -16,9 +16,9 @@ import torch
 
 from hierarcaps.data import load_official, offline_train_split, write_csv
 from hierarcaps.errors import DataError, HierarcapsError
+from hierarcaps.finetune.geometry import cone_half_aperture, exterior_angle, radius
 from hierarcaps.finetune.losses import LossWeights, cone_loss, pullback, re_loss
 from hierarcaps.finetune.trainer import FinetuneConfig, Trainer
-from hierarcaps.geometry import cone_half_aperture, exterior_angle, radius
 from hierarcaps.models import load_encoder
 
 from .reference_re_loss import reference_batch_loss, tier_major_texts

@@ -14,7 +14,7 @@ from PIL import Image
 
 from hierarcaps.data import load_official, write_csv
 from hierarcaps.errors import DataError, HierarcapsError, ModelSpecError
-from hierarcaps.harness.harness import EvalOptions, embed_benchmark, evaluate, save_result
+from hierarcaps.harness.evaluation import EvalOptions, embed_benchmark, evaluate, save_result
 from hierarcaps.metrics.hierarchy import dot_similarity, radii
 from hierarcaps.models import load_encoder
 from hierarcaps.models.base import Encoder, Geometry
@@ -177,7 +177,7 @@ def test_the_device_is_known_without_importing_torch_where_no_gpu_driver_is_pres
 def test_peak_memory_is_this_process_not_the_one_that_started_it() -> None:
     ballast = bytearray(600 * 2**20)
     ballast[::4096] = b"x" * len(ballast[::4096])      # touch every page: this process now holds > 600 MB
-    code = "from hierarcaps.harness.harness import peak_memory; print(peak_memory()['peak_memory_mb'])"
+    code = "from hierarcaps.harness.evaluation import peak_memory; print(peak_memory()['peak_memory_mb'])"
     child_peak = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                                       check=True).stdout)
     assert 10 < child_peak < 300, child_peak

@@ -226,7 +226,7 @@ def test_build_is_byte_stable_and_check_finds_stale_pages_and_duplicates(valid: 
 
 def test_round_trip_from_the_harness_gives_the_harness_metrics(tmp_path: Path, test_image_dir: Path) -> None:
     from hierarcaps.harness.commands import export_submission
-    from hierarcaps.harness.harness import EvalOptions, evaluate
+    from hierarcaps.harness.evaluation import EvalOptions, evaluate
     from hierarcaps.models.random_models import save_random_hf_clip
 
     model = str(save_random_hf_clip(tmp_path / "tiny", "tiny"))

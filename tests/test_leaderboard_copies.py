@@ -126,7 +126,7 @@ def test_a_copy_on_a_board_edited_by_hand_is_found_by_check(minilm_board: Path, 
 def test_minilm_after_one_fine_tuning_step_is_a_model_of_its_own(minilm_board: Path, tmp_path: Path) -> None:
     from hierarcaps.finetune.trainer import FinetuneConfig, Trainer
     from hierarcaps.harness.commands import export_submission
-    from hierarcaps.harness.harness import EvalOptions
+    from hierarcaps.harness.evaluation import EvalOptions
 
     model = Trainer(FinetuneConfig(model="minilm", out=str(tmp_path / "run"), lr=1e-5, steps=1, eval_every=1000,
                                    progress=False)).train()

@@ -148,7 +148,7 @@ def test_a_metric_declared_in_the_catalogue_reaches_the_report_and_the_board(mon
     import numpy as np
 
     from hierarcaps.data import load_official
-    from hierarcaps.harness.table import report
+    from hierarcaps.harness.report import report
     from hierarcaps.leaderboard.render import markdown, page, rows
     from hierarcaps.metrics import EmbeddedBenchmark, score
     from hierarcaps.metrics.catalogue import METRICS, MetricInfo

@@ -190,7 +190,7 @@ def test_reco_model_scores_through_the_harness_and_zero_shot(tiny_clip_spec: str
     import sys
 
     from hierarcaps.data import load_official, write_csv
-    from hierarcaps.harness.harness import EvalOptions, evaluate
+    from hierarcaps.harness.evaluation import EvalOptions, evaluate
     from hierarcaps.harness.zeroshot import image_folder, zero_shot
     from hierarcaps.models import load_encoder
 

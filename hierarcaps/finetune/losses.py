@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ..geometry import cone_half_aperture, exterior_angle
+from .geometry import cone_half_aperture, exterior_angle
 
 Tensor = Any
 ANGLE_CLIP = 1e-7

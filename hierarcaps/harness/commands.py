@@ -15,7 +15,7 @@ from ..subcommand import Command, echo
 
 if TYPE_CHECKING:
     from ..models.base import Encoder
-    from .harness import EvalOptions
+    from .evaluation import EvalOptions
 
 
 def _evaluate_args(p: argparse.ArgumentParser) -> None:
@@ -41,8 +41,8 @@ def _evaluate_args(p: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .harness import EvalOptions, evaluate, save_result
-    from .table import result_table
+    from .evaluation import EvalOptions, evaluate, save_result
+    from .report import result_table
 
     options = EvalOptions(split=args.split, data=args.data, image_dir=args.image_dir, download=args.download,
                           image_source=args.image_source,
@@ -70,7 +70,7 @@ def _plots(model: str, options, folder: Path) -> list[Path]:
     """Re-read the cached embeddings and draw the run's pictures (those drawn: matplotlib is optional)."""
     from ..metrics.scoring import per_unit_metrics
     from ..models.registry import load_encoder
-    from .harness import benchmark_records, embed_benchmark
+    from .evaluation import benchmark_records, embed_benchmark
     from .plots import predicted_chains, radius_by_tier
 
     options.progress = False
@@ -87,7 +87,7 @@ def _plots(model: str, options, folder: Path) -> list[Path]:
 
 
 def _report_args(p: argparse.ArgumentParser) -> None:
-    from .table import REPORT_FORMATS
+    from .report import REPORT_FORMATS
 
     p.add_argument("paths", nargs="+", help="result JSON files or folders holding them (leaderboard entries too)")
     p.add_argument("--format", dest="output", choices=REPORT_FORMATS, default="text",
@@ -99,7 +99,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     from .._io import atomic_open
-    from .table import read_results, report
+    from .report import read_results, report
 
     text = report(read_results(args.paths), args.output)
     if args.out:
@@ -155,7 +155,7 @@ def export_submission(model: str | Encoder, options: EvalOptions, folder: str | 
     from ..data.official import load_official
     from ..leaderboard.submission import write_submission
     from ..models.registry import load_encoder
-    from .harness import embed_benchmark
+    from .evaluation import embed_benchmark
 
     if options.data or options.split != "test":
         raise HierarcapsError("submissions are for the official test split (no --data, --split test)")
