@@ -15,9 +15,9 @@ from . import __version__
 from .annotation import commands as annotation_commands
 from .data import commands as data_commands
 from .errors import HierarcapsError
-from .harness import commands as harness_commands
 from .finetune import commands as finetune_commands
 from .generation import commands as generation_commands
+from .harness import commands as harness_commands
 from .leaderboard import commands as leaderboard_commands
 from .models import commands as model_commands
 from .reco import commands as reco_commands

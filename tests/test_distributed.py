@@ -277,7 +277,7 @@ ray.init(num_cpus=4, num_gpus=2, include_dashboard=False, log_to_driver=False, o
 from hierarcaps.engines import RayEngine
 from hierarcaps.generation.config import load_config
 from hierarcaps.generation.runner import Runner
-from hierarcaps.generation.stages import STAGE, needs
+from hierarcaps.generation.stages import needs, stage as declared
 config, report = load_config(sys.argv[1]), {"memory": ray.cluster_resources()["memory"]}
 for device in ("auto", "cpu"):
     run = dataclasses.replace(config, device=device, out=str(Path(sys.argv[2]) / device))
@@ -285,7 +285,7 @@ for device in ("auto", "cpu"):
     Runner(run, progress=False, engine=engine).run("filter")
     report[device] = {}
     for stage in ("seed", "filter"):
-        need = needs(STAGE[stage], run, engine.gpus())
+        need = needs(declared(stage), run, engine.gpus())
         report[device][stage] = {"needs": dataclasses.asdict(need), "pool": engine.pool(ray, need.gpus, need.memory)}
 report["memory_bound_pool"] = RayEngine().pool(ray, 0.0, int(report["memory"] // 3))
 print(json.dumps(report))

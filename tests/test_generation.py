@@ -479,9 +479,12 @@ def test_the_example_config_runs_a_real_instruct_llm_end_to_end_on_a_fresh_clone
     assert done.returncode == 0, done.stderr[-3000:]
     seeded = [r for shard in sorted((tmp_path / "run-dry-run" / "10-seed").glob("*.parquet"))
               for r in pq.read_table(shard).to_pylist()]
-    assert len(seeded) == 8 and all(r["chain"] is not None for r in seeded)        # constrained JSON parses
+    manifest = json.loads((tmp_path / "run-dry-run" / "00-captions" / "manifest.json").read_text())
+    assert manifest["captions"] == 8 and 0 < manifest["teacher_captions"] < 8      # the LLM sees its share only
+    assert len(seeded) == manifest["teacher_captions"]
+    assert all(r["chain"] is not None for r in seeded)                              # constrained JSON parses
     assert all(r["raw"].startswith('{"tier_1": "') for r in seeded)
-    assert sum(len({t.lower() for t in r["chain"]}) == 4 for r in seeded) >= 4     # mostly distinct tiers
+    assert sum(len({t.lower() for t in r["chain"]}) == 4 for r in seeded) >= len(seeded) // 2   # mostly distinct
     export = tmp_path / "run-dry-run" / "60-export" / "hierarchies.csv"
     checked = subprocess.run([sys.executable, "-m", "hierarcaps", "validate", str(export)], capture_output=True,
                              text=True)

@@ -13,7 +13,6 @@ import collections
 import json
 import shutil
 from collections.abc import Callable
-from pathlib import Path
 
 from ..errors import HierarcapsError
 from ..outputs import claim_folder, folder_lock
@@ -35,10 +34,10 @@ def rethreshold(config: GenerationConfig) -> dict[str, dict[str, int]]:
         raise HierarcapsError(f"{runner.out} holds no generation run to re-decide")
     claim_folder(runner.out, RUN_KIND, option="out", adopt_if="run.json")
     with folder_lock(runner.out, what=f"the generation run {runner.out}"):
-        return _redecide(runner, config, manifest)
+        return _redecide(runner, config)
 
 
-def _redecide(runner: Runner, config: GenerationConfig, manifest: Path) -> dict[str, dict[str, int]]:
+def _redecide(runner: Runner, config: GenerationConfig) -> dict[str, dict[str, int]]:
     """The body of :func:`rethreshold`, under the run's lock; a marker says it is under way until it is done,
     so a killed one is finished by running it again (every decision follows from the stored probabilities)."""
     recorded = _without_decisions(json.loads((runner.out / "run.json").read_text())["config"])
@@ -48,7 +47,6 @@ def _redecide(runner: Runner, config: GenerationConfig, manifest: Path) -> dict[
         raise HierarcapsError("--rethreshold changes only NLI thresholds; this config also changes "
                               + ", ".join(changed))
     (runner.out / RETHRESHOLD_PENDING).write_text("a --rethreshold is under way\n")
-    runner.n_shards = json.loads(manifest.read_text())["shards"]
     taught = runner.accepted_chains(*stages.teaching())
     counts = {stage: redecide_stage(runner, stage, lambda row: {**row, "reason": decide_llm_chain(row, config.nli)})
               for stage in stages.teaching()}

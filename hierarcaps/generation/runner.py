@@ -41,7 +41,7 @@ from . import stages
 from .captions import mark_teacher, read_captions
 from .config import GenerationConfig
 from .models import Models
-from .prompts import load_prompts
+from .prompts import Prompts, load_prompts
 from .transforms import Row
 
 RUN_KIND = "generation run"
@@ -65,6 +65,16 @@ class Runner:
         self.engine = engine or LocalEngine()
         self.models = Models(config, self.student_folder)
         self._versions: dict[str, str] = {}
+
+    @functools.cached_property
+    def prompts(self) -> Prompts:
+        """The config's prompts, read (and checked) once, when first needed."""
+        return load_prompts(self.config.prompts)
+
+    @property
+    def n_shards(self) -> int:
+        """How many shards the captions were written in (from the captions stage's manifest)."""
+        return json.loads((self.folder("captions") / "manifest.json").read_text())["shards"]
 
     @property
     def student_folder(self) -> Path:
@@ -158,7 +168,6 @@ class Runner:
         """The input captions, each marked for the teacher or the student, in shards."""
         manifest = self.folder("captions") / "manifest.json"
         if manifest.exists():
-            self.n_shards = json.loads(manifest.read_text())["shards"]
             return
         rows = read_captions(self.config.input)[:self.config.limit]
         if not rows:
@@ -168,11 +177,11 @@ class Runner:
             raise DataError(f"duplicated caption id {repeated[0]!r}", file=self.config.input, field="id")
         rows = mark_teacher(rows, self.config)
         size = self.config.shard_size
-        self.n_shards = -(-len(rows) // size)
-        for shard in range(self.n_shards):
+        shards = -(-len(rows) // size)
+        for shard in range(shards):
             self.write_shard("captions", shard, rows[shard * size:(shard + 1) * size], 0.0)
         with atomic_open(manifest) as handle:
-            json.dump({"shards": self.n_shards, "captions": len(rows),
+            json.dump({"shards": shards, "captions": len(rows),
                        "teacher_captions": sum(r["teacher"] for r in rows)}, handle)
 
     def distill(self) -> None:
@@ -183,12 +192,6 @@ class Runner:
                       self.config.seed, self.progress, self.models.device).run()
 
     # -- shard stages ----------------------------------------------------------------------------------------
-    def attach(self) -> Runner:
-        """Join a run whose captions are already sharded (what an engine's worker does)."""
-        self.prompts = load_prompts(self.config.prompts)
-        self.n_shards = json.loads((self.folder("captions") / "manifest.json").read_text())["shards"]
-        return self
-
     def teacher_chains(self, shard: int) -> dict[str, list[tuple[str, list[str]]]]:
         """Caption id -> the LLM's accepted chains for it in this shard (seed first, then augmentation), each
         with its origin: the hierarchies of the captions the LLM saw."""
@@ -245,7 +248,7 @@ class Runner:
     def run(self, until: str = "export") -> Path:
         """Run every stage up to ``until``; returns the folder that stage wrote."""
         stages.stage(until)                                # an unknown stage is refused at once
-        self.prompts = load_prompts(self.config.prompts)   # inputs are checked before the folder is claimed
+        _ = self.prompts                                   # inputs are checked before the folder is claimed
         if not Path(self.config.input).exists():
             raise DataError("no such input file", file=self.config.input)
         claim_folder(self.out, RUN_KIND, option="out", adopt_if="run.json")
@@ -276,7 +279,7 @@ class ShardWorker:
     def __call__(self, task: dict[str, Any]) -> dict[str, Any]:
         if self.runner is None:                 # a Ray actor: its process is the package's to set up
             set_threads(self.config.threads)
-            self.runner = Runner(self.config, progress=False).attach()
+            self.runner = Runner(self.config, progress=False)
         return self.runner.compute_shard(self.stage, int(task["shard"]))
 
 
