@@ -28,7 +28,7 @@ from hierarcaps.data import load_official
 from hierarcaps.data.csvio import parse_file
 from hierarcaps.data.tables import MAX_FIELD_CHARS
 from hierarcaps.errors import DataError, HierarcapsError
-from hierarcaps.leaderboard import board
+from hierarcaps.leaderboard import board, entries, review
 from hierarcaps.leaderboard.submission import write_template
 from hierarcaps.leaderboard.validate import validate
 
@@ -242,10 +242,10 @@ def test_a_half_written_entry_is_reported_and_repaired(valid: Path, tmp_path: Pa
     lb = tmp_path / "lb"
     folder, _ = board.add(valid, lb)
     (folder / "submission.json").unlink()                       # what a kill between two writes used to leave
-    assert any("missing submission.json" in p for p in board.check(lb))
+    assert any("missing submission.json" in p for p in review.check(lb))
     assert board.add(valid, lb) == (folder, "added")
     board.build(lb)
-    assert board.check(lb) == []
+    assert review.check(lb) == []
 
 
 def test_crafted_entries_render_safely_and_references_rank_among_entries(valid: Path, tmp_path: Path) -> None:
@@ -254,20 +254,20 @@ def test_crafted_entries_render_safely_and_references_rank_among_entries(valid: 
     result = json.loads((folder / "result.json").read_text())
     result["model"]["link"] = "javascript:alert(1)"              # a hand-edited entry in a pull request
     (folder / "result.json").write_text(json.dumps(result))
-    assert any("http:// or https://" in p for p in board.check(lb))
+    assert any("http:// or https://" in p for p in review.check(lb))
     result["model"].update(link="https://example.org/ok", parameters=10**400)
     (folder / "result.json").write_text(json.dumps(result))
-    assert any("parameters" in p for p in board.check(lb))
+    assert any("parameters" in p for p in review.check(lb))
     with pytest.raises(HierarcapsError, match="nothing rendered"):       # build refuses; it never crashes
         board.build(lb)
     result["model"]["parameters"] = 5
     result["metrics"]["d_corr"] = {"value": "high", "ci95": None}
     (folder / "result.json").write_text(json.dumps(result))
-    assert any("metrics.d_corr.value: must be a finite number" in p for p in board.check(lb))
+    assert any("metrics.d_corr.value: must be a finite number" in p for p in review.check(lb))
     result["model"]["parameters"] = 10**400
     result["metrics"].pop("d_corr")
     (folder / "result.json").write_text(json.dumps(result))
-    pages = board.rendered(lb)                                    # and the pages still render, safely
+    pages = entries.rendered(lb)                                    # and the pages still render, safely
     assert "javascript:" not in pages["index.html"] and "<script>x" not in pages["index.html"]
     table = [line for line in pages["README.md"].splitlines() if line.startswith("| ")]
     cells = {len(re.findall(r"(?<!\\)\|", line)) for line in table}          # unescaped cell separators
@@ -350,7 +350,7 @@ def test_fuzzed_submission_json_never_raises_or_writes_outside_the_board(valid: 
         if sub is not None:
             board.add(folder, root / "lb")
             board.build(root / "lb")
-            assert board.check(root / "lb") == []
+            assert review.check(root / "lb") == []
             written = {p.relative_to(root).parts[:2] for p in root.rglob("*") if p.is_file()}
             assert written <= {("sub", p.name) for p in folder.iterdir()} | {("lb", "entries"), ("lb", "README.md"),
                                                                                ("lb", "index.html"),

@@ -15,7 +15,7 @@ from submissions import random_submission
 from hierarcaps import _io, outputs
 from hierarcaps._io import sha256_file
 from hierarcaps.errors import HierarcapsError
-from hierarcaps.leaderboard import board
+from hierarcaps.leaderboard import board, review
 
 DIM = 8
 
@@ -43,7 +43,7 @@ def test_two_adds_of_different_entries_at_once_both_land(tmp_path: Path) -> None
     assert [r.returncode for r in runs] == [0, 0], [r.stderr for r in runs]
     assert sorted(p.parent.parent.name for p in lb.glob("entries/*/*/result.json")) == ["model-a", "model-b"]
     assert not (lb / ".staging").exists()
-    assert board.check(lb) == [f"{lb / name}: out of date with the entries (run `hierarcaps leaderboard build`)"
+    assert review.check(lb) == [f"{lb / name}: out of date with the entries (run `hierarcaps leaderboard build`)"
                                for name in ("README.md", "index.html")]
 
 
@@ -87,4 +87,4 @@ def test_an_add_waits_for_the_lock_and_one_that_cannot_get_it_ends_in_one_line(
     holder.join()
     assert board.add(first, lb)[1] == "added" and board.add(second, lb)[1] == "added"    # the retry lands
     board.build(lb)
-    assert board.check(lb) == []
+    assert review.check(lb) == []

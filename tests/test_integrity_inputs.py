@@ -19,7 +19,7 @@ from hierarcaps.cli import main
 from hierarcaps.data import Hierarchy
 from hierarcaps.data.csvio import parse_file
 from hierarcaps.errors import DataError, HierarcapsError
-from hierarcaps.leaderboard import board
+from hierarcaps.leaderboard import board, entries, review
 from hierarcaps.leaderboard.validate import validate
 
 DIM = 8
@@ -173,7 +173,7 @@ def test_a_board_file_that_check_refuses_build_refuses_too(tmp_path: Path, edit,
     board.build(lb)
     result = folder / "result.json"
     result.write_bytes(edit(result.read_bytes()))
-    problems = board.check(lb)
+    problems = review.check(lb)
     assert any(expect in p for p in problems), problems
     with pytest.raises(HierarcapsError, match="nothing rendered"):
         board.build(lb)
@@ -187,7 +187,7 @@ def test_no_board_file_holds_a_non_finite_number() -> None:
 def test_an_entry_tied_with_a_reference_shares_its_place_and_follows_it() -> None:
     from hierarcaps.leaderboard.render import places, rows
 
-    references = board.reference_rows()
+    references = entries.reference_rows()
     tied = {"model": {"name": "aaa length only", "revision": "r1", "parameters": 0},
             "metrics": references["length_words"]}
     table = rows([tied], references)

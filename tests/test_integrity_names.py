@@ -18,7 +18,7 @@ from submissions import random_submission
 
 from hierarcaps.cli import main
 from hierarcaps.errors import HierarcapsError
-from hierarcaps.leaderboard import board
+from hierarcaps.leaderboard import board, review
 from hierarcaps.leaderboard.names import entry_folder, name_problem, slug
 from hierarcaps.leaderboard.validate import validate
 from hierarcaps.textsafe import escape_controls, look_alike, skeletons
@@ -68,7 +68,7 @@ def test_a_distinct_name_and_a_new_revision_of_the_same_model_are_welcome(board_
     assert board.add(make(tmp_path / "a", "MiniLM-large", seed=2), board_with_minilm)[1] == "added"
     assert board.add(make(tmp_path / "b", "MiniLM-base", "r2", seed=3), board_with_minilm)[1] == "added"
     board.build(board_with_minilm)
-    assert board.check(board_with_minilm) == []
+    assert review.check(board_with_minilm) == []
 
 
 def test_nfc_and_nfd_spellings_are_one_name_and_one_folder(tmp_path: Path) -> None:
@@ -147,4 +147,4 @@ def test_the_entries_of_a_board_edited_by_hand_are_checked_for_look_alikes(board
     result = json.loads((target / "result.json").read_text())
     result["model"]["name"] = "M\u0456niLM-base"
     (target / "result.json").write_text(json.dumps(result))
-    assert any("looks like" in p for p in board.check(lb)), board.check(lb)
+    assert any("looks like" in p for p in review.check(lb)), review.check(lb)

@@ -17,7 +17,7 @@ from submissions import random_submission
 from hierarcaps import outputs
 from hierarcaps.cli import main
 from hierarcaps.errors import HierarcapsError
-from hierarcaps.leaderboard import board
+from hierarcaps.leaderboard import board, review
 from hierarcaps.leaderboard.submission import write_template
 
 DIM = 8
@@ -126,14 +126,14 @@ def test_a_replace_killed_at_any_step_leaves_the_old_entry_or_the_new_one(tmp_pa
         interrupted(patch, after)
         with pytest.raises(KeyboardInterrupt):
             board.add(new, lb, replace="random-16/r1")
-    problems = board.check(lb)
+    problems = review.check(lb)
     assert any("an interrupted add" in p for p in problems)
     notes: list[str] = []
     board.build(lb, notes=notes)
     assert notes == [f"{lb}: finished an interrupted add of entries/random-16/r1"]
     stored = json.loads((folder / "result.json").read_text())
     assert stored["embeddings_sha256"] == board.validate(new)[0].embeddings_sha256     # the new entry, whole
-    assert board.check(lb) == [] and not (lb / board.STAGING).exists()
+    assert review.check(lb) == [] and not (lb / board.STAGING).exists()
 
 
 def test_an_export_killed_between_its_renames_is_finished_by_the_next_one(tmp_path: Path,

@@ -17,7 +17,7 @@ from submissions import random_submission, unit
 
 from hierarcaps.data import load_official
 from hierarcaps.errors import HierarcapsError
-from hierarcaps.leaderboard import archive, board
+from hierarcaps.leaderboard import archive, board, review
 from hierarcaps.leaderboard.submission import image_ids, text_ids, write_submission
 from hierarcaps.leaderboard.validate import validate
 
@@ -212,15 +212,15 @@ def test_add_is_idempotent_deterministic_and_guards_revisions(valid: Path, tmp_p
 def test_build_is_byte_stable_and_check_finds_stale_pages_and_duplicates(valid: Path, tmp_path: Path) -> None:
     lb = tmp_path / "lb"
     board.add(valid, lb)
-    assert any("out of date" in p for p in board.check(lb))
+    assert any("out of date" in p for p in review.check(lb))
     board.build(lb)
     pages = {name: (lb / name).read_bytes() for name in ("README.md", "index.html")}
     board.build(lb)
     assert pages == {name: (lb / name).read_bytes() for name in pages}
-    assert board.check(lb) == []
+    assert review.check(lb) == []
     assert "random-16" in pages["README.md"].decode() and "caption length (characters)" in pages["README.md"].decode()
     shutil.copytree(lb / "entries" / "random-16", lb / "entries" / "copy")
-    found = board.check(lb)
+    found = review.check(lb)
     assert any("a copy of" in p and "the same embeddings" in p for p in found) and any("should be" in p for p in found)
 
 
@@ -291,4 +291,4 @@ def test_the_page_renders_every_entry_and_sorts_in_a_real_browser(valid: Path, t
 def test_the_committed_board_is_consistent() -> None:
     from .conftest import REPO
 
-    assert board.check(REPO / "leaderboard") == []
+    assert review.check(REPO / "leaderboard") == []

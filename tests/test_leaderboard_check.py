@@ -13,7 +13,7 @@ import pytest
 from measured_cli import assert_one_line_failure, run_measured
 from submissions import random_submission
 
-from hierarcaps.leaderboard import board
+from hierarcaps.leaderboard import board, review
 
 
 @pytest.fixture
@@ -80,10 +80,10 @@ def test_changed_since_re_scores_only_the_pull_requests_entries(good_board: Path
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "--allow-empty", "-m", "base")
     git("add", "lb")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "entry")
-    assert board.changed_entries(good_board, "HEAD~1") == [entry(good_board).resolve()]
-    assert board.changed_entries(good_board, "HEAD") == []
+    assert review.changed_entries(good_board, "HEAD~1") == [entry(good_board).resolve()]
+    assert review.changed_entries(good_board, "HEAD") == []
     with pytest.raises(Exception, match="not a git revision"):
-        board.changed_entries(good_board, "--output=/tmp/x")
+        review.changed_entries(good_board, "--output=/tmp/x")
     code, stdout, _, _, _ = run_measured(["leaderboard", "check", "--board", str(good_board), "--changed-since",
                                           "HEAD~1"], tmp_path)
     assert code == 0 and "Entries re-scored from their embeddings: 1" in stdout
@@ -98,7 +98,7 @@ def test_the_shipped_board_passes_its_own_check(tmp_path: Path) -> None:
 
     lb = tmp_path / "lb"
     shutil.copytree(REPO / "leaderboard", lb)
-    outcome = board.review(lb)
+    outcome = review.review(lb)
     assert outcome.problems == [] and len(outcome.rescored) == len(list(lb.glob("entries/*/*")))
 
 
@@ -113,18 +113,18 @@ def test_a_metric_added_by_one_declaration_reaches_the_board_through_rescore(tmp
 
     lb = tmp_path / "lb"
     shutil.copytree(REPO / "leaderboard", lb)
-    assert board.rescore_board(lb) == []                    # the control: nothing to rewrite before the change
+    assert board.rescore(lb) == []                    # the control: nothing to rewrite before the change
     spread = catalogue.MetricInfo("radius_spread", "Δr", "distance to the root of tier 4 minus tier 1",
                                   lambda units: units.radii[:, -1] - units.radii[:, 0], unit="distance")
     monkeypatch.setitem(catalogue.METRICS, spread.name, spread)
 
-    problems = board.check(lb)
+    problems = review.check(lb)
     entries = sorted(lb.glob("entries/*/*"))
     assert len(problems) == len(entries) == 2
     assert all("radius_spread: missing" in line for line in problems)
 
     assert main(["leaderboard", "rescore", "--board", str(lb)]) == 0
-    assert board.check(lb) == []
+    assert review.check(lb) == []
     for folder in entries:
         result = json.loads((folder / "result.json").read_text())
         assert np.isfinite(result["metrics"]["radius_spread"]["value"])

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from hierarcaps.errors import HierarcapsError
-from hierarcaps.leaderboard import board, fingerprint
+from hierarcaps.leaderboard import board, fingerprint, review
 from hierarcaps.leaderboard.validate import validate
 
 REPO_BOARD = Path(__file__).resolve().parents[1] / "leaderboard"
@@ -116,7 +116,7 @@ def test_a_copy_on_a_board_edited_by_hand_is_found_by_check(minilm_board: Path, 
     staged = tmp_path / "staged"
     board.add(resubmitted(tmp_path / "rotated", root, text, ids), staged)        # alone on a board of its own
     shutil.copytree(next(staged.glob("entries/*/*")), lb / "entries" / "totally-new-model" / "v1")
-    found = [p for p in board.check(lb) if "a copy of" in p]
+    found = [p for p in review.check(lb) if "a copy of" in p]
     assert len(found) == 1 and "all-MiniLM-L6-v2" in found[0]
     with pytest.raises(HierarcapsError, match="nothing rendered"):
         board.build(lb)

@@ -1,4 +1,4 @@
-"""CLI subcommands of the harness: ``evaluate`` and ``report``."""
+"""CLI subcommands of the harness: ``evaluate`` (with ``--export-submission``), ``report`` and ``zeroshot``."""
 
 from __future__ import annotations
 

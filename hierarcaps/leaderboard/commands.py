@@ -66,7 +66,7 @@ def _leaderboard(args: argparse.Namespace) -> int:
         echo("\n".join([*notes, *(f"wrote {path}" for path in written)]))
         return 0
     if args.action == "rescore":
-        changed = board.rescore_board(args.board, notes=notes)
+        changed = board.rescore(args.board, notes=notes)
         echo("\n".join([*notes, f"rescored {len(changed)} entr{'y' if len(changed) == 1 else 'ies'}",
                          *(f"  {folder}" for folder in changed)]))
         return 0
@@ -76,13 +76,13 @@ def _leaderboard(args: argparse.Namespace) -> int:
 def _check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from . import board
+    from . import review
 
     root = Path(args.board)
     entries = [Path(e) for e in args.entry] if args.entry else \
-        board.changed_entries(root, args.changed_since) if args.changed_since else None
-    outcome = board.review(root, entries)
-    text = board.summary(root, outcome)
+        review.changed_entries(root, args.changed_since) if args.changed_since else None
+    outcome = review.review(root, entries)
+    text = review.summary(root, outcome)
     echo(text)
     if args.summary:
         with open(args.summary, "a", encoding="utf-8") as handle:

@@ -29,7 +29,7 @@ class EmbeddedBenchmark:
     ``texts`` (N, K) tier strings, ``text_emb`` (N, K, d) and ``root`` (d,) L2-normalised; ``image_emb``
     (M, d) and ``row_image`` (N,) image index per row, absent for text-only models. A model with its own
     geometry supplies ``text_radii`` (N, K) in place of ``||e - root||`` and ``similarity`` in place of the
-    dot product (the Encoder's ``distance_to_root`` and ``similarity`` hooks).
+    dot product (the fields of the model's ``Geometry``, from ``Encoder.geometry()``).
     """
 
     texts: np.ndarray
