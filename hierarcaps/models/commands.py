@@ -8,11 +8,12 @@ from ..subcommand import Command, echo
 
 
 def _models(args: argparse.Namespace) -> int:
-    from .registry import DEFAULT_MODEL, adapters
+    from .registry import DEFAULT_MODEL, adapters, described
 
+    listed = [(a, *described(a)) for a in adapters()]
     rows = [(DEFAULT_MODEL, "the packaged all-MiniLM-L6-v2 (offline)", "hierarcaps"),
-            *((f"{a.prefix}..." + (f"  e.g. {a.example}" if a.example else ""), a.description, a.origin)
-              for a in adapters()),
+            *((f"{a.prefix}..." + (f"  e.g. {example}" if example else ""), description, a.origin)
+              for a, description, example in listed),
             ("org/name", "a hub id: transformers dual encoder", "hierarcaps"),
             ("FOLDER", "a local model folder, detected from its files", "hierarcaps")]
     width = max(len(r[0]) for r in rows)

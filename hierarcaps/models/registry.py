@@ -62,8 +62,6 @@ ADAPTERS = (
             "transformers dual encoder (CLIP, SigLIP, ...) with its processor", "hf:openai/clip-vit-base-patch32"),
     Adapter("open_clip:", "hierarcaps.models.openclip:OpenClipEncoder",
             "open_clip: NAME/PRETRAINED, hf-hub:ORG/REPO, local-dir:DIR or a config JSON", "open_clip:ViT-B-32/openai"),
-    Adapter("reco:", "hierarcaps.reco.encoder:RecoEncoder",
-            "a trained RECO model (frozen base + memory + fusion); ?memory=OTHER, #image or #text", "reco:runs/reco"),
 )
 
 
@@ -78,6 +76,19 @@ def plugin_adapters() -> tuple[Adapter, ...]:
         origin = point.dist.name if point.dist is not None else "plugin"
         found.append(Adapter(f"{point.name}:", point.value, f"adapter from {origin}", origin=origin))
     return tuple(found)
+
+
+def described(adapter: Adapter) -> tuple[str, str]:
+    """An adapter's description and example for listings: a plugin's from its class (docstring, ``EXAMPLE``),
+    imported only here; an adapter that cannot be imported keeps the line it has."""
+    if adapter.origin == "hierarcaps" and adapter in ADAPTERS:
+        return adapter.description, adapter.example
+    try:
+        factory = adapter.factory()
+    except ModelSpecError:
+        return adapter.description, adapter.example
+    first_line = (factory.__doc__ or "").strip().split("\n")[0].rstrip(".")
+    return first_line or adapter.description, getattr(factory, "EXAMPLE", adapter.example)
 
 
 def adapters() -> tuple[Adapter, ...]:

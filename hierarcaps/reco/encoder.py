@@ -38,7 +38,12 @@ def refine(modules: dict[str, Any], memory: Memory, queries: np.ndarray, side: s
 
 
 class RecoEncoder(Encoder):
-    """Frozen base encoder + memory + trained fusion modules."""
+    """A trained RECO model (frozen base + memory + fusion); ?memory=OTHER, #image or #text.
+
+    Registered under the ``reco:`` prefix through the ``hierarcaps.encoders`` entry point (``pyproject.toml``),
+    as any other package's adapter is, so ``models/`` never names this upper layer."""
+
+    EXAMPLE = "reco:runs/reco"
 
     def __init__(self, spec: str, *, device: str | None = None) -> None:
         from urllib.parse import parse_qs
