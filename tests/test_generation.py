@@ -432,13 +432,15 @@ def test_pipeline_through_the_real_vllm_engine(tmp_path: Path, tiny_models: Path
         assert (tmp_path / "vllm-run" / "40-distill" / "model").is_dir()
     stats = json.loads((tmp_path / "vllm-run" / "60-export" / "stats.json").read_text())
     assert stats["models"]["llm"].startswith("vllm:files-xxh3:")
-    seeds = pq.read_table(tmp_path / "vllm-run" / "10-seed" / "shard-00000.parquet").to_pylist()
+    seeds = [row for shard in sorted((tmp_path / "vllm-run" / "10-seed").glob("shard-*.parquet"))
+             for row in pq.read_table(shard).to_pylist()]
     assert all(json.loads(row["raw"], strict=False) for row in seeds)     # constrained: always the schema
     limit = 4 * 6                                                          # max_chars of max_new_tokens 6
     assert all(row["truncated"] == any(len(value) >= limit for value in json.loads(row["raw"], strict=False).values())
                for row in seeds)
     assert [row["reason"] for row in seeds] == ["truncated" if row["truncated"] else None for row in seeds]
-    assert stats["stages"]["seed"]["rows"] == 12
+    assert stats["captions"] == 12 and 0 < stats["teacher_captions"] < 12    # the LLM sees its share only
+    assert stats["stages"]["seed"]["rows"] == stats["teacher_captions"] == len(seeds)
 
 
 def test_dry_run_takes_a_handful_of_captions_into_its_own_folder(tmp_path: Path, tiny_models: Path,
