@@ -28,7 +28,7 @@ TINY: dict[str, tuple[str, str]] = {
                          "results/generation_smollm2.json"),
     "generation_costs": ("--captions 8 --distill-steps 4 --project 1000 --results results",
                          "results/generation_costs_cpu.json"),
-    "generation_engines": ("--limit 4 --distill-steps 4 --shard-size 2 --actors 1 --results results",
+    "generation_engines": ("--limit 4 --distill-steps 2 --shard-size 4 --actors 1 --results results",
                            "results/generation_engines.json"),
     "gpu_numerics": ("--image-dir {images} --device cpu --preset tiny --json figures.json", "figures.json"),
     "reco_demo": ("--images 600 --classes 4 --steps 4 --eval-every 2 --objectives vocabulary --results results",
