@@ -3,14 +3,14 @@ dataclasses, so a wrong value ends in one line naming its key instead of a trace
 
 - Reading: a size limit, no alias bombs (few aliases), bounded nesting, duplicate keys refused.
 - Checking (:func:`check_fields`): every field against its type (``int``, ``float``, ``bool``, ``str``, a
-  mapping, optional), against the range or choices declared with :func:`setting`, and NaN refused; unknown
+  mapping, optional), against the range or choices declared with :func:`hierarcaps.fields.bounded` (the one validator,
+  :meth:`~hierarcaps.fields.Bounds.problem`), and NaN refused; unknown
   keys are errors.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import types
 import typing
@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataError
+from .fields import bounds_of
 
 MAX_CONFIG_BYTES = 2**20
 """A config file (a full-size one is a few KB)."""
@@ -27,17 +28,6 @@ MAX_DEPTH = 32
 """Nesting of YAML collections."""
 MAX_NODES = 100_000
 """Values a YAML file may stand for once its aliases are expanded."""
-
-
-def setting(default: Any = dataclasses.MISSING, *, low: float | None = None, high: float | None = None,
-            choices: tuple[Any, ...] | None = None, open_low: bool = False, factory: Any = dataclasses.MISSING
-            ) -> Any:
-    """A dataclass field with its allowed range (``low``..``high``, ``open_low``: strictly above ``low``) or
-    choices, checked by :func:`check_fields`."""
-    metadata = {"low": low, "high": high, "choices": choices, "open_low": open_low}
-    if factory is not dataclasses.MISSING:
-        return dataclasses.field(default_factory=factory, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
 
 
 def _loader() -> type:
@@ -124,7 +114,8 @@ def check_fields(instance: Any, file: str | None = None, section: str = "") -> N
             continue
         where = f"{section}.{field.name}" if section else field.name
         value = _typed(getattr(instance, field.name), hints[field.name], where, file)
-        _check_range(value, field.metadata, where, file)
+        if (problem := bounds_of(field).problem(value)) is not None:
+            raise DataError(problem, file=file, field=where)
         object.__setattr__(instance, field.name, value)
 
 
@@ -161,21 +152,6 @@ def _number_text(value: str) -> Any:
 def _describe(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text[:40]}" + ("..." if len(text) > 40 else "")
-
-
-def _check_range(value: Any, metadata: Any, where: str, file: str | None) -> None:
-    if isinstance(value, float) and not math.isfinite(value):
-        raise DataError(f"must be a finite number, not {value}", file=file, field=where)
-    choices, low, high = metadata.get("choices"), metadata.get("low"), metadata.get("high")
-    if choices is not None and value not in choices:
-        raise DataError(f"must be one of {', '.join(map(str, choices))}; not {value!r}", file=file, field=where)
-    if value is None or not isinstance(value, int | float):
-        return
-    below = value <= low if metadata.get("open_low") else value < low if low is not None else False
-    if below or (high is not None and value > high):
-        bound = (f"above {low}" if metadata.get("open_low") else f"at least {low}") if low is not None else ""
-        bound += (" and " if bound and high is not None else "") + (f"at most {high}" if high is not None else "")
-        raise DataError(f"must be {bound}, not {value}", file=file, field=where)
 
 
 def build_section(cls: type, raw: Any, file: str | None, section: str) -> Any:
@@ -234,7 +210,7 @@ def add_options(parser: Any, cls: type, names: list[str], helps: dict[str, str] 
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
             continue
         base = next((a for a in typing.get_args(kind) if a is not type(None)), kind)
-        parser.add_argument(flag, type=base, default=default, choices=field.metadata.get("choices"), help=text)
+        parser.add_argument(flag, type=base, default=default, choices=bounds_of(field).choices, help=text)
 
 
 def from_options(cls: type, args: Any, **values: Any) -> Any:

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .configs import setting
 from .data.records import control_characters
 from .errors import HierarcapsError
+from .fields import bounded
 from .models.folders import NO_REMOTE_CODE, SAFE_WEIGHTS, model_source, model_version
 from .models.torch_utils import DTYPES, torch_dtype
 
@@ -30,12 +30,12 @@ class NLIConfig:
     model: str = ""
     scratch: dict[str, Any] | None = None  # BertConfig fields: a random-weight stand-in (packaged MiniLM tokenizer)
     # for runs where no NLI weights can be had; its decisions are noise, so use it only to exercise a pipeline
-    entail_threshold: float = setting(0.5, low=0.0, high=1.0)       # P(entailment) a link needs
-    contradict_threshold: float = setting(0.5, low=0.0, high=1.0)   # P(contradiction) a negative needs
+    entail_threshold: float = bounded(0.5, low=0.0, high=1.0)       # P(entailment) a link needs
+    contradict_threshold: float = bounded(0.5, low=0.0, high=1.0)   # P(contradiction) a negative needs
     generic_not_longer: bool = False       # also require each tier to have no more words than the next
-    batch_size: int = setting(64, low=1, high=65536)
-    max_length: int = setting(128, low=8, high=8192)
-    dtype: str = setting("auto", choices=DTYPES)    # auto: bfloat16 on a GPU that supports it, float32 elsewhere
+    batch_size: int = bounded(64, low=1, high=65536)
+    max_length: int = bounded(128, low=8, high=8192)
+    dtype: str = bounded("auto", choices=DTYPES)    # auto: bfloat16 on a GPU that supports it, float32 elsewhere
 
 
 Chain = tuple[str, ...]

@@ -10,25 +10,20 @@ older schema either upgrades (version 1 lacked ``main_score``) or fails with a o
 from __future__ import annotations
 
 import dataclasses
-import math
-import types
-import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 from .errors import HierarcapsError
+from .fields import bounded, schema_problem, section_schema
 from .metrics.catalogue import main_score_of
 
 SCHEMA_VERSION = 2
 MAX_RESULT_BYTES = 4 * 2**20
 """A result file (a board reads every entry's at each build); larger ones are refused before reading."""
+MAX_PARAMETERS = 10**13
+"""Parameter counts are 0 (unknown) up to this bound."""
 SCHEMA_ID = "https://hierarcaps.dev/schemas/result.schema.json"
-
-
-def meta(description: str = "", **constraints: Any) -> dict[str, Any]:
-    """A field's schema extras: its ``description`` and JSON-schema ``constraints`` (minimum, ...)."""
-    return {"description": description, **constraints}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,20 +31,20 @@ class Metric:
     """One metric: the mean over units and its percentile bootstrap CI."""
 
     value: float
-    ci95: list[float] = dataclasses.field(metadata=meta("[low, high]", minItems=2, maxItems=2))
-    n: int | None = dataclasses.field(default=None, metadata=meta("units averaged", minimum=1))
+    ci95: list[float] = bounded(description="[low, high]", min_items=2, max_items=2)
+    n: int | None = bounded(None, description="units averaged", low=1)
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
     """Who was scored. Adapters and submissions add their own keys (licence, link, training data, ...)."""
 
-    name: str = dataclasses.field(metadata=meta("never a filesystem path", minLength=1))
+    name: str = bounded(description="never a filesystem path", min_length=1)
     revision: str | None = None
-    fingerprint: str | None = dataclasses.field(
-        default=None, metadata=meta("the weights fingerprint, one identity however the model was loaded"))
-    parameters: int | None = dataclasses.field(default=None, metadata=meta(minimum=0))
-    dim: int | None = dataclasses.field(default=None, metadata=meta(minimum=1))
+    fingerprint: str | None = bounded(
+        None, description="the weights fingerprint, one identity however the model was loaded")
+    parameters: int | None = bounded(None, description="0 when unknown", low=0, high=MAX_PARAMETERS)
+    dim: int | None = bounded(None, low=1)
     modalities: list[Literal["text", "image"]] | None = None
     root_text: str | None = None
     own_geometry: bool | None = None
@@ -59,7 +54,7 @@ class ModelInfo:
 class Bootstrap:
     """How the CIs were drawn: seeded percentile bootstrap over the units each metric averages."""
 
-    resamples: int = dataclasses.field(metadata=meta(minimum=1))
+    resamples: int = bounded(low=1)
     seed: int
     level: float
 
@@ -69,7 +64,7 @@ class Protocol:
     """How the scores were computed (hierarcaps-v1: 50 radius thresholds, the empty text as the root)."""
 
     name: str
-    steps: int = dataclasses.field(metadata=meta("radius thresholds", minimum=1))
+    steps: int = bounded(description="radius thresholds", low=1)
     root_text: str
     bootstrap: Bootstrap | None = None
 
@@ -79,9 +74,9 @@ class Dataset:
     """What was scored: the split or file, its rows, its content checksum, and the pixels of its images."""
 
     split: str
-    rows: int = dataclasses.field(metadata=meta(minimum=0))
+    rows: int = bounded(low=0)
     checksum: str
-    images: int | None = dataclasses.field(default=None, metadata=meta(minimum=0))
+    images: int | None = bounded(None, low=0)
     image_recipe: str | None = None
 
 
@@ -215,50 +210,6 @@ OPEN_SECTIONS = (ModelInfo, Protocol, Dataset)
 """Sections that other producers may extend with keys of their own."""
 
 
-def _type_schema(hint: Any) -> dict[str, Any]:
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = [_type_schema(a) for a in args if a is not type(None)]
-        schema = options[0] if len(options) == 1 else {"anyOf": options}
-        if type(None) in args:
-            schema = {"anyOf": [schema, {"type": "null"}]}
-        return schema
-    if origin is Literal:
-        return {"const": args[0]} if len(args) == 1 else {"enum": list(args)}
-    if origin is list:
-        return {"type": "array", "items": _type_schema(args[0])}
-    if origin is dict:
-        return {"type": "object", "additionalProperties": _type_schema(args[1])}
-    if dataclasses.is_dataclass(hint):
-        return {"$ref": f"#/$defs/{hint.__name__}"}
-    return {str: {"type": "string"}, int: {"type": "integer"}, float: {"type": "number"},
-            bool: {"type": "boolean"}}.get(hint, {})
-
-
-def _section_schema(cls: type) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    properties, required = {}, []
-    for f in dataclasses.fields(cls):
-        prop = _type_schema(hints[f.name])
-        constraints = {k: v for k, v in f.metadata.items() if k != "description"}
-        if constraints:                       # the constraints hold for the value, not for null
-            if "anyOf" in prop and prop["anyOf"][-1] == {"type": "null"}:
-                prop = {"anyOf": [{**prop["anyOf"][0], **constraints}, {"type": "null"}]}
-            else:
-                prop = {**prop, **constraints}
-        if f.metadata.get("description"):
-            prop = {**prop, "description": f.metadata["description"]}
-        properties[f.name] = prop
-        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-            required.append(f.name)
-    schema = {"type": "object", "properties": properties, "required": required}
-    if cls.__doc__ and not cls.__doc__.startswith(f"{cls.__name__}("):        # its own docstring, not the signature
-        schema["description"] = " ".join(cls.__doc__.split())
-    if cls not in OPEN_SECTIONS:
-        schema["additionalProperties"] = False
-    return schema
-
-
 def schema() -> dict[str, Any]:
     """The JSON schema of a result document, derived from the section dataclasses."""
     sections = (Metric, ModelInfo, Bootstrap, Protocol, Dataset, Package, MainScore)
@@ -279,58 +230,8 @@ def schema() -> dict[str, Any]:
             "text_radii_declared": {"type": "boolean"}, "embeddings_sha256": {"type": "string"},
             "validation_notes": {"type": "array", "items": {"type": "string"}},
         },
-        "$defs": {cls.__name__: _section_schema(cls) for cls in sections},
+        "$defs": {cls.__name__: section_schema(cls, cls in OPEN_SECTIONS) for cls in sections},
     }
-
-
-TYPE_WORDS = {"string": "a string", "boolean": "true or false", "integer": "an integer", "number": "a finite number",
-              "array": "a list", "object": "an object", "null": "null"}
-
-
-def schema_problem(value: Any, node: dict[str, Any], root: dict[str, Any] | None = None, where: str = "") -> str | None:
-    """The first way ``value`` breaks ``node`` (the subset of JSON schema :func:`schema` uses; numbers must be
-    finite), as one line naming the place; None when it conforms."""
-    root = root or node
-    at = where or "document"
-    if "$ref" in node:
-        return schema_problem(value, root["$defs"][node["$ref"].rsplit("/", 1)[-1]], root, where)
-    if "anyOf" in node:
-        found = [schema_problem(value, option, root, where) for option in node["anyOf"]]
-        return None if None in found else found[0]
-    if "const" in node and value != node["const"]:
-        return f"{at}: must be {node['const']!r}"
-    if "enum" in node and value not in node["enum"]:
-        return f"{at}: must be one of {', '.join(map(repr, node['enum']))}"
-    kind = node.get("type")
-    checks = {"string": lambda v: isinstance(v, str), "boolean": lambda v: isinstance(v, bool),
-              "integer": lambda v: isinstance(v, int) and not isinstance(v, bool),
-              "number": lambda v: isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v),
-              "array": lambda v: isinstance(v, list), "object": lambda v: isinstance(v, dict),
-              "null": lambda v: v is None}
-    if kind and not checks[kind](value):
-        return f"{at}: must be {TYPE_WORDS[kind]}"
-    if kind in ("integer", "number") and "minimum" in node and value < node["minimum"]:
-        return f"{at}: must be at least {node['minimum']}"
-    if kind == "string" and len(value) < node.get("minLength", 0):
-        return f"{at}: must not be empty"
-    if kind == "array":
-        if not node.get("minItems", 0) <= len(value) <= node.get("maxItems", len(value)):
-            return f"{at}: must hold {node.get('minItems')} item(s)"
-        return next((p for i, item in enumerate(value)
-                     if (p := schema_problem(item, node.get("items", {}), root, f"{at}[{i}]")) is not None), None)
-    if kind == "object":
-        missing = [key for key in node.get("required", []) if key not in value]
-        if missing:
-            return f"{at}: missing {', '.join(missing)}"
-        properties, extra = node.get("properties", {}), node.get("additionalProperties", True)
-        for key, item in value.items():
-            name = f"{where}.{key}" if where else str(key)[:60]
-            sub = properties.get(key, extra if isinstance(extra, dict) else None)
-            if sub is None and extra is False:
-                return f"{at}: unexpected key {str(key)[:40]!r}"
-            if sub is not None and (problem := schema_problem(item, sub, root, name)) is not None:
-                return problem
-    return None
 
 
 def schema_path() -> Path:

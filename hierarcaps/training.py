@@ -23,8 +23,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from .checkpoints import CheckpointStore
-from .configs import check_fields, setting
+from .configs import check_fields
 from .errors import DataError
+from .fields import bounded
 
 
 @dataclasses.dataclass
@@ -33,19 +34,19 @@ class TrainingConfig:
     micro-batches each); ``keep`` says which weights a run ends with: the last step's, or those of the best
     held-out evaluation; ``patience`` stops a run after that many evaluations without improvement."""
 
-    steps: int | None = setting(1000, low=0, high=10**8)
-    batch_size: int = setting(32, low=1, high=1 << 20)
-    grad_accum: int = setting(1, low=1, high=65536)
-    lr: float = setting(1e-4, low=0.0, high=1.0, open_low=True)
-    weight_decay: float = setting(0.01, low=0.0, high=100.0)
-    warmup_steps: int = setting(0, low=0, high=10**8)
-    max_grad_norm: float | None = setting(None, low=0.0, open_low=True)
-    eval_every: int = setting(100, low=1, high=10**8)
-    checkpoint_every: int = setting(200, low=1, high=10**8)
-    val_fraction: float = setting(0.05, low=0.0, high=0.5)
-    seed: int = setting(0, low=0, high=2**32 - 1)
-    keep: str = setting("last", choices=("last", "best"))
-    patience: int | None = setting(None, low=1, high=10**6)
+    steps: int | None = bounded(1000, low=0, high=10**8)
+    batch_size: int = bounded(32, low=1, high=1 << 20)
+    grad_accum: int = bounded(1, low=1, high=65536)
+    lr: float = bounded(1e-4, low=0.0, high=1.0, open_low=True)
+    weight_decay: float = bounded(0.01, low=0.0, high=100.0)
+    warmup_steps: int = bounded(0, low=0, high=10**8)
+    max_grad_norm: float | None = bounded(None, low=0.0, open_low=True)
+    eval_every: int = bounded(100, low=1, high=10**8)
+    checkpoint_every: int = bounded(200, low=1, high=10**8)
+    val_fraction: float = bounded(0.05, low=0.0, high=0.5)
+    seed: int = bounded(0, low=0, high=2**32 - 1)
+    keep: str = bounded("last", choices=("last", "best"))
+    patience: int | None = bounded(None, low=1, high=10**6)
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -184,8 +184,8 @@ def test_parquet_bombs_extra_roots_and_unknown_columns_are_refused_from_metadata
     ("model__name", "a|b\n| injected | row |", "control characters"),
     ("model__name", "/home/someone/runs/random-init", "looks like a file path"),
     ("model__link", "javascript:alert(1)", "http:// or https://"),
-    ("model__parameters", 10**400, "must be 0 (unknown) up to"),
-    ("model__parameters", -5, "must be 0 (unknown) up to"),
+    ("model__parameters", 10**400, "model.parameters: must be at least 0 and at most 10000000000000, not 1000"),
+    ("model__parameters", -5, "model.parameters: must be at least 0 and at most 10000000000000, not -5"),
     ("model__name", "my-model", "template's placeholder"),
 ])
 def test_bad_model_metadata_is_one_problem_line(valid: Path, tmp_path: Path, field: str, value: object,

@@ -70,8 +70,8 @@ def test_schema_statement_protocol_and_checksum_errors(valid: Path) -> None:
     edit_meta(valid, model=meta["model"], test_set_not_used_for_training_or_tuning=False,
               protocol="hierarcaps-v0", dataset_checksum="sha256:0")
     found = problems(valid)
-    assert any("model: name: missing" in p for p in found)
-    assert any("model: parameters: must be int" in p for p in found)
+    assert any("submission.json: model: missing name" in p for p in found)
+    assert any("model.parameters: must be an integer" in p for p in found)      # every problem, not the first
     assert any("test_set_not_used_for_training_or_tuning" in p for p in found)
     assert any("protocol" in p for p in found) and any("dataset_checksum" in p for p in found)
 

@@ -19,9 +19,9 @@ import numpy as np
 
 from .. import __version__
 from ..checkpoints import run_hash
-from ..configs import setting
 from ..data.records import content_checksum
 from ..errors import HierarcapsError
+from ..fields import bounded
 from ..models.registry import CHECKPOINT_FILE, DEFAULT_MODEL, load_encoder
 from ..models.torch_utils import TorchEncoder, training_autocast
 from ..outputs import Journal, claim_folder, folder_lock, recover
@@ -43,19 +43,19 @@ class FinetuneConfig(TrainingConfig):
     model: str = DEFAULT_MODEL
     train: str = OFFLINE
     out: str = "runs/finetune"
-    objective: str = setting("re", choices=("re", "cone"))
-    negative_pairing: str = setting("sibling", choices=NEGATIVE_PAIRINGS)
-    pullback_weight: float = setting(10.0, low=0.0, high=1e6)
-    main_weight: float = setting(1.0, low=0.0, high=1e6)
-    hard_weight: float = setting(1.0, low=0.0, high=1e6)
-    epochs: float = setting(1.0, low=0.0, high=10**6, open_low=True)
-    val_rows: int = setting(256, low=1, high=10**7)
+    objective: str = bounded("re", choices=("re", "cone"))
+    negative_pairing: str = bounded("sibling", choices=NEGATIVE_PAIRINGS)
+    pullback_weight: float = bounded(10.0, low=0.0, high=1e6)
+    main_weight: float = bounded(1.0, low=0.0, high=1e6)
+    hard_weight: float = bounded(1.0, low=0.0, high=1e6)
+    epochs: float = bounded(1.0, low=0.0, high=10**6, open_low=True)
+    val_rows: int = bounded(256, low=1, high=10**7)
     device: str | None = None
-    steps: int | None = setting(None, low=1, high=10**8)
-    batch_size: int = setting(8, low=1, high=65536)
-    lr: float = setting(1e-7, low=0.0, high=1.0, open_low=True)
-    eval_every: int = setting(250, low=1, high=10**8)
-    precision: str = setting("fp32", choices=PRECISIONS)
+    steps: int | None = bounded(None, low=1, high=10**8)
+    batch_size: int = bounded(8, low=1, high=65536)
+    lr: float = bounded(1e-7, low=0.0, high=1.0, open_low=True)
+    eval_every: int = bounded(250, low=1, high=10**8)
+    precision: str = bounded("fp32", choices=PRECISIONS)
 
     def run_hash(self) -> str:
         return run_hash(self, ignore=("device", "progress", "out"))

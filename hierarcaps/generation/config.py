@@ -11,8 +11,9 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..configs import build_section, check_model_settings, read_yaml, setting
+from ..configs import build_section, check_model_settings, read_yaml
 from ..errors import DataError
+from ..fields import bounded
 from ..models.torch_utils import DTYPES
 from ..nli import NLIConfig
 from ..training import TrainingConfig
@@ -20,25 +21,25 @@ from ..training import TrainingConfig
 
 @dataclasses.dataclass
 class LLMConfig:
-    backend: str = setting("transformers", choices=("transformers", "vllm"))   # vllm: its own environment
+    backend: str = bounded("transformers", choices=("transformers", "vllm"))   # vllm: its own environment
     model: str = ""                        # hub id, local folder, or pkg:NAME (the folder of an installed package)
     gguf_file: str = ""                    # a GGUF file inside the model folder (transformers de-quantises it)
-    chat_template: str = setting("auto", choices=("auto", "none", "required"))  # auto: the tokenizer's, if any
-    max_new_tokens: int = setting(24, low=1, high=4096)     # per tier
-    temperature: float = setting(0.0, low=0.0, high=10.0)   # 0: greedy
-    top_p: float = setting(1.0, low=0.0, high=1.0, open_low=True)
-    batch_size: int = setting(16, low=1, high=65536)
-    dtype: str = setting("auto", choices=DTYPES)           # auto: bfloat16 on a GPU that supports it, else float32
+    chat_template: str = bounded("auto", choices=("auto", "none", "required"))  # auto: the tokenizer's, if any
+    max_new_tokens: int = bounded(24, low=1, high=4096)     # per tier
+    temperature: float = bounded(0.0, low=0.0, high=10.0)   # 0: greedy
+    top_p: float = bounded(1.0, low=0.0, high=1.0, open_low=True)
+    batch_size: int = bounded(16, low=1, high=65536)
+    dtype: str = bounded("auto", choices=DTYPES)           # auto: bfloat16 on a GPU that supports it, else float32
     engine_args: dict[str, Any] = dataclasses.field(default_factory=dict)   # more vllm.LLM(...) arguments,
     # e.g. gpu_memory_utilization (on CPU: the share of RAM it reserves), max_model_len, tensor_parallel_size
 
 
 @dataclasses.dataclass
 class AugmentConfig:
-    demonstrations: int = setting(4, low=0, high=64)         # accepted chains shown per prompt
-    samples_per_caption: int = setting(1, low=0, high=64)
-    temperature: float = setting(0.8, low=0.0, high=10.0)
-    top_p: float = setting(0.95, low=0.0, high=1.0, open_low=True)
+    demonstrations: int = bounded(4, low=0, high=64)         # accepted chains shown per prompt
+    samples_per_caption: int = bounded(1, low=0, high=64)
+    temperature: float = bounded(0.8, low=0.0, high=10.0)
+    top_p: float = bounded(0.95, low=0.0, high=1.0, open_low=True)
 
 
 @dataclasses.dataclass
@@ -51,25 +52,25 @@ class DistillConfig(TrainingConfig):
 
     student: str = "google/flan-t5-base"   # hub id or folder; ignored when `scratch` is set
     scratch: dict[str, Any] | None = None  # T5Config fields: a student trained from scratch (own tokenizer)
-    tokenizer_vocab: int = setting(2000, low=100, high=1_000_000)  # vocabulary of the scratch tokenizer
-    max_source_length: int = setting(64, low=4, high=8192)
-    max_target_length: int = setting(48, low=4, high=8192)
-    dtype: str = setting("auto", choices=("auto", "float32", "bfloat16"))  # training: bf16 autocast on a GPU (auto)
-    steps: int | None = setting(1000, low=0, high=10**8)
-    batch_size: int = setting(16, low=1, high=65536)
-    lr: float = setting(3e-4, low=0.0, high=1.0, open_low=True)
-    eval_every: int = setting(100, low=1, high=10**8)
-    checkpoint_every: int = setting(100, low=1, high=10**8)
+    tokenizer_vocab: int = bounded(2000, low=100, high=1_000_000)  # vocabulary of the scratch tokenizer
+    max_source_length: int = bounded(64, low=4, high=8192)
+    max_target_length: int = bounded(48, low=4, high=8192)
+    dtype: str = bounded("auto", choices=("auto", "float32", "bfloat16"))  # training: bf16 autocast on a GPU (auto)
+    steps: int | None = bounded(1000, low=0, high=10**8)
+    batch_size: int = bounded(16, low=1, high=65536)
+    lr: float = bounded(3e-4, low=0.0, high=1.0, open_low=True)
+    eval_every: int = bounded(100, low=1, high=10**8)
+    checkpoint_every: int = bounded(100, low=1, high=10**8)
     progress: bool = False
 
 
 @dataclasses.dataclass
 class BuildConfig:
-    batch_size: int = setting(32, low=1, high=65536)
-    max_new_tokens: int = setting(48, low=1, high=4096)
-    negative_candidates: int = setting(8, low=1, high=256)   # sampled continuations per negative tier
-    temperature: float = setting(1.0, low=0.0, high=10.0, open_low=True)
-    top_p: float = setting(0.95, low=0.0, high=1.0, open_low=True)
+    batch_size: int = bounded(32, low=1, high=65536)
+    max_new_tokens: int = bounded(48, low=1, high=4096)
+    negative_candidates: int = bounded(8, low=1, high=256)   # sampled continuations per negative tier
+    temperature: float = bounded(1.0, low=0.0, high=10.0, open_low=True)
+    top_p: float = bounded(0.95, low=0.0, high=1.0, open_low=True)
 
 
 @dataclasses.dataclass
@@ -83,12 +84,12 @@ class GenerationConfig:
     out: str = "runs/generate"
     prompts: str = "builtin"                     # a folder (seed.txt, augment.txt, examples.json) or builtin
     device: str = "auto"                         # auto: the GPU when there is one, else the CPU; cpu; cuda:N
-    threads: int | None = setting(None, low=1, high=1024)   # CPU threads for torch (default: torch's own)
-    shard_size: int = setting(256, low=1, high=10**7)
-    seed: int = setting(0, low=0, high=2**32 - 1)
-    limit: int | None = setting(None, low=1)
-    teacher_share: float = setting(1.0, low=0.0, high=1.0, open_low=True)   # the captions the LLM stages see
-    teacher_captions: int | None = setting(None, low=1)    # a count instead of a share; the student writes the rest
+    threads: int | None = bounded(None, low=1, high=1024)   # CPU threads for torch (default: torch's own)
+    shard_size: int = bounded(256, low=1, high=10**7)
+    seed: int = bounded(0, low=0, high=2**32 - 1)
+    limit: int | None = bounded(None, low=1)
+    teacher_share: float = bounded(1.0, low=0.0, high=1.0, open_low=True)   # the captions the LLM stages see
+    teacher_captions: int | None = bounded(None, low=1)    # a count instead of a share; the student writes the rest
     llm: LLMConfig = dataclasses.field(default_factory=LLMConfig)
     nli: NLIConfig = dataclasses.field(default_factory=NLIConfig)
     augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)

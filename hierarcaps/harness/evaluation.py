@@ -23,12 +23,13 @@ import numpy as np
 
 from .. import __version__
 from .._io import atomic_open
-from ..configs import check_fields, setting
+from ..configs import check_fields
 from ..data.csvio import read_hierarchies
 from ..data.images import DEFAULT_IMAGE_SOURCE, ImageStore, image_recipe
 from ..data.official import load_official
 from ..data.records import Hierarchy, content_checksum
 from ..errors import DataError
+from ..fields import bounded
 from ..metrics.baselines import all_baselines
 from ..metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, LEVEL, summarise_all
 from ..metrics.hierarchy import DEFAULT_STEPS
@@ -54,12 +55,12 @@ class EvalOptions:
     download: bool = False
     image_source: str = DEFAULT_IMAGE_SOURCE
     text_only: bool = False
-    text_batch_size: int = setting(256, low=1, high=1 << 20)
-    image_batch_size: int = setting(64, low=1, high=1 << 20)
-    workers: int = setting(factory=default_workers, low=0, high=256)
-    steps: int = setting(DEFAULT_STEPS, low=1, high=100_000)
-    resamples: int = setting(DEFAULT_RESAMPLES, low=1, high=1_000_000)
-    seed: int = setting(DEFAULT_SEED, low=0, high=2**32 - 1)
+    text_batch_size: int = bounded(256, low=1, high=1 << 20)
+    image_batch_size: int = bounded(64, low=1, high=1 << 20)
+    workers: int = bounded(factory=default_workers, low=0, high=256)
+    steps: int = bounded(DEFAULT_STEPS, low=1, high=100_000)
+    resamples: int = bounded(DEFAULT_RESAMPLES, low=1, high=1_000_000)
+    seed: int = bounded(DEFAULT_SEED, low=0, high=2**32 - 1)
     cache: bool = True
     cache_dir: str | None = None
     device: str | None = None

@@ -26,8 +26,6 @@ MAX_NAME_CHARS = 100
 """A model name or revision, and the folder made of it."""
 MAX_TEXT_CHARS = 2000
 """Any other text field of submission.json (licence, link, training data)."""
-MAX_PARAMETERS = 10**13
-"""Parameter counts are 0 (unknown) up to this bound."""
 WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)),
                               *(f"LPT{i}" for i in range(10))})
 

@@ -10,8 +10,9 @@ from ..metrics.baselines import RANDOM_DIM
 from ..metrics.catalogue import headline, label, main_score
 from ..metrics.hierarchy import PROTOCOL
 from ..rendering import baseline_label, markdown_table, metric_cell
+from ..results import MAX_PARAMETERS
 from ..textsafe import markdown_cell
-from .names import MAX_PARAMETERS, link_problem
+from .names import link_problem
 
 
 def columns() -> tuple[tuple[str, str], ...]:
@@ -53,7 +54,7 @@ def _params(count: Any) -> str:
 
 
 def _known_count(count: Any) -> bool:
-    return isinstance(count, int) and not isinstance(count, bool) and 0 < count < MAX_PARAMETERS
+    return isinstance(count, int) and not isinstance(count, bool) and 0 < count <= MAX_PARAMETERS
 
 
 def _safe_link(row: dict[str, Any]) -> str:

@@ -11,29 +11,54 @@ Text ids are ``<row id>-<tier>`` (``0-1`` ... ``999-4``); image ids are file nam
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from .. import jsonfile
 from ..data.official import load_official
 from ..data.records import Hierarchy, content_checksum
+from ..fields import bounded, section_schema
 from ..metrics.hierarchy import PROTOCOL
 from ..outputs import write_files
+from ..results import MAX_PARAMETERS
+from .names import MAX_TEXT_CHARS
 
 SUBMISSION_FILE = "submission.json"
 EMBEDDING_FILES = ("embeddings.npz", "embeddings.safetensors", "embeddings.parquet")
 ID_FILES = ("text_ids.txt", "image_ids.txt")
 
-SCHEMA: dict[str, Any] = {
-    "model": {"name": str, "revision": str, "parameters": int, "licence": str, "link": str, "training_data": str},
-    "test_set_not_used_for_training_or_tuning": bool,
-    "protocol": str,
-    "dataset_checksum": str,
-    "text_radii": bool,
-}
+@dataclasses.dataclass(frozen=True)
+class SubmittedModel:
+    """Who is submitted (its name and revision are held to ``names.name_problem``: a safe folder name)."""
+
+    name: str
+    revision: str
+    parameters: int = bounded(description="0 when unknown", low=0, high=MAX_PARAMETERS)
+    licence: str = bounded(max_length=MAX_TEXT_CHARS)
+    link: str = bounded(description="an http(s) link, or empty", max_length=MAX_TEXT_CHARS)
+    training_data: str = bounded(max_length=MAX_TEXT_CHARS)
+
+
+@dataclasses.dataclass(frozen=True)
+class Submission:
+    """submission.json: the model, the attestation, and what it was scored against."""
+
+    model: SubmittedModel
+    test_set_not_used_for_training_or_tuning: bool
+    protocol: str
+    dataset_checksum: str
+    text_radii: bool
+    modalities: list[Literal["text", "image"]] | None = bounded(None, min_items=1, max_items=2)
+
+
+def submission_schema() -> dict[str, Any]:
+    """The JSON schema of submission.json, derived from its dataclasses (open: other keys are kept)."""
+    return {"$ref": "#/$defs/Submission",
+            "$defs": {cls.__name__: section_schema(cls, open_section=True) for cls in (Submission, SubmittedModel)}}
 
 
 def text_ids(records: list[Hierarchy]) -> list[str]:

@@ -19,11 +19,12 @@ from .._io import PICKLE_SUFFIXES, sha256_file
 from ..data.official import load_official
 from ..data.records import content_checksum
 from ..errors import DataError
+from ..fields import schema_problems
 from ..metrics.hierarchy import PROTOCOL
 from .archive import MAX_FILE_BYTES, ArchiveRefused, opened
-from .names import MAX_PARAMETERS, MAX_TEXT_CHARS, link_problem, name_problem, normalised
+from .names import link_problem, name_problem, normalised
 from .readers import UnreadableEmbeddings, read_npz, read_parquet, read_safetensors
-from .submission import EMBEDDING_FILES, ID_FILES, PLACEHOLDERS, SCHEMA, SUBMISSION_FILE, image_ids, text_ids
+from .submission import EMBEDDING_FILES, ID_FILES, PLACEHOLDERS, SUBMISSION_FILE, image_ids, submission_schema, text_ids
 
 REFUSED_SUFFIXES = frozenset({*PICKLE_SUFFIXES, ".npy"})
 """Pickles, and ``.npy`` (which may hold one): a submission's arrays come as ``.npz``, read without pickles."""
@@ -101,7 +102,8 @@ def check_meta(folder: Path, report: Report) -> dict[str, Any]:
     meta = read_meta(folder / SUBMISSION_FILE, report)
     if not meta:
         return {}
-    _check_schema(meta, SCHEMA, SUBMISSION_FILE, report)
+    for problem in schema_problems(meta, submission_schema()):
+        report.problem(SUBMISSION_FILE, problem)
     if isinstance(meta.get("model"), dict):
         check_model(meta["model"], report)
     if meta.get("test_set_not_used_for_training_or_tuning") is not True:
@@ -120,19 +122,13 @@ def check_meta(folder: Path, report: Report) -> dict[str, Any]:
 
 
 def check_model(model: dict[str, Any], report: Report) -> None:
-    """Names that make safe folders, an http(s) link, a bounded parameter count, no template placeholders."""
+    """Names that make safe folders, an http(s) link, no template placeholders (bounds are the schema's)."""
     where = f"{SUBMISSION_FILE}: model"
     for key in ("name", "revision"):
         if isinstance(model.get(key), str) and (problem := name_problem(model[key])):
             report.problem(f"{where}: {key}", problem)
-    for key in ("licence", "link", "training_data"):
-        if isinstance(model.get(key), str) and len(model[key]) > MAX_TEXT_CHARS:
-            report.problem(f"{where}: {key}", f"over the limit of {MAX_TEXT_CHARS} characters")
     if isinstance(model.get("link"), str) and (problem := link_problem(model["link"])):
         report.problem(f"{where}: link", problem)
-    parameters = model.get("parameters")
-    if isinstance(parameters, int) and not isinstance(parameters, bool) and not 0 <= parameters < MAX_PARAMETERS:
-        report.problem(f"{where}: parameters", f"must be 0 (unknown) up to {MAX_PARAMETERS:.0e}")
     for key, value in model.items():
         if isinstance(value, str) and value in PLACEHOLDERS.get(key, ()):
             report.problem(f"{where}: {key}", f"still the template's placeholder {value!r}; fill it in")
@@ -147,20 +143,6 @@ def short(value: Any) -> str:
 def one_line(exc: BaseException) -> str:
     """An exception's message on one line, at most 200 characters."""
     return " ".join(str(exc).split())[:200] or type(exc).__name__
-
-
-def _check_schema(value: Any, schema: Any, where: str, report: Report) -> None:
-    if isinstance(schema, dict):
-        if not isinstance(value, dict):
-            report.problem(where, "must be an object")
-            return
-        for key, sub in schema.items():
-            if key not in value:
-                report.problem(f"{where}: {key}", "missing")
-            else:
-                _check_schema(value[key], sub, f"{where}: {key}", report)
-    elif not isinstance(value, schema) or (schema is int and isinstance(value, bool)):
-        report.problem(where, f"must be {schema.__name__}, not {type(value).__name__}")
 
 
 def _read_ids(folder: Path, name: str, report: Report) -> list[str] | None:

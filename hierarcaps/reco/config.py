@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..configs import check_fields, setting
+from ..configs import check_fields
 from ..errors import DataError
+from ..fields import bounded
 from ..training import TrainingConfig
 from .fusion import KINDS, STARTS
 
@@ -26,28 +27,28 @@ class RecoConfig(TrainingConfig):
     memory: str = ""
     out: str = ""
     base: str = ""                 # the frozen encoder's spec, recorded for `reco:` loading
-    k: int = setting(16, low=1, high=4096)
-    fusion: str = setting("auto", choices=("auto", *KINDS))   # auto: learned only where it beats training-free
-    heads: int = setting(8, low=1, high=256)
-    start: str = setting("best", choices=("best", *STARTS))   # best: as the best training-free option, per side
+    k: int = bounded(16, low=1, high=4096)
+    fusion: str = bounded("auto", choices=("auto", *KINDS))   # auto: learned only where it beats training-free
+    heads: int = bounded(8, low=1, high=256)
+    start: str = bounded("best", choices=("best", *STARTS))   # best: as the best training-free option, per side
     residual: bool = True
-    sides: str = setting("both", choices=SIDES)
-    fuse: str = setting("cross", choices=("cross", "same"))   # "cross" (RECO) or "same" (uni-modal ablation)
+    sides: str = bounded("both", choices=SIDES)
+    fuse: str = bounded("cross", choices=("cross", "same"))   # "cross" (RECO) or "same" (uni-modal ablation)
     cross_modal_search: bool = False
-    duplicate_threshold: float | None = setting(None, low=-1.0, high=2.0)   # training only; off: own group only
-    objective: str = setting("vocabulary", choices=OBJECTIVES)
-    holdout: str = setting("concept", choices=HOLDOUTS)
-    concepts: int | None = setting(None, low=2, high=1 << 20)    # clusters standing for concepts (no labels)
-    confidence: float = setting(0.95, low=0.5, high=0.999)     # of the learned-minus-free interval auto needs
-    vocabulary_limit: int = setting(8192, low=2, high=1 << 24)    # sampled per step beyond this many texts
-    temperature: float = setting(0.07, low=0.0, high=100.0, open_low=True)
-    steps: int | None = setting(1000, low=0, high=10**8)
-    batch_size: int = setting(256, low=2, high=1 << 20)
-    lr: float = setting(1e-4, low=0.0, high=1.0, open_low=True)
-    eval_every: int = setting(50, low=1, high=10**8)
-    val_fraction: float = setting(0.2, low=0.0, high=0.5)
-    keep: str = setting("best", choices=("last", "best"))
-    patience: int | None = setting(6, low=1, high=10**6)
+    duplicate_threshold: float | None = bounded(None, low=-1.0, high=2.0)   # training only; off: own group only
+    objective: str = bounded("vocabulary", choices=OBJECTIVES)
+    holdout: str = bounded("concept", choices=HOLDOUTS)
+    concepts: int | None = bounded(None, low=2, high=1 << 20)    # clusters standing for concepts (no labels)
+    confidence: float = bounded(0.95, low=0.5, high=0.999)     # of the learned-minus-free interval auto needs
+    vocabulary_limit: int = bounded(8192, low=2, high=1 << 24)    # sampled per step beyond this many texts
+    temperature: float = bounded(0.07, low=0.0, high=100.0, open_low=True)
+    steps: int | None = bounded(1000, low=0, high=10**8)
+    batch_size: int = bounded(256, low=2, high=1 << 20)
+    lr: float = bounded(1e-4, low=0.0, high=1.0, open_low=True)
+    eval_every: int = bounded(50, low=1, high=10**8)
+    val_fraction: float = bounded(0.2, low=0.0, high=0.5)
+    keep: str = bounded("best", choices=("last", "best"))
+    patience: int | None = bounded(6, low=1, high=10**6)
 
     def __post_init__(self) -> None:
         check_fields(self)
