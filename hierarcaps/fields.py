@@ -136,6 +136,8 @@ def section_schema(cls: type, open_section: bool) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     properties, required = {}, []
     for f in dataclasses.fields(cls):
+        if f.metadata.get("rest"):                  # a catch-all for other producers' keys: the section is open
+            continue
         prop = type_schema(hints[f.name])
         bounds = bounds_of(f)
         if keywords := bounds.json_schema():       # the bounds hold for the value, not for null

@@ -4,9 +4,12 @@ board's pages all take their cells, baseline labels and layouts from here."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from .textsafe import markdown_cell
+
+if TYPE_CHECKING:
+    from .results import Metric
 
 MISSING = "–"
 BASELINE_LABELS = {"random": "random embeddings", "length_chars": "caption length (characters)",
@@ -19,12 +22,12 @@ def baseline_label(name: str, dim: int | None = None) -> str:
     return f"{text} (d={dim})" if name == "random" and dim else text
 
 
-def metric_cell(entry: dict[str, Any] | None, *, with_ci: bool = True) -> str:
+def metric_cell(entry: Metric | None, *, with_ci: bool = True) -> str:
     """``0.7183 [0.704, 0.734]``: the mean and its 95% CI (or the mean alone)."""
     if entry is None:
         return MISSING
-    low, high = entry["ci95"]
-    return f"{entry['value']:.4f} [{low:.3f}, {high:.3f}]" if with_ci else f"{entry['value']:.4f}"
+    low, high = entry.ci95
+    return f"{entry.value:.4f} [{low:.3f}, {high:.3f}]" if with_ci else f"{entry.value:.4f}"
 
 
 def text_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from .errors import HierarcapsError
 from .fields import bounded, schema_problem, section_schema
-from .metrics.catalogue import main_score_of
+from .metrics.catalogue import main_score, main_score_of
 
 SCHEMA_VERSION = 2
 MAX_RESULT_BYTES = 4 * 2**20
@@ -37,7 +37,7 @@ class Metric:
 
 @dataclasses.dataclass(frozen=True)
 class ModelInfo:
-    """Who was scored. Adapters and submissions add their own keys (licence, link, training data, ...)."""
+    """Who was scored. Adapters may add keys of their own (a RECO model's base and memory size, ...)."""
 
     name: str = bounded(description="never a filesystem path", min_length=1)
     revision: str | None = None
@@ -48,6 +48,10 @@ class ModelInfo:
     modalities: list[Literal["text", "image"]] | None = None
     root_text: str | None = None
     own_geometry: bool | None = None
+    licence: str | None = None
+    link: str | None = None
+    training_data: str | None = None
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={"rest": True})   # adapters' own keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,39 +104,44 @@ class MainScore:
 class Result:
     """One scored run: a model on a split under a protocol. Reads like its JSON document (``result["metrics"]``)."""
 
-    model: dict[str, Any]
+    model: ModelInfo
     protocol: Protocol
     dataset: Dataset
-    metrics: dict[str, dict[str, Any]]
+    metrics: dict[str, Metric]
     package: Package = dataclasses.field(default_factory=lambda: Package("hierarcaps", "unknown"))
     main_score: MainScore | None = None
-    baselines: dict[str, dict[str, dict[str, Any]]] | None = None
+    baselines: dict[str, dict[str, Metric]] | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)   # environment, timings, created, ...
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
         if self.main_score is None:
-            self.main_score = MainScore(**main_score_of(self.protocol.name, self.metrics))
+            name = main_score(self.protocol.name).name
+            self.main_score = MainScore(name, self.metrics[name].value if name in self.metrics else None)
 
     @classmethod
     def scored(cls, model: dict[str, Any], metrics: dict[str, dict[str, Any]], dataset: Dataset, *, steps: int,
                root_text: str, resamples: int, seed: int, level: float, version: str,
                baselines: dict[str, dict[str, dict[str, Any]]] | None = None,
                extra: dict[str, Any] | None = None) -> Result:
-        """The one constructor of a fresh result, for the harness and the board alike."""
+        """The one constructor of a fresh result, for the harness and the board alike: the producers' model
+        metadata and metric summaries (plain mappings) become the typed sections."""
         from .metrics.hierarchy import PROTOCOL
 
         protocol = Protocol(PROTOCOL, steps, root_text, Bootstrap(resamples, seed, level))
-        return cls(model=model, protocol=protocol, dataset=dataset, metrics=metrics,
-                   package=Package("hierarcaps", version), baselines=baselines, extra=dict(extra or {}))
+        return cls(model=_typed(ModelInfo, model), protocol=protocol, dataset=dataset, metrics=metric_table(metrics),
+                   package=Package("hierarcaps", version),
+                   baselines=None if baselines is None else {k: metric_table(v) for k, v in baselines.items()},
+                   extra=dict(extra or {}))
 
     def to_dict(self) -> dict[str, Any]:
-        document = {"schema_version": self.schema_version, "model": self.model,
-                    "protocol": _plain(self.protocol), "dataset": _plain(self.dataset),
-                    "package": _plain(self.package), **self.extra,
-                    "main_score": _plain(self.main_score), "metrics": self.metrics}
+        """The JSON document (what ``evaluate`` writes, the board stores and ``report`` reads)."""
+        document = {"schema_version": self.schema_version, "model": plain(self.model),
+                    "protocol": plain(self.protocol), "dataset": plain(self.dataset),
+                    "package": plain(self.package), **self.extra,
+                    "main_score": plain(self.main_score), "metrics": plain_table(self.metrics)}
         if self.baselines is not None:
-            document["baselines"] = self.baselines
+            document["baselines"] = {name: plain_table(table) for name, table in self.baselines.items()}
         return document
 
     def __getitem__(self, key: str) -> Any:
@@ -165,10 +174,11 @@ class Result:
         if (problem := schema_problem(upgraded, schema())) is not None:
             raise HierarcapsError(f"{where}: {problem}")
         known = {f.name for f in dataclasses.fields(cls)} - {"extra", "schema_version"}
-        return cls(model=upgraded["model"], protocol=_typed(Protocol, upgraded["protocol"]),
-                   dataset=_typed(Dataset, upgraded["dataset"]), metrics=upgraded["metrics"],
+        baselines = upgraded.get("baselines")
+        return cls(model=_typed(ModelInfo, upgraded["model"]), protocol=_typed(Protocol, upgraded["protocol"]),
+                   dataset=_typed(Dataset, upgraded["dataset"]), metrics=metric_table(upgraded["metrics"]),
                    package=_typed(Package, upgraded["package"]), main_score=_typed(MainScore, upgraded["main_score"]),
-                   baselines=upgraded.get("baselines"),
+                   baselines=None if baselines is None else {k: metric_table(v) for k, v in baselines.items()},
                    extra={k: v for k, v in upgraded.items() if k not in known and k != "schema_version"})
 
 
@@ -185,21 +195,40 @@ def read_result(path: str | Path) -> Result:
     return Result.from_dict(document, str(path))
 
 
-def _plain(section: Any) -> dict[str, Any]:
-    """A section's JSON object: its fields, optional ones left None omitted."""
+def plain(section: Any) -> dict[str, Any]:
+    """A section's JSON object: its fields (optional ones left None omitted), its ``extra`` keys beside them."""
     if section is None:
         return {}
-    optional = {f.name for f in dataclasses.fields(section) if f.default is None}
-    return {f.name: _plain(value) if dataclasses.is_dataclass(value) else value
-            for f in dataclasses.fields(section)
-            if not ((value := getattr(section, f.name)) is None and f.name in optional)}
+    document: dict[str, Any] = {}
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if f.metadata.get("rest"):
+            document.update(value)
+        elif not (value is None and f.default is None):
+            document[f.name] = plain(value) if dataclasses.is_dataclass(value) else value
+    return document
 
 
-def _typed(cls: type, values: dict[str, Any]) -> Any:
-    """A section from its (validated) JSON object; keys it does not declare are kept nowhere (the schema allows
-    them only where the section is open)."""
-    names = {f.name for f in dataclasses.fields(cls)}
+def plain_table(table: dict[str, Metric]) -> dict[str, dict[str, Any]]:
+    """Metrics by name as JSON objects."""
+    return {name: plain(metric) for name, metric in table.items()}
+
+
+def metric_table(table: dict[str, Any]) -> dict[str, Metric]:
+    """Metrics by name, typed (from metric summaries or a validated document's objects)."""
+    return {name: entry if isinstance(entry, Metric) else _typed(Metric, entry) for name, entry in table.items()}
+
+
+def _typed(cls: type, values: Any) -> Any:
+    """A section from its (validated) JSON object. Keys it does not declare go to its ``extra`` field where it
+    has one (the model's), and nowhere otherwise (the schema allows them only where the section is open)."""
+    if isinstance(values, cls):
+        return values
+    fields = dataclasses.fields(cls)
+    names = {f.name for f in fields if not f.metadata.get("rest")}
     kwargs = {k: v for k, v in values.items() if k in names}
+    if rest := next((f.name for f in fields if f.metadata.get("rest")), None):
+        kwargs[rest] = {k: v for k, v in values.items() if k not in names}
     if cls is Protocol and isinstance(kwargs.get("bootstrap"), dict):
         kwargs["bootstrap"] = _typed(Bootstrap, kwargs["bootstrap"])
     return cls(**kwargs)

@@ -186,10 +186,12 @@ def test_no_board_file_holds_a_non_finite_number() -> None:
 
 def test_an_entry_tied_with_a_reference_shares_its_place_and_follows_it() -> None:
     from hierarcaps.leaderboard.render import places, rows
+    from hierarcaps.results import Dataset, Result
 
     references = entries.reference_rows()
-    tied = {"model": {"name": "aaa length only", "revision": "r1", "parameters": 0},
-            "metrics": references["length_words"]}
+    tied = Result.scored({"name": "aaa length only", "revision": "r1", "parameters": 0}, references["length_words"],
+                         Dataset("test", 1000, "sha256:x"), steps=50, root_text="", resamples=10, seed=0, level=0.95,
+                         version="test")
     table = rows([tied], references)
     names = [row["name"] for row in table]
     where = names.index("aaa length only")

@@ -158,6 +158,7 @@ def test_a_metric_declared_in_the_catalogue_reaches_the_report_and_the_board(mon
     from hierarcaps.leaderboard.render import markdown, page, rows
     from hierarcaps.metrics import EmbeddedBenchmark, score
     from hierarcaps.metrics.catalogue import METRICS, MetricInfo
+    from hierarcaps.results import Dataset, Result
 
     monkeypatch.setitem(METRICS, "text_query/recall_tier1", MetricInfo(
         "text_query/recall_tier1", "TQ R@t1", "tier-1 recall, caption queries",
@@ -166,8 +167,8 @@ def test_a_metric_declared_in_the_catalogue_reaches_the_report_and_the_board(mon
     emb = np.random.default_rng(0).standard_normal((*texts.shape, 8))
     emb /= np.linalg.norm(emb, axis=-1, keepdims=True)
     metrics = score(EmbeddedBenchmark(texts, emb, emb[0, 0]), resamples=10)
-    result = {"model": {"name": "m", "revision": "r", "parameters": 1}, "protocol": {"name": "hierarcaps-v1"},
-              "dataset": {"split": "test"}, "metrics": metrics}
+    result = Result.scored({"name": "m", "revision": "r", "parameters": 1}, metrics, Dataset("test", 100, "sha256:x"),
+                           steps=50, root_text="", resamples=10, seed=0, level=0.95, version="test")
     value = f"{metrics['text_query/recall_tier1']['value']:.4f}"
     assert "TQ R@t1" in report([result]) and value in report([result])
     table = rows([result], {})
@@ -279,3 +280,23 @@ def test_the_shipped_result_schema_is_the_one_derived_from_the_types() -> None:
     from hierarcaps.results import schema, schema_path
 
     assert json.loads(schema_path().read_text()) == schema()
+
+
+def test_the_result_is_typed_all_the_way() -> None:
+    """Model, metrics and baselines are types (an adapter's own model keys ride along in ``extra``), the JSON
+    document round-trips through them, and the report and the board read the types."""
+    from hierarcaps.harness.report import report
+    from hierarcaps.leaderboard.render import rows
+    from hierarcaps.results import Dataset, Metric, ModelInfo, Result
+
+    metrics = {"d_corr": {"value": 0.5, "ci95": [0.4, 0.6], "n": 10}}
+    document = Result.scored({"name": "m", "revision": "r", "base": "minilm", "memory_items": 3}, metrics,
+                             Dataset("test", 10, "sha256:x"), steps=50, root_text="", resamples=10, seed=0,
+                             level=0.95, version="test", baselines={"random": metrics}).to_dict()
+    typed = Result.from_dict(document)
+    assert isinstance(typed.model, ModelInfo) and typed.model.extra == {"base": "minilm", "memory_items": 3}
+    assert typed.metrics["d_corr"] == Metric(0.5, [0.4, 0.6], 10) == typed.baselines["random"]["d_corr"]
+    assert typed.main_score.value == 0.5 and typed.to_dict() == document
+    assert document["model"]["memory_items"] == 3
+    assert "0.5000 [0.400, 0.600]" in report([typed], metrics=["d_corr"])
+    assert rows([typed], {})[0]["metrics"]["d_corr"].value == 0.5

@@ -55,7 +55,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     result = evaluate(args.model, options)
     path = save_result(result, args.out)
     echo(result_table(result))
-    timings = result["timings"]
+    timings = result.extra["timings"]
     echo(f"\nsaved {path} ({timings['total_s']:.1f} s, {timings['embedding_cache_hits']} cache hit(s))")
     if args.plots:
         for plot in _plots(args.model, options, path.parent):

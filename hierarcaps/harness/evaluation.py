@@ -174,8 +174,8 @@ def peak_memory() -> dict[str, float]:
 
 
 def evaluate(model: str | Encoder, options: EvalOptions | None = None) -> Result:
-    """Score ``model`` (a spec string or an Encoder) and return its typed result (``result.to_dict()`` is the
-    JSON document; ``result["metrics"]`` reads it directly).
+    """Score ``model`` (a spec string or an Encoder) and return its typed result (``result.metrics["d_corr"].value``;
+    ``result.to_dict()`` is the JSON document).
 
     Process-wide settings are left to the caller: the ``hierarcaps`` command has glibc keep freed memory
     (``keep_freed_memory``), which makes CPU forward passes faster; a library user may call it too.
@@ -215,25 +215,23 @@ def evaluate(model: str | Encoder, options: EvalOptions | None = None) -> Result
                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "timings": timings})
 
 
-def result_path(result: Result | dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
+def result_path(result: Result, out_dir: str | os.PathLike[str]) -> Path:
     """``<out>/<model slug>-<weights hash>/<split>.<protocol>[.<image recipe>].json``: one file per model, weights,
     split and (when not the protocol's thumbnails) image recipe, so results on other pixels never overwrite."""
-    model = result["model"]
-    fingerprint = model["fingerprint"].split(":")[-1][:10]
-    split = slug(Path(result["dataset"]["split"]).name) or "split"
-    folder = f"{slug(Path(model['name']).name) or 'model'}-{fingerprint}"
-    recipe = result["dataset"].get("image_recipe", image_recipe(DEFAULT_IMAGE_SOURCE))
+    fingerprint = (result.model.fingerprint or "").split(":")[-1][:10]
+    split = slug(Path(result.dataset.split).name) or "split"
+    folder = f"{slug(Path(result.model.name).name) or 'model'}-{fingerprint}"
+    recipe = result.dataset.image_recipe or image_recipe(DEFAULT_IMAGE_SOURCE)
     suffix = "" if recipe == image_recipe(DEFAULT_IMAGE_SOURCE) else f".{slug(recipe)}"
-    return Path(out_dir) / folder / f"{split}.{result['protocol']['name']}{suffix}.json"
+    return Path(out_dir) / folder / f"{split}.{result.protocol.name}{suffix}.json"
 
 
-def save_result(result: Result | dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
+def save_result(result: Result, out_dir: str | os.PathLike[str]) -> Path:
     """Write a result document as every reader here reads it (strict JSON: a non-finite number is refused)."""
     from .. import jsonfile
 
     path = result_path(result, out_dir)
-    document = result.to_dict() if isinstance(result, Result) else result
-    text = jsonfile.dumps(document)
+    text = jsonfile.dumps(result.to_dict())
     with atomic_open(path, "w") as handle:
         handle.write(text)
     return path

@@ -21,7 +21,7 @@ from .. import jsonfile
 from .._io import atomic_open, current_umask
 from ..errors import HierarcapsError
 from ..outputs import Journal, claim_folder, folder_lock, recover
-from ..results import MAX_RESULT_BYTES, Result
+from ..results import MAX_RESULT_BYTES, Result, plain
 from . import names
 from .archive import ArchiveRefused, opened
 from .entries import (
@@ -84,7 +84,7 @@ def add(path: str | Path, board: str | Path = "leaderboard", *, replace: str | N
             folder = entry_folder(board, sub.meta)
             if replace is not None:
                 _check_replace(board, replace, folder)
-            scored = score_submission(sub)
+            scored = score_submission(sub).to_dict()
             Result.from_dict(scored, f"{path}: the entry's result")     # what check and build will read
             result = dumps(scored)
             with writing(board, notes):
@@ -127,7 +127,7 @@ def _clashes(board: Path, folder: Path, sub: Submission) -> Iterator[tuple[Path,
     name (by content)."""
     new = Signed(sub)
     for other, result in load_entries(board):
-        if other != folder and (found := clash(sub.meta["model"], new, result["model"], signed_entry(other))):
+        if other != folder and (found := clash(sub.meta["model"], new, plain(result.model), signed_entry(other))):
             yield other, found[1]
 
 
@@ -195,8 +195,8 @@ def rescore(board: str | Path = "leaderboard", notes: list[str] | None = None) -
             if sub is None:
                 raise HierarcapsError(f"{folder}: its kept submission no longer validates, nothing rescored: "
                                       + "; ".join(report.problems[:5]))
-            result = score_submission(sub)
-            if first_difference(stored, result, ignore={"package"}) is None:
+            result = score_submission(sub).to_dict()
+            if first_difference(stored.to_dict(), result, ignore={"package"}) is None:
                 continue
             with atomic_open(board / STAGING / f"result-{len(changed)}.json") as handle:
                 handle.write(dumps(result))

@@ -17,7 +17,7 @@ from ..metrics.baselines import all_baselines
 from ..metrics.bootstrap import DEFAULT_RESAMPLES, DEFAULT_SEED, LEVEL
 from ..metrics.hierarchy import DEFAULT_ROOT_TEXT, DEFAULT_STEPS, PROTOCOL
 from ..metrics.scoring import EmbeddedBenchmark, per_unit_metrics, score
-from ..results import MAX_RESULT_BYTES, Dataset, Result
+from ..results import MAX_RESULT_BYTES, Dataset, Metric, Result, metric_table, plain
 from . import fingerprint, names
 from .submission import EMBEDDING_FILES, ID_FILES, SUBMISSION_FILE
 from .validate import Report, Submission, check_model, read_meta, validate
@@ -38,8 +38,8 @@ def benchmark_of(sub: Submission) -> EmbeddedBenchmark:
     return EmbeddedBenchmark(texts, sub.text.reshape(n, k, -1), sub.root, sub.image, row_image, text_radii=radii)
 
 
-def score_submission(sub: Submission) -> dict[str, Any]:
-    """The entry's result document: the harness's metric functions applied to the submitted embeddings."""
+def score_submission(sub: Submission) -> Result:
+    """The entry's result: the harness's metric functions applied to the submitted embeddings."""
     bench = benchmark_of(sub)
     n = len(bench.texts)
     records = load_official("test")
@@ -52,7 +52,7 @@ def score_submission(sub: Submission) -> dict[str, Any]:
         version=__version__,
         extra={"text_radii_declared": sub.text_radii is not None, "embeddings_sha256": sub.embeddings_sha256,
                **({"validation_notes": sub.notes} if sub.notes else {})},
-    ).to_dict()
+    )
 
 
 def entry_folder(board: Path, meta: dict[str, Any]) -> Path:
@@ -102,7 +102,7 @@ def signed_entry(folder: Path) -> Signed | None:
     return Signed(sub) if sub is not None else None
 
 
-def load_entries(board: Path) -> list[tuple[Path, dict[str, Any]]]:
+def load_entries(board: Path) -> list[tuple[Path, Result]]:
     """Every entry whose result is a valid document (read by the one standard of ``validate.read_meta`` and
     checked by ``Result.from_dict``) beside its submission.json; ``check`` reports the rest, and ``build``
     refuses to render while there are any, so what ``check`` accepts is what ``build`` renders."""
@@ -113,19 +113,18 @@ def load_entries(board: Path) -> list[tuple[Path, dict[str, Any]]]:
         if report.problems or not (path.parent / SUBMISSION_FILE).is_file():
             continue
         try:
-            Result.from_dict(result, str(path))
+            entries.append((path.parent, Result.from_dict(result, str(path))))
         except HierarcapsError:
             continue
-        entries.append((path.parent, result))
     return entries
 
 
-def reference_rows() -> dict[str, dict[str, Any]]:
+def reference_rows() -> dict[str, dict[str, Metric]]:
     """Baselines computed from the test set by the same code (random embeddings at d=512, caption length)."""
     records = load_official("test")
     texts = np.array([r.positive for r in records], dtype=object)
     row_image = np.arange(len(records))
-    return all_baselines(texts, row_image, len(records))
+    return {name: metric_table(table) for name, table in all_baselines(texts, row_image, len(records)).items()}
 
 
 def rendered(board: Path) -> dict[str, str]:
@@ -141,7 +140,7 @@ def entry_problems(board: Path) -> list[str]:
     another entry's embeddings by content), and stray files, one line each."""
     problems: list[str] = []
     seen_names: dict[tuple[str, str], Path] = {}
-    seen: list[tuple[Path, dict[str, Any], Signed | None]] = []
+    seen: list[tuple[Path, dict[str, Any], Signed | None]] = []      # (folder, model as written, signature)
     entries = board / "entries"
     stray = [p for p in (entries.iterdir() if entries.is_dir() else []) if not p.is_dir()]
     stray += [p for p in entries.glob("*/*") if not p.is_dir()]
@@ -150,18 +149,19 @@ def entry_problems(board: Path) -> list[str]:
         result = _entry_result(board, folder, problems)
         if result is None:
             continue
-        key = (names.normalised(result["model"]["name"]), names.normalised(result["model"]["revision"]))
+        key = (names.normalised(result.model.name), names.normalised(result.model.revision or ""))
         if key in seen_names:
             problems.append(f"{folder}: duplicates {seen_names[key]} (same model and revision)")
         seen_names[key] = folder
         signed = signed_entry(folder)
+        model = plain(result.model)
         problems += [f"{folder}: {found[0]} {other} ({found[1]})" for other, other_model, other_signed in seen
-                     if (found := clash(result["model"], signed, other_model, other_signed)) is not None]
-        seen.append((folder, result["model"], signed))
+                     if (found := clash(model, signed, other_model, other_signed)) is not None]
+        seen.append((folder, model, signed))
     return problems
 
 
-def _entry_result(board: Path, folder: Path, problems: list[str]) -> dict[str, Any] | None:
+def _entry_result(board: Path, folder: Path, problems: list[str]) -> Result | None:
     """The entry's result if it is complete, well-formed and where its name puts it; else problems noted."""
     missing_files = [name for name in (RESULT_FILE, SUBMISSION_FILE) if not (folder / name).is_file()]
     if missing_files:
@@ -173,7 +173,7 @@ def _entry_result(board: Path, folder: Path, problems: list[str]) -> dict[str, A
         problems += [f"{folder}/{p}" for p in report.problems]
         return None
     try:
-        Result.from_dict(result, str(folder / RESULT_FILE))          # the one validator of a result document
+        typed = Result.from_dict(result, str(folder / RESULT_FILE))          # the one validator of a result
     except HierarcapsError as exc:
         problems.append(str(exc))
         return None
@@ -191,4 +191,4 @@ def _entry_result(board: Path, folder: Path, problems: list[str]) -> dict[str, A
         return None
     if folder != expected:
         problems.append(f"{folder}: should be {expected} for its model and revision")
-    return None if report.problems else result
+    return None if report.problems else typed

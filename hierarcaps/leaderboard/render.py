@@ -10,7 +10,7 @@ from ..metrics.baselines import RANDOM_DIM
 from ..metrics.catalogue import headline, label, main_score
 from ..metrics.hierarchy import PROTOCOL
 from ..rendering import baseline_label, markdown_table, metric_cell
-from ..results import MAX_PARAMETERS
+from ..results import MAX_PARAMETERS, Metric, Result
 from ..textsafe import markdown_cell
 from .names import link_problem
 
@@ -22,12 +22,12 @@ TIER_RECALLS = tuple(f"recall_tier{k}" for k in range(1, TIERS + 1))
 """The per-tier recall metrics (the catalogue's names), shown together in one cell."""
 
 
-def rows(entries: list[dict[str, Any]], references: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+def rows(entries: list[Result], references: dict[str, dict[str, Metric]]) -> list[dict[str, Any]]:
     """Entries and reference baselines ranked together by the protocol's main score (references marked), so a
     reader sees at once which models beat caption length. An entry tied with a reference is listed after it
     and shares its place (:func:`places`): a tie is never shown as a win."""
-    out = [{"name": e["model"]["name"], "revision": e["model"]["revision"], "parameters": e["model"]["parameters"],
-            "link": e["model"].get("link", ""), "metrics": e["metrics"], "reference": False} for e in entries]
+    out = [{"name": e.model.name, "revision": e.model.revision or "", "parameters": e.model.parameters,
+            "link": e.model.link or "", "metrics": e.metrics, "reference": False} for e in entries]
     out += [{"name": baseline_label(name, RANDOM_DIM), "revision": "", "parameters": None, "link": "",
              "metrics": metrics, "reference": True} for name, metrics in references.items()]
     sort = main_score(PROTOCOL)
@@ -37,7 +37,8 @@ def rows(entries: list[dict[str, Any]], references: dict[str, dict[str, Any]]) -
 
 
 def main_value(row: dict[str, Any], default: float = float("nan")) -> float:
-    return row["metrics"].get(main_score(PROTOCOL).name, {}).get("value", default)
+    metric = row["metrics"].get(main_score(PROTOCOL).name)
+    return default if metric is None else metric.value
 
 
 def places(table: list[dict[str, Any]]) -> list[int]:
@@ -97,7 +98,7 @@ def _tier_chart(table: list[dict[str, Any]]) -> str:
     for row in table:
         text_only = "recall_tier1" not in row["metrics"]
         prefix = "text_query/" if text_only else ""
-        values = [row["metrics"].get(prefix + t, {}).get("value") for t in TIER_RECALLS]
+        values = [None if (m := row["metrics"].get(prefix + t)) is None else m.value for t in TIER_RECALLS]
         if all(v is not None for v in values):
             groups.append((row["name"] + (" *" if text_only else ""), values))
     bar, gap, height, left, top = 14, 24, 160, 40, 12
@@ -185,8 +186,8 @@ def page(table: list[dict[str, Any]]) -> str:
             if m is None:
                 cells.append('<td data-value="">–</td>')
             else:
-                low, high = m["ci95"]
-                cells.append(f'<td data-value="{m["value"]:.6f}">{m["value"]:.4f}'
+                low, high = m.ci95
+                cells.append(f'<td data-value="{m.value:.6f}">{m.value:.4f}'
                              f'<span class="ci">[{low:.3f}, {high:.3f}]</span></td>')
         kind = "reference" if row["reference"] else "entry"
         body.append(f'<tr class="{kind}">' + "".join(cells) + "</tr>")

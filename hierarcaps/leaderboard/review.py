@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import HierarcapsError
 from ..outputs import pending
-from ..results import MAX_RESULT_BYTES
+from ..results import MAX_RESULT_BYTES, Result
 from ..textsafe import markdown_cell
 from .entries import RESULT_FILE, entry_problems, kept_files, load_entries, reference_rows, rendered, score_submission
 from .submission import EMBEDDING_FILES
@@ -24,7 +24,7 @@ class Review:
     """What ``review`` found: problems (one line each) and the results re-computed from entries' embeddings."""
 
     problems: list[str]
-    rescored: dict[Path, dict[str, Any]]
+    rescored: dict[Path, Result]
 
 
 def review(board: str | Path = "leaderboard", entries: Sequence[Path] | None = None) -> Review:
@@ -56,7 +56,7 @@ def check(board: str | Path = "leaderboard") -> list[str]:
     return review(board).problems
 
 
-def rescore_entry(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
+def rescore_entry(folder: Path) -> tuple[Result | None, list[str]]:
     """The entry's result computed again from the embeddings it keeps, and the problems found doing so: none
     kept, invalid, or a stored result that does not match them."""
     if not any((folder / name).is_file() for name in EMBEDDING_FILES):
@@ -70,7 +70,7 @@ def rescore_entry(folder: Path) -> tuple[dict[str, Any] | None, list[str]]:
     stored = read_meta(folder / RESULT_FILE, report, limit=MAX_RESULT_BYTES)
     if report.problems:
         return result, [f"{folder}/{problem}" for problem in report.problems]
-    where = first_difference(stored, result, ignore={"package"})
+    where = first_difference(stored, result.to_dict(), ignore={"package"})
     return result, [f"{folder / RESULT_FILE}: does not match its embeddings ({where})"] if where else []
 
 
@@ -123,7 +123,7 @@ def summary(board: Path, outcome: Review) -> str:
     table = rows([result for _, result in load_entries(board)], reference_rows())
     for place, row in zip(places(table), table):
         row["place"] = place
-    names = {(r["model"]["name"], r["model"]["revision"]) for r in outcome.rescored.values()}
+    names = {(r.model.name, r.model.revision) for r in outcome.rescored.values()}
     checked = [row for row in table if not row["reference"] and (row["name"], row["revision"]) in names]
     lines = ["## Leaderboard check", "",
              f"Entries re-scored from their embeddings: {len(outcome.rescored)}; board places count the "
