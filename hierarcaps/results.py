@@ -23,6 +23,8 @@ MAX_RESULT_BYTES = 4 * 2**20
 """A result file (a board reads every entry's at each build); larger ones are refused before reading."""
 MAX_PARAMETERS = 10**13
 """Parameter counts are 0 (unknown) up to this bound."""
+MAX_TEXT_CHARS = 2000
+"""A model's licence, link or training-data text, in a submission and in a stored result alike."""
 SCHEMA_ID = "https://hierarcaps.dev/schemas/result.schema.json"
 
 
@@ -48,9 +50,9 @@ class ModelInfo:
     modalities: list[Literal["text", "image"]] | None = None
     root_text: str | None = None
     own_geometry: bool | None = None
-    licence: str | None = None
-    link: str | None = None
-    training_data: str | None = None
+    licence: str | None = bounded(None, max_length=MAX_TEXT_CHARS)
+    link: str | None = bounded(None, max_length=MAX_TEXT_CHARS)
+    training_data: str | None = bounded(None, max_length=MAX_TEXT_CHARS)
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={"rest": True})   # adapters' own keys
 
 

@@ -24,8 +24,6 @@ from ..textsafe import escape_controls, look_alike, unseen_characters
 
 MAX_NAME_CHARS = 100
 """A model name or revision, and the folder made of it."""
-MAX_TEXT_CHARS = 2000
-"""Any other text field of submission.json (licence, link, training data)."""
 WINDOWS_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)),
                               *(f"LPT{i}" for i in range(10))})
 

@@ -24,8 +24,7 @@ from ..data.records import Hierarchy, content_checksum
 from ..fields import bounded, section_schema
 from ..metrics.hierarchy import PROTOCOL
 from ..outputs import write_files
-from ..results import MAX_PARAMETERS
-from .names import MAX_TEXT_CHARS
+from ..results import MAX_PARAMETERS, MAX_TEXT_CHARS
 
 SUBMISSION_FILE = "submission.json"
 EMBEDDING_FILES = ("embeddings.npz", "embeddings.safetensors", "embeddings.parquet")
@@ -44,7 +43,7 @@ class SubmittedModel:
 
 
 @dataclasses.dataclass(frozen=True)
-class Submission:
+class SubmissionDocument:
     """submission.json: the model, the attestation, and what it was scored against."""
 
     model: SubmittedModel
@@ -57,8 +56,9 @@ class Submission:
 
 def submission_schema() -> dict[str, Any]:
     """The JSON schema of submission.json, derived from its dataclasses (open: other keys are kept)."""
-    return {"$ref": "#/$defs/Submission",
-            "$defs": {cls.__name__: section_schema(cls, open_section=True) for cls in (Submission, SubmittedModel)}}
+    return {"$ref": "#/$defs/SubmissionDocument",
+            "$defs": {cls.__name__: section_schema(cls, open_section=True)
+                      for cls in (SubmissionDocument, SubmittedModel)}}
 
 
 def text_ids(records: list[Hierarchy]) -> list[str]:
