@@ -150,6 +150,7 @@ class TrainingLoop:
         self.checkpoints = CheckpointStore(folder, run_hash)
         self.step, self.log, self.best, self.stale = 0, [], None, 0
         self.seconds, self.first_step = 0.0, 0
+        self.last_state: dict[str, Any] | None = None
 
     # -- selection -------------------------------------------------------------------------------------------
     def _better(self, value: float) -> bool:
@@ -213,6 +214,7 @@ class TrainingLoop:
                     self.save()
         self.seconds = time.perf_counter() - started
         if self.config.keep == "best" and self.best is not None and self.best.state is not None:
+            self.last_state = self.task.trained_state()      # where training went, beside what selection kept
             self.task.load_trained_state(self.best.state)
         return self.summary()
 

@@ -35,6 +35,8 @@ TINY: dict[str, tuple[str, str]] = {
                   "results/reco_demo.json"),
     "reco_entities": ("--entities 30 --splits 1 --steps 4 --eval-every 2 --memory-per-entity 3 --pairs-per-entity 4 "
                       "--batch-size 8 --results results", "results/reco_entities.json"),
+    "reco_recipes": ("--entities 30 --splits 1 --steps 4 --eval-every 2 --memory-per-entity 3 --pairs-per-entity 4 "
+                     "--batch-size 8 --results results", "results/reco_recipes.json"),
     "reco_scaling": ("--images 600 --sizes 100 --batch-size 32 --classes 4 --steps 4 --eval-every 2 "
                      "--objectives in-batch --results results", "results/reco_scaling.json"),
     "scale_memory": ("--items 6000 --dim 32 --block 2000 --engine local --queries 20 --truth-queries 10 "

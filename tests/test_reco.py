@@ -426,7 +426,7 @@ def test_the_vocabulary_loss_never_uses_a_copy_of_the_answer_as_a_negative(tmp_p
     assert len(trainer.vocabulary.keys) == 6                       # one entry per distinct text, not per pair
     in_batch = RecoTrainer(RecoConfig(**{**config.__dict__, "objective": "in-batch", "out": str(tmp_path / "b")}),
                            pairs)
-    duplicated = in_batch.in_batch_loss(rows)["refined_image_text"]
+    duplicated = in_batch.in_batch_loss(rows, 0)["refined_image_text"]
     assert float(duplicated.detach()) > float(loss.detach()) + 0.5   # copies as negatives: an unlearnable loss
 
 

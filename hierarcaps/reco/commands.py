@@ -11,14 +11,23 @@ from ..models.registry import spec_help
 from ..subcommand import Command, echo, engine, engine_options, whole_number
 from .index import INDEX_TYPES
 
-TRAIN_OPTIONS = ["fusion", "objective", "sides", "holdout", "concepts", "confidence", "k", "heads", "start",
-                 "residual", "fuse", "cross_modal_search", "duplicate_threshold", "temperature", "steps", "batch_size",
+TRAIN_OPTIONS = ["fusion", "learned", "objective", "neighbour_dropout", "memory_noise", "sides", "holdout",
+                 "concepts", "confidence", "k", "heads", "ff_mult", "start", "residual", "fuse", "cross_modal_search",
+                 "duplicate_threshold", "temperature", "steps", "batch_size",
                  "lr", "weight_decay", "warmup_steps", "max_grad_norm", "eval_every", "checkpoint_every",
                  "val_fraction", "keep", "patience", "vocabulary_limit", "seed"]
 TRAIN_HELP = {
-    "fusion": "auto: train the transformer and keep it only if, on held-out concepts it never trained on, its "
-              "accuracy minus the best training-free option's has a paired bootstrap interval above 0; otherwise "
-              "that option (the frozen base, or mean fusion on the refined sides or on the query side alone)",
+    "fusion": "auto: train the learned fusion (--learned) and keep it only if, on held-out concepts it never "
+              "trained on, its accuracy minus the best training-free option's has a paired bootstrap interval "
+              "above 0; otherwise that option (the frozen base, or mean fusion on the refined sides or on the query "
+              "side alone)",
+    "learned": "the learned fusion auto trains and weighs: transformer (RECO), mlp (a control of about its size) "
+               "or vote (two scalars per side: neighbours weighted by their agreement with each other)",
+    "neighbour_dropout": "in training, the share of each query's neighbours left unread (the nearest is always "
+                         "read); 0: off, as RECO",
+    "memory_noise": "in training, the share of neighbours swapped for random memory rows (never the pair's own "
+                    "image); 0: off, as RECO",
+    "ff_mult": "the transformer's / MLP's hidden width in multiples of the embedding width",
     "objective": "vocabulary: every distinct training text (or class) as an answer; in-batch: RECO's loss; "
                  "supervised: class names from a label column of --train-pairs",
     "holdout": "concept: hold out whole concepts (labels, or clusters of the frozen text embeddings), drawn by "

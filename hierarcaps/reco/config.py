@@ -13,7 +13,7 @@ from ..configs import check_fields
 from ..errors import DataError
 from ..fields import bounded
 from ..training import TrainingConfig
-from .fusion import KINDS, STARTS
+from .fusion import KINDS, LEARNED_KINDS, STARTS
 
 SIDES = ("both", "image", "text")
 OBJECTIVES = ("vocabulary", "in-batch", "supervised")
@@ -29,7 +29,9 @@ class RecoConfig(TrainingConfig):
     base: str = ""                 # the frozen encoder's spec, recorded for `reco:` loading
     k: int = bounded(16, low=1, high=4096)
     fusion: str = bounded("auto", choices=("auto", *KINDS))   # auto: learned only where it beats training-free
+    learned: str = bounded("transformer", choices=LEARNED_KINDS)   # the learned kind auto trains and weighs
     heads: int = bounded(8, low=1, high=256)
+    ff_mult: int = bounded(4, low=1, high=64)     # the transformer's / MLP's hidden width, in multiples of dim
     start: str = bounded("best", choices=("best", *STARTS))   # best: as the best training-free option, per side
     residual: bool = True
     sides: str = bounded("both", choices=SIDES)
@@ -37,6 +39,8 @@ class RecoConfig(TrainingConfig):
     cross_modal_search: bool = False
     duplicate_threshold: float | None = bounded(None, low=-1.0, high=2.0)   # training only; off: own group only
     objective: str = bounded("vocabulary", choices=OBJECTIVES)
+    neighbour_dropout: float = bounded(0.0, low=0.0, high=0.95)   # training: share of neighbours not read
+    memory_noise: float = bounded(0.0, low=0.0, high=1.0)         # training: share swapped for random memory rows
     holdout: str = bounded("concept", choices=HOLDOUTS)
     concepts: int | None = bounded(None, low=2, high=1 << 20)    # clusters standing for concepts (no labels)
     confidence: float = bounded(0.95, low=0.5, high=0.999)     # of the learned-minus-free interval auto needs
@@ -55,6 +59,8 @@ class RecoConfig(TrainingConfig):
         for name in ("memory", "out"):
             if not getattr(self, name):
                 raise DataError("required", field=name)
+        if not self.residual and self.learned_kind() == "vote":
+            raise DataError("the vote fusion has no update to keep without the residual", field="residual")
 
     def run_hash(self) -> str:
         from ..checkpoints import run_hash
@@ -62,4 +68,4 @@ class RecoConfig(TrainingConfig):
         return run_hash(self, ignore=("progress", "out"))
 
     def learned_kind(self) -> str:
-        return "transformer" if self.fusion == "auto" else self.fusion
+        return self.learned if self.fusion == "auto" else self.fusion

@@ -87,6 +87,7 @@ class RecoTrainer:
         self.image = torch.tensor(np.asarray(pairs.image), dtype=torch.float32)   # a copy: memory arrays are mmapped
         self.text = torch.tensor(np.asarray(pairs.text), dtype=torch.float32)
         self.keys = pairs.labels if config.objective == "supervised" else pairs.text_keys()
+        self.pair_group_codes = np.array([self.memory.code_of.get(str(g), -1) for g in pairs.groups])
         self.neighbour_rows = {side: self._neighbour_rows(side, engine) for side in self.refined_sides()}
         self.vocabulary = self._vocabulary(self.train_rows, engine)
         self.answer_sets = {part: self._vocabulary(getattr(self.splits, part), engine) for part in PARTS}
@@ -100,7 +101,7 @@ class RecoTrainer:
         self.starts = starts_for(self.best_free, self.refined_sides()) if config.start == "best" else \
             dict.fromkeys(self.refined_sides(), config.start)
         self.fusion_config = FusionConfig(kind=config.learned_kind(), dim=dim, heads=config.heads,
-                                          residual=config.residual)
+                                          ff_mult=config.ff_mult, residual=config.residual)
         self.modules = torch.nn.ModuleDict({side: build_fusion(dataclasses.replace(self.fusion_config, start=start))
                                             for side, start in self.starts.items()})
         self.logit_scale = torch.nn.Parameter(torch.tensor(float(np.log(1 / config.temperature))))
@@ -131,31 +132,58 @@ class RecoTrainer:
                 engine=engine, cross_modal_search=self.config.cross_modal_search)
         return vocabulary
 
-    def _neighbours(self, side: str, rows: np.ndarray, table: np.ndarray | None = None) -> Any:
+    def _neighbours(self, side: str, rows: np.ndarray, table: np.ndarray | None = None, step: int | None = None
+                    ) -> tuple[Any, Any]:
+        """(vectors (B, k, d), present mask or None) of the neighbours fused for pairs ``rows``; in training
+        (``step`` given) perturbed as ``memory_noise`` and ``neighbour_dropout`` ask."""
         import torch
 
         fused = ("text" if side == "image" else "image") if self.config.fuse == "cross" else side
         found = (self.neighbour_rows[side] if table is None else table)[rows]
-        return torch.from_numpy(np.asarray(self.memory.vectors[fused])[found])
+        present = None
+        if step is not None and (self.config.memory_noise or self.config.neighbour_dropout):
+            found, present = self.perturbed(found, rows if table is None else None, side, step)
+        return torch.from_numpy(np.asarray(self.memory.vectors[fused])[found]), present
 
-    def refine(self, side: str, rows: np.ndarray, modules: Any = None) -> Any:
-        """Refined (or, on a side without a module, original) vectors of pairs ``rows`` on ``side``."""
+    def perturbed(self, found: np.ndarray, rows: np.ndarray | None, side: str, step: int) -> tuple[np.ndarray, Any]:
+        """Training neighbours made harder, the same for a step on any resume: a ``memory_noise`` share swapped
+        for random memory rows (never of the pair's own group), a ``neighbour_dropout`` share masked out (the
+        nearest is always read)."""
+        import torch
+
+        rng = np.random.default_rng([self.config.seed, step, 0 if side == "image" else 1])
+        found = found.copy()
+        swap = rng.random(found.shape) < self.config.memory_noise
+        random_rows = rng.integers(len(self.memory), size=found.shape)
+        if rows is not None:
+            swap &= self.memory.group_codes[random_rows] != self.pair_group_codes[rows][:, None]
+        found[swap] = random_rows[swap]
+        if not self.config.neighbour_dropout:
+            return found, None
+        present = rng.random(found.shape) >= self.config.neighbour_dropout
+        present[:, 0] = True
+        return found, torch.from_numpy(present)
+
+    def refine(self, side: str, rows: np.ndarray, modules: Any = None, step: int | None = None) -> Any:
+        """Refined (or, on a side without a module, original) vectors of pairs ``rows`` on ``side``; ``step``:
+        a training step's (perturbed) neighbours."""
         modules = self.modules if modules is None else modules
         vectors = (self.image if side == "image" else self.text)[rows]
-        return modules[side](vectors, self._neighbours(side, rows)) if side in modules else vectors
+        return modules[side](vectors, *self._neighbours(side, rows, step=step)) if side in modules else vectors
 
-    def answers(self, vocabulary: Vocabulary, entries: np.ndarray, modules: Any = None) -> Any:
+    def answers(self, vocabulary: Vocabulary, entries: np.ndarray, modules: Any = None, step: int | None = None
+                ) -> Any:
         """The vectors the image side is scored against: the vocabulary's texts (or class names), refined on the
         text side where it has a module."""
         import torch
 
         modules = self.modules if modules is None else modules
         if self.config.objective != "supervised":
-            return self.refine("text", vocabulary.rows[entries], modules)
+            return self.refine("text", vocabulary.rows[entries], modules, step)
         vectors = torch.from_numpy(vocabulary.vectors[entries])
         if "text" not in modules:
             return vectors
-        return modules["text"](vectors, self._neighbours("text", entries, vocabulary.neighbours))
+        return modules["text"](vectors, *self._neighbours("text", entries, vocabulary.neighbours, step))
 
     def option_modules(self, option: Option) -> dict[str, Any]:
         """The modules an option refines with: none (the frozen base), mean fusion, or the trained ones."""
@@ -194,12 +222,12 @@ class RecoTrainer:
     def loss(self, micro_batch: int) -> dict[str, Any]:
         rows = self.batch(micro_batch)
         if self.config.objective == "in-batch":
-            return self.in_batch_loss(rows)
+            return self.in_batch_loss(rows, micro_batch)
         return self.vocabulary_loss(rows, micro_batch)
 
-    def in_batch_loss(self, rows: np.ndarray) -> dict[str, Any]:
+    def in_batch_loss(self, rows: np.ndarray, micro_batch: int) -> dict[str, Any]:
         """RECO's loss: refined image with refined text, and each refined side with the original other side."""
-        r, s = self.refine("image", rows), self.refine("text", rows)
+        r, s = self.refine("image", rows, step=micro_batch), self.refine("text", rows, step=micro_batch)
         terms = {}
         if self.config.sides == "both":
             terms["refined_refined"] = contrastive(r, s, self.logit_scale)
@@ -223,14 +251,14 @@ class RecoTrainer:
             entries = np.unique(np.concatenate([targets, others]))
         position = {entry: i for i, entry in enumerate(entries)}
         scale = self.logit_scale.exp()
-        r = self.refine("image", rows)
-        logits = scale * r @ self.answers(self.vocabulary, entries).T
+        r = self.refine("image", rows, step=micro_batch)
+        logits = scale * r @ self.answers(self.vocabulary, entries, step=micro_batch).T
         terms = {"image_vocabulary": torch.nn.functional.cross_entropy(
             logits, torch.tensor([position[t] for t in targets]))}
         if "text" in self.modules:
             keys = np.array([self.keys[row] for row in rows], dtype=object)
             same = torch.from_numpy(keys[:, None] == keys[None, :])
-            terms["text_images"] = multi_positive(scale * self.refine("text", rows) @ r.T, same)
+            terms["text_images"] = multi_positive(scale * self.refine("text", rows, step=micro_batch) @ r.T, same)
         terms["loss"] = sum(terms.values())
         return terms
 
@@ -265,12 +293,25 @@ class RecoTrainer:
                 summary = self.loop.run()
             return self.finish(summary)
 
+    def part_scores(self, modules: Any) -> dict[str, float | None]:
+        """Accuracy on each held-out part (None where a part is empty)."""
+        return {part: float(found.mean()) if len(found := self.correct(modules, part)) else None for part in PARTS}
+
+    def last_step_modules(self) -> Any:
+        """A copy of the modules with the last training step's weights (the kept ones stay in place)."""
+        import copy
+
+        modules = copy.deepcopy(self.modules)
+        modules.load_state_dict({k: v for k, v in self.loop.last_state.items() if k != "logit_scale"})
+        return modules
+
     def record(self, summary: dict[str, Any]) -> dict[str, Any]:
         """The decision (``selection.decide``) and every option's accuracy on every part."""
         learned = Option(self.config.learned_kind(), tuple(self.refined_sides()))
         options = {**self.free, **({"learned": learned} if learned.kind != "mean" else {})}
-        scores = {name: {part: float(found.mean()) if len(found := self.correct(self.option_modules(option), part))
-                         else None for part in PARTS} for name, option in options.items()}
+        scores = {name: self.part_scores(self.option_modules(option)) for name, option in options.items()}
+        if self.loop.last_state is not None:           # where training ended, beside the step selection kept
+            scores["learned_last_step"] = self.part_scores(self.last_step_modules())
         select = {k: v for k, v in self.free_select.items() if v is not None}
         on_decide = {name: self.correct(self.option_modules(option), "decide") for name, option in options.items()}
         decided = decide(self.config.fusion, learned, self.free, select, on_decide, self.config.confidence,
