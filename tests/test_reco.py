@@ -294,7 +294,7 @@ def test_memories_swap_at_scoring_and_the_fingerprint_follows_their_content(tiny
     first, second = memory(tmp_path / "mem-a", 0), memory(tmp_path / "mem-b", 1)
     groups = [f"p{i}" for i in range(64)]
     RecoTrainer(RecoConfig(memory=str(first), out=str(tmp_path / "reco"), base=tiny_clip_spec, k=4, heads=2, steps=3,
-                           batch_size=16, fusion="transformer", progress=False),
+                           batch_size=16, fusion="transformer", start="mean", progress=False),
                 Pairs(unit(rng.standard_normal((64, dim))), unit(rng.standard_normal((64, dim))), groups)).train()
     assert json.loads((tmp_path / "reco" / "reco.json").read_text())["memory"] == "../mem-a"   # relative
     moved = tmp_path / "moved"

@@ -8,10 +8,13 @@ a threshold is given, near-duplicates: otherwise a pair retrieves another captio
 answer. At inference nothing is excluded (evaluation items are removed from the memory when it is built).
 
 The held-out parts (``holdouts``): every ``eval_every`` steps the refined ``select`` queries are scored by top-1
-accuracy among their distinct answers (every copy of a text the same answer); the best evaluation's weights are
-kept and a run stops after ``patience`` evaluations without improvement. Before training, the training-free
-options are scored on ``select`` and the learned fusion starts as the best of them, side by side (``start``
-"best"), so step 0 equals what it must beat. At the end ``selection.decide`` compares the kept fusion with that
+accuracy among their part's distinct answers and every training answer (every copy of a text the same answer).
+The training answers are there as distractors: in use a query ranks among many classes, not the few of a
+held-out part (where every option sits near ceiling), and a fusion that memorised the training answers pulls
+unseen queries to them, which only this shows. The best evaluation's weights are kept and a run stops after
+``patience`` evaluations without improvement. Before training, the training-free options are scored on
+``select`` and the learned fusion starts as the best of them, side by side (``start`` "best"), so step 0 equals
+what it must beat. At the end ``selection.decide`` compares the kept fusion with that
 option on the untouched ``decide`` part.
 """
 
@@ -90,7 +93,8 @@ class RecoTrainer:
         self.pair_group_codes = np.array([self.memory.code_of.get(str(g), -1) for g in pairs.groups])
         self.neighbour_rows = {side: self._neighbour_rows(side, engine) for side in self.refined_sides()}
         self.vocabulary = self._vocabulary(self.train_rows, engine)
-        self.answer_sets = {part: self._vocabulary(getattr(self.splits, part), engine) for part in PARTS}
+        self.answer_sets = {part: self._vocabulary(np.concatenate([getattr(self.splits, part), self.train_rows]),
+                                                   engine) for part in PARTS}
         dim = self.image.shape[1]
         self.mean_modules = {side: build_fusion(FusionConfig(kind="mean", dim=dim)) for side in self.refined_sides()}
         self.free = free_options(self.refined_sides())
@@ -263,8 +267,9 @@ class RecoTrainer:
         return terms
 
     def correct(self, modules: Any = None, part: str = "select") -> np.ndarray:
-        """Whether each query of a held-out part is answered right (top-1 among the part's distinct answers,
-        every copy of a text the same answer), with the given modules (default: the trained ones)."""
+        """Whether each query of a held-out part is answered right (top-1 among the part's and the training
+        pairs' distinct answers, every copy of a text the same answer), with the given modules (default: the
+        trained ones)."""
         import torch
 
         rows, vocabulary = getattr(self.splits, part), self.answer_sets[part]
