@@ -142,14 +142,15 @@ class Task:
 
 def train(task: Task, setting: str, fusion: str, objective: str, args: argparse.Namespace, out: Path,
           limit: int | None = None, seed: int = 0) -> tuple[dict, dict]:
-    """A fusion trained and selected on held-out data; (its trained modules, the run's record). A transformer
-    trains under ``--fusion auto`` so the record says what auto would keep; the trained modules are scored."""
+    """A fusion trained and selected on held-out data; (its trained modules, the run's record). It trains under
+    ``--fusion auto`` (``learned``: this fusion) so the record says what auto would keep; the trained modules are
+    scored."""
     from hierarcaps.reco.config import RecoConfig
     from hierarcaps.reco.train import RecoTrainer
 
     memory = task.zeroshot_folder if setting == "zeroshot" else task.memory_folder
     config = RecoConfig(memory=str(memory), out=str(out), base=args.model, k=args.k,
-                        fusion="auto" if fusion == "transformer" else fusion, heads=args.heads, sides="both",
+                        fusion="auto", learned=fusion, heads=args.heads, sides="both",
                         objective=objective, steps=args.steps, lr=args.lr,
                         batch_size=args.batch_size, eval_every=args.eval_every, patience=args.patience,
                         holdout="concept" if setting == "zeroshot" else "group", val_fraction=0.2, seed=seed,
@@ -243,7 +244,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="minilm", help="any text encoder spec (a CLIP's text tower works too)")
     p.add_argument("--settings", default="seen,zeroshot")
     p.add_argument("--objectives", default="vocabulary,in-batch")
-    p.add_argument("--fusions", default="transformer", help="learned fusions to train (transformer, mlp)")
+    p.add_argument("--fusions", default="transformer", help="learned fusions to train (transformer, mlp, vote)")
     p.add_argument("--classes", type=int, default=30)
     p.add_argument("--images", type=int, default=None, help="a seeded subset of the split's images (default: all)")
     p.add_argument("--k", type=int, default=16)

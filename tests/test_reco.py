@@ -456,7 +456,7 @@ def test_selection_keeps_the_best_step_and_auto_falls_back_to_mean(tmp_path: Pat
     assert selection["scores"]["learned"]["select"] == max(evaluated)       # the kept step is the best on select
     assert info["steps"] < 200                                     # stopped early
     low = selection["learned_minus_best_free"]["interval"][0]
-    assert selection["used"] == ("transformer" if low > 0 else trainer.free[best].kind)
+    assert selection["used"] == (config.learned_kind() if low > 0 else trainer.free[best].kind)
     assert "held-out concepts" in selection["why"]
     model = load_encoder(f"reco:{tmp_path / 'reco'}")
     assert model.metadata()["fusion"] == selection["used"] and model.metadata()["fusion_choice"] == selection["why"]
@@ -611,9 +611,9 @@ def test_auto_keeps_the_training_free_option_when_the_learned_fusion_only_memori
                  items, BuildOptions(index="flat"))
     pairs = Pairs(images, v[labels].copy(), [f"g{i}" for i in range(len(labels))], keys=[f"c{c}" for c in labels],
                   labels=[f"c{c}" for c in labels])
-    config = RecoConfig(memory=str(tmp_path / "mem"), out=str(tmp_path / "reco"), k=4, heads=2, steps=300,
-                        eval_every=50, batch_size=64, lr=3e-3, sides="image", val_fraction=0.3, keep="last",
-                        patience=None, progress=False)
+    config = RecoConfig(memory=str(tmp_path / "mem"), out=str(tmp_path / "reco"), learned="transformer", k=4,
+                        heads=2, steps=300, eval_every=50, batch_size=64, lr=3e-3, sides="image", val_fraction=0.3,
+                        keep="last", patience=None, progress=False)
     trainer = RecoTrainer(config, pairs)
     trainer.train()
     selection = json.loads((tmp_path / "reco" / "reco.json").read_text())["selection"]

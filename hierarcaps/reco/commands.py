@@ -21,8 +21,9 @@ TRAIN_HELP = {
               "trained on, its accuracy minus the best training-free option's has a paired bootstrap interval "
               "above 0; otherwise that option (the frozen base, or mean fusion on the refined sides or on the query "
               "side alone)",
-    "learned": "the learned fusion auto trains and weighs: transformer (RECO), mlp (a control of about its size) "
-               "or vote (two scalars per side: neighbours weighted by their agreement with each other)",
+    "learned": "the learned fusion auto trains and weighs: vote (two scalars per side: neighbours weighted by "
+               "their agreement with each other; on unseen concepts the one learned fusion measured to beat the "
+               "training-free options), transformer (RECO's; --fusion transformer keeps it as RECO does) or mlp",
     "neighbour_dropout": "in training, the share of each query's neighbours left unread (the nearest is always "
                          "read); 0: off, as RECO",
     "memory_noise": "in training, the share of neighbours swapped for random memory rows (never the pair's own "

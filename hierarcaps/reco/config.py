@@ -2,7 +2,9 @@
 
 Defaults follow what is known of RECO; what is not known (k, heads, temperature, schedule) is an option. The
 hold-out that selects and decides (``holdout``) defaults to whole concepts: the learned fusion must earn its
-place on concepts it never trained on, because that is what a memory is for.
+place on concepts it never trained on, because that is what a memory is for. What ``auto`` trains (``learned``)
+is the vote: on concepts absent from training it was the one learned fusion to beat the best training-free option
+(``benchmarks/results/reco_recipes_fresh.md``); ``fusion="transformer"`` trains and keeps RECO's own.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ class RecoConfig(TrainingConfig):
     base: str = ""                 # the frozen encoder's spec, recorded for `reco:` loading
     k: int = bounded(16, low=1, high=4096)
     fusion: str = bounded("auto", choices=("auto", *KINDS))   # auto: learned only where it beats training-free
-    learned: str = bounded("transformer", choices=LEARNED_KINDS)   # the learned kind auto trains and weighs
+    learned: str = bounded("vote", choices=LEARNED_KINDS)   # what auto trains and weighs (reco_recipes_fresh.md)
     heads: int = bounded(8, low=1, high=256)
     ff_mult: int = bounded(4, low=1, high=64)     # the transformer's / MLP's hidden width, in multiples of dim
     start: str = bounded("best", choices=("best", *STARTS))   # best: as the best training-free option, per side
