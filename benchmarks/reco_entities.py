@@ -175,7 +175,7 @@ def run_split(encoder, args: argparse.Namespace, split: int, out: Path) -> dict:
     config = RecoConfig(memory=str(world.memories["train"].folder), out=str(out / f"split-{split}" / "reco"),
                         k=args.k, heads=args.heads, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
                         eval_every=args.eval_every, patience=args.patience, objective=args.objective,
-                        seed=split, progress=False)
+                        learned=args.learned, seed=split, progress=False)
     trainer = RecoTrainer(config, world.pairs())
     trainer.train()
     correct["learned (kept step)"] = world.correct(dict(trainer.modules), args.k)
@@ -208,6 +208,7 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--patience", type=int, default=8)
     parser.add_argument("--objective", default="vocabulary")
+    parser.add_argument("--learned", default="transformer", help="what auto trains (the recorded runs: transformer)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/reco-entities")
     parser.add_argument("--results", default="benchmarks/results")
