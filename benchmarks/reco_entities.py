@@ -192,8 +192,8 @@ def run_split(encoder, args: argparse.Namespace, split: int, out: Path) -> dict:
 FREE = ("frozen", "mean, both sides", "mean, query side")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def task_arguments(parser: argparse.ArgumentParser, out: str) -> None:
+    """The entity task's settings and the training settings every entity benchmark shares."""
     parser.add_argument("--entities", type=int, default=300)
     parser.add_argument("--memory-per-entity", type=int, default=12)
     parser.add_argument("--pairs-per-entity", type=int, default=8)
@@ -207,12 +207,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--eval-every", type=int, default=25)
     parser.add_argument("--patience", type=int, default=8)
-    parser.add_argument("--objective", default="vocabulary")
-    parser.add_argument("--learned", default="transformer", help="what auto trains (the recorded runs: transformer)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/reco-entities")
+    parser.add_argument("--out", default=out)
     parser.add_argument("--results", default="benchmarks/results")
     parser.add_argument("--tag", default="")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    task_arguments(parser, "runs/reco-entities")
+    parser.add_argument("--objective", default="vocabulary")
+    parser.add_argument("--learned", default="transformer", help="what auto trains (the recorded runs: transformer)")
     args = parser.parse_args()
 
     from hierarcaps.models import load_encoder

@@ -52,7 +52,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from reco_entities import FREE, World, accuracy, paired
+from reco_entities import FREE, World, accuracy, paired, task_arguments
 
 RECIPES = {
     "transformer": {},
@@ -154,25 +154,9 @@ def report(args: argparse.Namespace, splits: list[dict], recipes: list[str], min
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--entities", type=int, default=300)
-    parser.add_argument("--memory-per-entity", type=int, default=12)
-    parser.add_argument("--pairs-per-entity", type=int, default=8)
-    parser.add_argument("--queries-per-entity", type=int, default=4)
-    parser.add_argument("--noise", type=float, default=0.3)
-    parser.add_argument("--splits", type=int, default=3)
+    task_arguments(parser, "runs/reco-recipes")
     parser.add_argument("--first-split", type=int, default=0)
-    parser.add_argument("--k", type=int, default=16)
-    parser.add_argument("--heads", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--eval-every", type=int, default=25)
-    parser.add_argument("--patience", type=int, default=8)
     parser.add_argument("--recipes", default=",".join(RECIPES))
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="runs/reco-recipes")
-    parser.add_argument("--results", default="benchmarks/results")
-    parser.add_argument("--tag", default="")
     args = parser.parse_args()
     recipes = [name.strip() for name in args.recipes.split(",")]
     unknown = sorted(set(recipes) - set(RECIPES))

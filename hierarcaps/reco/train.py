@@ -14,8 +14,8 @@ held-out part (where every option sits near ceiling), and a fusion that memorise
 unseen queries to them, which only this shows. The best evaluation's weights are kept and a run stops after
 ``patience`` evaluations without improvement. Before training, the training-free options are scored on
 ``select`` and the learned fusion starts as the best of them, side by side (``start`` "best"), so step 0 equals
-what it must beat. At the end ``selection.decide`` compares the kept fusion with that
-option on the untouched ``decide`` part.
+what it must beat. At the end ``selection.decide`` compares the kept fusion with that option on the untouched
+``decide`` part.
 """
 
 from __future__ import annotations
@@ -298,9 +298,9 @@ class RecoTrainer:
                 summary = self.loop.run()
             return self.finish(summary)
 
-    def part_scores(self, modules: Any) -> dict[str, float | None]:
-        """Accuracy on each held-out part (None where a part is empty)."""
-        return {part: float(found.mean()) if len(found := self.correct(modules, part)) else None for part in PARTS}
+    def part_correct(self, modules: Any) -> dict[str, np.ndarray]:
+        """Per-query correctness on each held-out part."""
+        return {part: self.correct(modules, part) for part in PARTS}
 
     def last_step_modules(self) -> Any:
         """A copy of the modules with the last training step's weights (the kept ones stay in place)."""
@@ -314,11 +314,13 @@ class RecoTrainer:
         """The decision (``selection.decide``) and every option's accuracy on every part."""
         learned = Option(self.config.learned_kind(), tuple(self.refined_sides()))
         options = {**self.free, **({"learned": learned} if learned.kind != "mean" else {})}
-        scores = {name: self.part_scores(self.option_modules(option)) for name, option in options.items()}
+        correct = {name: self.part_correct(self.option_modules(option)) for name, option in options.items()}
         if self.loop.last_state is not None:           # where training ended, beside the step selection kept
-            scores["learned_last_step"] = self.part_scores(self.last_step_modules())
+            correct["learned_last_step"] = self.part_correct(self.last_step_modules())
+        scores = {name: {part: float(found.mean()) if len(found) else None for part, found in parts.items()}
+                  for name, parts in correct.items()}
         select = {k: v for k, v in self.free_select.items() if v is not None}
-        on_decide = {name: self.correct(self.option_modules(option), "decide") for name, option in options.items()}
+        on_decide = {name: correct[name]["decide"] for name in options}
         decided = decide(self.config.fusion, learned, self.free, select, on_decide, self.config.confidence,
                          summary.get("kept_step"), self.config.holdout)
         return {**decided, "scores": scores, "starts": self.starts, "concepts": self.splits.concepts,
